@@ -1,0 +1,94 @@
+"""End-to-end speed: inference images/s and training step time, reference vs fast path.
+
+reference: fp32 eager with the PyTorch reference ops (what the authors' code computes, the same way).
+fast:      bf16 autocast with the fused kernels (on CUDA), optionally torch.compile.
+The encoder has random weights here: speed does not depend on the weights' values.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from inp_former.benchmarks.timing import measure
+from inp_former.config import ModelConfig, RunConfig
+from inp_former.evaluate import score_batch
+from inp_former.losses import coherence_loss, soft_mining_loss
+from inp_former.model import INPFormer
+from inp_former.optim import StableAdamW
+from inp_former.train import autocast
+from kernels.dispatch import kernel_mode
+
+PATHS = {  # name: (kernel mode, precision)
+    "reference fp32": ("reference", "fp32"),
+    "fused fp32": ("auto", "fp32"),
+    "fused bf16": ("auto", "bf16"),
+}
+
+
+def _train_step(model: INPFormer, optimizer: torch.optim.Optimizer, images: torch.Tensor, precision: str) -> None:
+    with autocast(images.device, precision):
+        out = model(images)
+        loss = soft_mining_loss(out.encoder_groups, out.decoder_groups) + 0.2 * coherence_loss(out.prototype_distance)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), 0.1)
+    optimizer.step()
+
+
+def run_model_bench(encoder: str, batches: list[int], train_batch: int, crop: int, device: torch.device,
+                    repeats: int = 10, compile_model: bool = False, max_seconds: float = 20.0) -> dict[str, Any]:
+    torch.manual_seed(0)
+    cfg = RunConfig(model=ModelConfig(encoder=encoder, encoder_weights="random", resize=crop, crop=crop))
+    model = INPFormer(cfg.model).to(device).eval()
+    rows: list[dict[str, Any]] = []
+    paths = dict(PATHS)
+    if device.type != "cuda":
+        paths.pop("fused fp32")  # on CPU the dispatcher picks the reference: same as the first row
+    compiled = torch.compile(model) if compile_model else None
+    if compiled is not None:
+        paths["fused bf16 + compile"] = ("auto", "bf16")
+
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    for batch in batches:
+        images = torch.randn(batch, 3, crop, crop, generator=generator).to(device)
+        reference_maps = None
+        for name, (mode, precision) in paths.items():
+            net = compiled if "compile" in name else model
+            with kernel_mode(mode):
+                maps, _, _ = score_batch(net, images, cfg, precision)
+                timing = measure(lambda: score_batch(net, images, cfg, precision), device,
+                                 repeats=repeats, max_seconds=max_seconds)
+            if reference_maps is None:
+                reference_maps = maps.float()
+            err = ((maps.float() - reference_maps).abs().max() / reference_maps.abs().max().clamp_min(1e-12)).item()
+            rows.append({"pass": "inference", "path": name, "batch": batch, "median_ms": timing.median_ms,
+                         "images_per_s": batch / timing.median_ms * 1e3, "peak_mem_mb": timing.peak_mem_mb,
+                         "map_max_rel_err": err})
+
+    train_images = torch.randn(train_batch, 3, crop, crop, generator=generator).to(device)
+    model.train()
+    for name, (mode, precision) in paths.items():
+        if "compile" in name:
+            continue
+        optimizer = StableAdamW(model.trainable_parameters(), lr=1e-4, eps=1e-10, weight_decay=1e-4, amsgrad=True)
+        with kernel_mode(mode):
+            timing = measure(lambda: _train_step(model, optimizer, train_images, precision), device,
+                             warmup=2, repeats=repeats, max_seconds=max_seconds)
+        rows.append({"pass": "train step", "path": name, "batch": train_batch, "median_ms": timing.median_ms,
+                     "images_per_s": train_batch / timing.median_ms * 1e3, "peak_mem_mb": timing.peak_mem_mb,
+                     "map_max_rel_err": None})
+    _add_speedups(rows)
+    return {"rows": rows, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "encoder": f"{encoder} (random weights)", "crop": crop}
+
+
+def _add_speedups(rows: list[dict[str, Any]]) -> None:
+    """Speed-up of each row over the reference row of the same pass and batch."""
+    for row in rows:
+        base = next(r for r in rows if r["pass"] == row["pass"] and r["batch"] == row["batch"]
+                    and r["path"] == "reference fp32")
+        row["speedup"] = base["median_ms"] / row["median_ms"]
+
+
+__all__ = ["run_model_bench"]

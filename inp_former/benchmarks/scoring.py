@@ -1,0 +1,107 @@
+"""Scoring speed: anomaly maps + image scores, reference vs matrix form vs the fused Triton path.
+
+reference: the authors' operations (F.cosine_similarity, two F.interpolate, F.conv2d, topk).
+matrix:    cosine per token in PyTorch, then map = Gm @ A @ Gm^T (plain PyTorch).
+fused:     one Triton pass over the features for A, a Triton kernel for Gm A Gm^T, exact topk mean.
+           On CPU it runs only under TRITON_INTERPRET=1 (far slower than anything real: marked).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from inp_former.benchmarks.timing import measure
+from kernels.dispatch import interpreting, kernel_mode, triton_available
+from kernels.scoring import (anomaly_map_matrix, anomaly_map_reference, anomaly_maps_and_scores,
+                             image_score_reference)
+
+
+def _features(batch: int, grid: int, channels: int, dtype: torch.dtype, device: torch.device, groups: int = 2):
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    enc, dec = [], []
+    for _ in range(groups):
+        e = torch.randn(batch, grid * grid, channels, generator=gen)
+        enc.append(e.to(device, dtype))
+        dec.append((e + 0.5 * torch.randn(e.shape, generator=gen)).to(device, dtype))
+    return enc, dec
+
+
+def _fused_skip_reason(device: torch.device) -> str | None:
+    if not triton_available():
+        return "skipped: Triton is not installed"
+    if device.type != "cuda" and not interpreting():
+        return "skipped: CPU without TRITON_INTERPRET=1"
+    return None
+
+
+def _triton_version() -> str | None:
+    if not triton_available():
+        return None
+    import triton
+    return triton.__version__
+
+
+def run_scoring_bench(batch: int, grid: int, channels: int, image_size: int, out_size: int,
+                      dtype: torch.dtype, device: torch.device | str, repeats: int = 20, groups: int = 2,
+                      max_seconds: float = 10.0) -> dict[str, Any]:
+    """Time the three paths on random features. Errors: max |path - reference| over maps and scores, and
+    the same against the reference run in float64 (on CUDA the reference's conv2d is TF32 by default)."""
+    device = torch.device(device)
+    enc, dec = _features(batch, grid, channels, dtype, device, groups)
+
+    def reference() -> tuple[torch.Tensor, torch.Tensor]:
+        maps = anomaly_map_reference(enc, dec, image_size, out_size)
+        return maps, image_score_reference(maps)
+
+    def matrix() -> tuple[torch.Tensor, torch.Tensor]:
+        maps = anomaly_map_matrix(enc, dec, image_size, out_size)
+        return maps, image_score_reference(maps)
+
+    def fused() -> tuple[torch.Tensor, torch.Tensor]:
+        with kernel_mode("triton"):
+            return anomaly_maps_and_scores(enc, dec, image_size, out_size)
+
+    feature_bytes = sum(t.numel() * t.element_size() for t in enc + dec)
+    map_bytes = batch * out_size * out_size * 4
+    ref_maps, ref_scores = reference()
+    ref64_maps = anomaly_map_reference([e.double() for e in enc], [d.double() for d in dec], image_size, out_size)
+    ref64_scores = image_score_reference(ref64_maps)
+    paths: list[tuple[str, Callable[[], tuple[torch.Tensor, torch.Tensor]], str | None]] = [
+        ("reference", reference, None), ("matrix", matrix, None), ("fused", fused, _fused_skip_reason(device))]
+    rows: list[dict[str, Any]] = []
+    for name, fn, skip in paths:
+        row: dict[str, Any] = {"name": name, "median_ms": None, "peak_mem_mb": None, "speedup": None,
+                               "max_abs_err_map": None, "max_abs_err_score": None, "max_abs_err_map_fp64": None,
+                               "max_abs_err_score_fp64": None, "gb_per_s": None, "note": skip}
+        if skip is None:
+            slow = name == "fused" and device.type != "cuda"   # the interpreter: a few calls are enough
+            maps, scores = fn()
+            timing = measure(fn, device, warmup=1 if slow else 3, repeats=3 if slow else repeats,
+                             max_seconds=max_seconds)
+            row.update(median_ms=timing.median_ms, peak_mem_mb=timing.peak_mem_mb,
+                       max_abs_err_map=(maps.float() - ref_maps.float()).abs().max().item(),
+                       max_abs_err_score=(scores.float() - ref_scores.float()).abs().max().item(),
+                       max_abs_err_map_fp64=(maps.double() - ref64_maps).abs().max().item(),
+                       max_abs_err_score_fp64=(scores.double() - ref64_scores).abs().max().item())
+            if name == "fused":
+                row["gb_per_s"] = (feature_bytes + map_bytes) / (timing.median_ms * 1e-3) / 1e9
+                row["note"] = "interpreter" if slow else None
+        rows.append(row)
+    base = rows[0]["median_ms"]
+    for row in rows:
+        if row["median_ms"] is not None:
+            row["speedup"] = base / row["median_ms"]
+    return {
+        "rows": rows,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "triton": _triton_version(),
+        "shape": f"G={groups} x (B={batch}, N={grid * grid}, C={channels}) {str(dtype).removeprefix('torch.')}",
+        "image_size": image_size,
+        "out_size": out_size,
+        "bytes_fused_mb": (feature_bytes + map_bytes) / 1e6,
+    }
+
+
+__all__ = ["run_scoring_bench"]

@@ -1,0 +1,75 @@
+"""StableAdamW and the warm-up + cosine learning-rate schedule of the authors."""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch.optim.lr_scheduler import LRScheduler
+
+
+class StableAdamW(torch.optim.Optimizer):
+    """AdamW (decoupled decay, optional AMSGrad) whose update is divided by max(1, RMS(g / denom)).
+
+    The RMS clip keeps steps bounded when the second moment lags a sudden gradient spike.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float64)
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                    if group["amsgrad"]:
+                        state["max_exp_avg_sq"] = torch.zeros_like(p)
+                p.mul_(1 - group["lr"] * group["weight_decay"])  # decoupled weight decay
+                state["step"] += 1
+                step = float(state["step"])
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                second = exp_avg_sq
+                if group["amsgrad"]:
+                    torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
+                    second = state["max_exp_avg_sq"]
+                denom = (second.sqrt() / math.sqrt(1 - beta2 ** step)).add_(group["eps"])
+                # A tensor, not .item(): no host sync per parameter on the GPU.
+                rms = (grad / denom).pow(2).mean().sqrt().clamp_min(1.0)
+                step_size = group["lr"] / (1 - beta1 ** step)
+                p.add_(exp_avg / denom / rms, alpha=-step_size)
+        return loss
+
+
+class WarmCosineSchedule(LRScheduler):
+    """Linear warm-up from ``start`` to ``base`` over ``warmup`` steps, then cosine to ``final``.
+
+    Stepped every iteration; the table is the authors' (np.linspace warm-up, cosine over the
+    remaining iterations), and past the end the rate stays at ``final``.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, base: float, final: float, total_iters: int,
+                 warmup: int = 0, start: float = 0.0) -> None:
+        warmup = min(warmup, total_iters)
+        ramp = np.linspace(start, base, warmup)
+        steps = np.arange(total_iters - warmup)
+        cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * steps / max(len(steps), 1)))
+        self.table = np.concatenate([ramp, cosine]).tolist()
+        self.final = final
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        lr = self.table[self.last_epoch] if self.last_epoch < len(self.table) else self.final
+        return [lr for _ in self.optimizer.param_groups]

@@ -1,0 +1,1 @@
+"""inpctl: the command line for INP-Former (train, eval, bench)."""

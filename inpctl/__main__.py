@@ -1,0 +1,3 @@
+from inpctl.cli import main
+
+main()

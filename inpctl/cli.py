@@ -1,0 +1,330 @@
+"""The ``inpctl`` command line: parses flags, builds a config, calls the library, prints results.
+
+No logic lives here that a Python user would also need: everything is in ``inp_former``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+import typer
+
+from inpctl.console import console, err_console, metrics_table, progress_bar
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="INP-Former for industrial anomaly detection: train one model for all your "
+                       "categories, evaluate it with the paper's metrics, benchmark the kernels.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: paper Table 1, kernels, the whole model.")
+app.add_typer(bench_app, name="bench")
+
+
+def fail(message: str, code: int = 2) -> None:
+    """A one-line error and a non-zero exit, never a traceback."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        fail(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        fail(f"--device {device}: no CUDA GPU is available here")
+    return chosen
+
+
+def default_run_dir(dataset: str, encoder: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{dataset}-{encoder}-{stamp}"
+
+
+def parse_categories(text: Optional[str]) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else []
+
+
+# --- train -------------------------------------------------------------------------------------
+
+@app.command()
+def train(
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root. Omit it to run the built-in demo."),
+    dataset: str = typer.Option("mvtec", help="Folder layout of --data: mvtec."),
+    categories: Optional[str] = typer.Option(None, help="Comma-separated categories (default: all under --data)."),
+    encoder: str = typer.Option("base", help="Frozen encoder: small, base or large DINOv2-reg4 ViT/14."),
+    encoder_weights: str = typer.Option("pretrained", help="'pretrained' (timm cache/download), a weight file "
+                                        "(timm .safetensors/.pth or Meta's dinov2_vit*14_reg4_pretrain.pth), or 'random'."),
+    epochs: int = typer.Option(200, min=1, help="Epochs over the training images (ignored with --iters)."),
+    iters: Optional[int] = typer.Option(None, min=1, help="Total iterations; overrides --epochs."),
+    batch_size: int = typer.Option(16, min=1, help="Images per step."),
+    lr: float = typer.Option(1e-3, min=0.0, help="Peak learning rate (after warm-up)."),
+    final_lr: float = typer.Option(1e-4, min=0.0, help="Learning rate at the end of the cosine decay."),
+    warmup_iters: int = typer.Option(100, min=0, help="Linear warm-up iterations from 0."),
+    weight_decay: float = typer.Option(1e-4, min=0.0, help="Decoupled weight decay of StableAdamW."),
+    eps: float = typer.Option(1e-10, min=0.0, help="StableAdamW epsilon (1e-6 cures rare NaN losses)."),
+    grad_clip: float = typer.Option(0.1, min=0.0, help="Gradient-norm clipping."),
+    coherence_weight: float = typer.Option(0.2, min=0.0, help="Weight of the INP coherence loss."),
+    gamma: float = typer.Option(3.0, min=0.0, help="Soft-mining exponent."),
+    num_prototypes: int = typer.Option(6, min=1, help="Number of INPs (M)."),
+    resize: int = typer.Option(448, min=14, help="Images are resized to this square size ..."),
+    crop: int = typer.Option(392, min=14, help="... then centre-cropped to this size (a multiple of the patch, 14)."),
+    precision: str = typer.Option("fp32", help="fp32, or bf16 autocast (the fast path on GPUs)."),
+    seed: int = typer.Option(1, help="Random seed (data order, initialisation)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<dataset>-<encoder>-<time>)."),
+    overwrite: bool = typer.Option(False, help="Allow --out to be a directory that already holds a run."),
+    no_eval: bool = typer.Option(False, "--no-eval", help="Skip evaluation on the test split after training."),
+    eval_batch_size: int = typer.Option(16, min=1, help="Images per evaluation batch."),
+    num_workers: int = typer.Option(0, min=0, help="Data-loading worker processes."),
+    on_nonfinite: str = typer.Option("stop", help="What a NaN/inf loss does: stop, or skip the step."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Train one INP-Former on all chosen categories, then evaluate it (a demo without --data)."""
+    from inp_former.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+    for flag, value, allowed in (("--precision", precision, ("fp32", "bf16")),
+                                 ("--on-nonfinite", on_nonfinite, ("stop", "skip"))):
+        if value not in allowed:
+            fail(f"{flag} {value!r}: expected one of {', '.join(allowed)}")
+    if crop > resize:
+        fail(f"--crop {crop}: must not exceed --resize {resize}")
+    demo = data is None
+    if demo:
+        from inpctl.demo import demo_config
+
+        cfg, notice = demo_config(seed=seed)
+        console.print(notice)
+    else:
+        if not data.is_dir():
+            fail(f"--data {data}: no such directory")
+        cfg = RunConfig(
+            model=ModelConfig(encoder=encoder, encoder_weights=encoder_weights, resize=resize, crop=crop,
+                              num_prototypes=num_prototypes),
+            train=TrainConfig(iters=iters, epochs=epochs, batch_size=batch_size, lr=lr, final_lr=final_lr,
+                              warmup_iters=warmup_iters, weight_decay=weight_decay, eps=eps, grad_clip=grad_clip,
+                              coherence_weight=coherence_weight, mining_gamma=gamma, seed=seed,
+                              num_workers=num_workers, on_nonfinite=on_nonfinite, precision=precision),
+            data=DataConfig(dataset=dataset, root=str(data), categories=parse_categories(categories)),
+        )
+    run_dir = out or default_run_dir(cfg.data.dataset if not demo else "demo", cfg.model.encoder)
+    if (run_dir / "checkpoint.pt").exists() and not overwrite:
+        fail(f"--out {run_dir}: already holds a run (checkpoint.pt); choose another --out or pass --overwrite")
+    run(lambda: _train_and_eval(cfg, run_dir, pick_device(device), not no_eval, eval_batch_size, demo))
+
+
+def _train_and_eval(cfg, run_dir: Path, device: torch.device, do_eval: bool, eval_batch_size: int, demo: bool) -> None:
+    from inp_former.model import INPFormer
+    from inp_former.train import train as train_model
+
+    model = INPFormer(cfg.model)
+    console.print(f"Encoder: [bold]{cfg.model.encoder}[/] ({model.encoder.weights_source}); device {device}")
+    with progress_bar("stats") as progress:
+        task = progress.add_task("train", total=None, stats="")
+
+        def on_step(step) -> None:
+            progress.update(task, completed=step.iteration, total=step.total,
+                            stats=f"loss {step.loss:.4f}  lr {step.lr:.2e}")
+
+        result = train_model(cfg, run_dir, device, on_step=on_step, model=model)
+    console.print(f"Trained {result.iterations} iterations in {result.seconds:.1f}s; "
+                  f"checkpoint [bold]{result.checkpoint}[/]")
+    if do_eval:
+        _evaluate_and_report(model, cfg, cfg.data.categories, device, eval_batch_size, "fp32", "decoder", run_dir,
+                             extra_meta={"checkpoint": str(result.checkpoint), "demo": demo})
+
+
+def _evaluate_and_report(model, cfg, categories, device, batch_size, precision, map_mode, out_dir: Path,
+                         extra_meta: dict | None = None) -> None:
+    from inp_former.evaluate import evaluate
+
+    total_images = None
+    with progress_bar("category") as progress:
+        task = progress.add_task("eval", total=total_images, category="")
+        seen: dict[str, int] = {}
+
+        def on_batch(category: str, count: int, size: int) -> None:
+            if category not in seen:
+                seen[category] = 0
+                progress.update(task, total=(progress.tasks[0].total or 0) + size)
+            seen[category] += count
+            progress.update(task, advance=count, category=category)
+
+        result = evaluate(model, cfg, categories, device, batch_size, precision, map_mode, on_batch=on_batch)
+    result.meta.update({"encoder": cfg.model.encoder, "encoder_source": model.encoder.weights_source,
+                        "random_encoder": cfg.model.encoder_weights == "random", **(extra_meta or {})})
+    result.write(out_dir)
+    console.print(metrics_table(result.categories, result.mean, title=f"INP-Former ({map_mode} maps), %"))
+    if cfg.model.encoder_weights == "random":
+        console.print("[yellow]Note: the encoder has random weights, so these numbers do not measure INP-Former.")
+    console.print(f"Wrote {out_dir / 'metrics.json'} and {out_dir / 'scores.csv'}")
+
+
+# --- eval --------------------------------------------------------------------------------------
+
+@app.command("eval")
+def eval_command(
+    ckpt: Path = typer.Option(..., "--ckpt", help="A checkpoint.pt written by inpctl train."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default: the one the model trained on)."),
+    dataset: Optional[str] = typer.Option(None, help="Folder layout of --data (default: the checkpoint's)."),
+    categories: Optional[str] = typer.Option(None, help="Comma-separated categories (default: all under --data)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where metrics.json and scores.csv go (default: beside --ckpt)."),
+    batch_size: int = typer.Option(16, min=1, help="Images per batch."),
+    precision: str = typer.Option("fp32", help="fp32, or bf16 autocast."),
+    map_mode: str = typer.Option("decoder", "--map", help="decoder (the method) or prototype (distance to the "
+                                 "nearest INP: the zero-shot map)."),
+    encoder_weights: Optional[str] = typer.Option(None, help="Where the frozen encoder's weights come from, if not "
+                                                  "as at training time."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Evaluate a checkpoint: a table per category + mean, metrics.json and scores.csv."""
+    if precision not in ("fp32", "bf16"):
+        fail(f"--precision {precision!r}: expected fp32 or bf16")
+    if map_mode not in ("decoder", "prototype"):
+        fail(f"--map {map_mode!r}: expected decoder or prototype")
+
+    def job() -> None:
+        from inp_former.checkpoint import load_checkpoint
+        from inp_former.train import resolve_categories
+
+        chosen = pick_device(device)
+        model, cfg, _ = load_checkpoint(ckpt, chosen, encoder_weights)
+        if data is not None:
+            if not data.is_dir():
+                fail(f"--data {data}: no such directory")
+            cfg.data.root = str(data)
+            cfg.data.categories = parse_categories(categories)
+        elif categories:
+            cfg.data.categories = parse_categories(categories)
+        if dataset is not None:
+            cfg.data.dataset = dataset
+        chosen_categories = resolve_categories(cfg)
+        _evaluate_and_report(model, cfg, chosen_categories, chosen, batch_size, precision, map_mode,
+                             out or ckpt.parent, extra_meta={"checkpoint": str(ckpt)})
+
+    run(job)
+
+
+# --- bench -------------------------------------------------------------------------------------
+
+def _dtype(name: str) -> torch.dtype:
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if name not in table:
+        fail(f"--dtype {name!r}: expected fp32, fp16 or bf16")
+    return table[name]
+
+
+def _write_json(path: Optional[Path], payload: dict) -> None:
+    if path is not None:
+        from inp_former.io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+        console.print(f"Wrote {path}")
+
+
+@bench_app.command("attention")
+def bench_attention(
+    n: int = typer.Option(784, min=1, help="Tokens per image (N)."),
+    m: int = typer.Option(6, min=1, max=32, help="INPs (M)."),
+    c: int = typer.Option(768, min=1, help="Channels (C)."),
+    heads: int = typer.Option(12, min=1, help="Heads (H); C must be divisible by H."),
+    batch: int = typer.Option(16, min=1, help="Batch size for the timed rows."),
+    dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16 for the timed rows."),
+    repeats: int = typer.Option(20, min=1, help="Timed repetitions (median reported)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+) -> None:
+    """Paper Table 1 (operation counts, memory) and measured times of each attention."""
+    if c % heads:
+        fail(f"--c {c} is not divisible by --heads {heads}")
+
+    def job() -> None:
+        from inp_former.benchmarks.attention import run_attention_bench, table1_counts
+        from inpctl.bench_views import print_attention
+
+        counts = table1_counts(n, m, c)
+        timed = run_attention_bench(n, m, c, heads, batch, _dtype(dtype), pick_device(device), repeats=repeats)
+        print_attention(counts, timed)
+        _write_json(json_path, {"table1": counts, "timed": timed})
+
+    run(job)
+
+
+@bench_app.command("scoring")
+def bench_scoring(
+    batch: int = typer.Option(16, min=1, help="Images per batch."),
+    grid: int = typer.Option(28, min=1, help="Tokens per side."),
+    channels: int = typer.Option(768, min=1, help="Feature channels."),
+    image_size: int = typer.Option(392, min=1, help="Crop size the maps are upsampled to."),
+    out_size: int = typer.Option(256, min=1, help="Anomaly-map size."),
+    dtype: str = typer.Option("fp32", help="Feature dtype: fp32, fp16 or bf16."),
+    repeats: int = typer.Option(20, min=1, help="Timed repetitions (median reported)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+) -> None:
+    """Fused regional-cosine scoring against the reference path."""
+    def job() -> None:
+        from inp_former.benchmarks.scoring import run_scoring_bench
+        from inpctl.bench_views import print_rows
+
+        result = run_scoring_bench(batch, grid, channels, image_size, out_size, _dtype(dtype), pick_device(device),
+                                   repeats=repeats)
+        print_rows("Scoring: maps + image scores", result)
+        _write_json(json_path, result)
+
+    run(job)
+
+
+@bench_app.command("model")
+def bench_model(
+    encoder: str = typer.Option("base", help="Encoder (random weights: speed does not depend on them)."),
+    batch: list[int] = typer.Option([1, 16, 64], help="Inference batch sizes (repeat the flag)."),
+    train_batch: int = typer.Option(16, min=1, help="Training batch size."),
+    crop: int = typer.Option(392, min=14, help="Image size."),
+    repeats: int = typer.Option(10, min=1, help="Timed repetitions (median reported)."),
+    compile_model: bool = typer.Option(False, "--compile", help="Also time torch.compile of the fast path."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+) -> None:
+    """End to end: inference images/s and training step time, reference fp32 vs fused bf16."""
+    def job() -> None:
+        from inp_former.benchmarks.model import run_model_bench
+        from inpctl.bench_views import print_rows
+
+        result = run_model_bench(encoder, batch, train_batch, crop, pick_device(device), repeats=repeats,
+                                 compile_model=compile_model)
+        print_rows(f"Model ({encoder}, {crop} px)", result)
+        _write_json(json_path, result)
+
+    run(job)
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+def run(job) -> None:
+    """Run a command body, turning the library's expected errors into one-line messages."""
+    from inp_former.checkpoint import CheckpointError
+    from inp_former.data import DatasetError
+    from inp_former.encoders import EncoderWeightsError
+    from inp_former.train import TrainingError
+
+    try:
+        job()
+    except (DatasetError, CheckpointError, EncoderWeightsError, TrainingError, ValueError, FileNotFoundError,
+            NotADirectoryError, PermissionError) as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)
+    except torch.cuda.OutOfMemoryError:
+        fail("the GPU ran out of memory: lower --batch-size (or --eval-batch-size)")
+
+
+def main() -> None:
+    app(prog_name="inpctl")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

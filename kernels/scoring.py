@@ -1,0 +1,403 @@
+"""Anomaly maps and image scores: the authors' reference path, a matrix form, and a fused Triton path.
+
+Reference (what the authors' ``cal_anomaly_maps`` + evaluation compute), per image::
+
+    a_g   = 1 - cos(enc_g, dec_g)                  per token, (grid, grid), one map per group g
+    m     = mean_g bilinear(a_g, image_size, align_corners=True)
+    m     = bilinear(m, out_size, align_corners=False)
+    m     = conv2d(m, gaussian 5x5 sigma 4, zero padding 2)
+    score = mean of the top int(out_size**2 * 0.01) values of m
+
+Everything after the cosine is linear and separable, so ``m = Gm @ A @ Gm^T`` with ``A`` the mean of
+the ``a_g`` and ``Gm`` a fixed (out_size, grid) matrix (:func:`scoring_matrix`). The fused path reads
+each feature tensor exactly once in one Triton kernel (the memory-bound part), forms ``Gm A Gm^T``
+in a second small Triton kernel (fp32 FMA, no TF32), and takes the exact top-k mean with
+``torch.topk``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from kernels.dispatch import use_kernel
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the reference and matrix paths need no Triton
+    triton = None
+
+COS_EPS = 1e-8              # F.cosine_similarity's default eps, as the authors use it
+MAX_GROUPS_PER_LAUNCH = 4   # the cosine kernel takes up to 4 (enc, dec) pairs; more are chunked
+
+__all__ = [
+    "anomaly_map_reference", "image_score_reference", "scoring_matrix", "anomaly_map_matrix",
+    "anomaly_maps_and_scores", "upsample_token_map", "upsample_token_map_reference",
+    "mean_cosine_distance", "top_k_count", "top_k_mean",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+def _check_sizes(image_size: int, out_size: int, kernel_size: int, sigma: float) -> None:
+    if int(image_size) < 1 or int(out_size) < 1:
+        raise ValueError(f"image_size and out_size must be >= 1, got {image_size} and {out_size}")
+    if int(kernel_size) < 1 or int(kernel_size) % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd number (zero padding k // 2 keeps the size), "
+                         f"got {kernel_size}")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+
+
+def _grid_of(n_tokens: int) -> int:
+    grid = math.isqrt(n_tokens)
+    if grid * grid != n_tokens:
+        raise ValueError(f"N = {n_tokens} tokens is not a square grid (expected N = grid * grid)")
+    return grid
+
+
+def _check_features(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor]) -> tuple[int, int, int, int]:
+    """Validate the groups; returns (B, N, C, grid)."""
+    if isinstance(enc, torch.Tensor) or isinstance(dec, torch.Tensor):
+        raise ValueError("enc and dec must be sequences (list/tuple) of (B, N, C) tensors, one per group; "
+                         "wrap a single group in a list")
+    if len(enc) != len(dec):
+        raise ValueError(f"enc has {len(enc)} groups but dec has {len(dec)}")
+    if len(enc) < 1:
+        raise ValueError("need at least one (enc, dec) group")
+    shape = tuple(enc[0].shape)
+    if len(shape) != 3:
+        raise ValueError(f"features must be (B, N, C) in token layout, got shape {shape}")
+    for name, group in (("enc", enc), ("dec", dec)):
+        for g, t in enumerate(group):
+            if tuple(t.shape) != shape:
+                raise ValueError(f"{name}[{g}] has shape {tuple(t.shape)}, expected {shape} like enc[0]")
+            if not t.is_floating_point():
+                raise ValueError(f"{name}[{g}] has dtype {t.dtype}; features must be floating point")
+            if t.device != enc[0].device:
+                raise ValueError(f"{name}[{g}] is on {t.device} but enc[0] is on {enc[0].device}")
+    batch, n_tokens, channels = shape
+    if batch < 1 or channels < 1:
+        raise ValueError(f"features must have B >= 1 and C >= 1, got shape {shape}")
+    return batch, n_tokens, channels, _grid_of(n_tokens)
+
+
+def _check_token_map(token_map: torch.Tensor) -> int:
+    if token_map.dim() != 2 or not token_map.is_floating_point():
+        raise ValueError(f"token_map must be a floating (B, N) tensor, got {tuple(token_map.shape)} "
+                         f"{token_map.dtype}")
+    return _grid_of(token_map.shape[1])
+
+
+def top_k_count(num_values: int, top_fraction: float) -> int:
+    """How many of a map's values the image score averages: int(num_values * top_fraction), at least 1
+    (655 of a 256x256 map at 1%, as the authors' ``int(H * W * max_ratio)``)."""
+    if not 0 < top_fraction <= 1:
+        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
+    return max(1, int(num_values * top_fraction))
+
+
+def _map_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Maps are float32 (float64 stays float64, for exact references)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------------------------
+# Reference path: the authors' operations, literally
+# --------------------------------------------------------------------------------------------
+
+def _gaussian_1d(kernel_size: int, sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian in float64; the authors' 2-D kernel is its outer product."""
+    x = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
+    g = torch.exp(-x * x / (2 * sigma * sigma))
+    return g / g.sum()
+
+
+def _resize_and_blur(a_map: torch.Tensor, out_size: int, kernel_size: int, sigma: float) -> torch.Tensor:
+    """Steps 3-4 on (B, 1, S, S): bilinear resize (align_corners=False), then the Gaussian conv2d."""
+    a_map = F.interpolate(a_map, size=out_size, mode="bilinear", align_corners=False)
+    g = _gaussian_1d(kernel_size, sigma)
+    weight = torch.outer(g, g).to(a_map.dtype).to(a_map.device).view(1, 1, kernel_size, kernel_size)
+    return F.conv2d(a_map, weight, padding=kernel_size // 2)
+
+
+def anomaly_map_reference(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor], image_size: int,
+                          out_size: int = 256, kernel_size: int = 5, sigma: float = 4.0) -> torch.Tensor:
+    """Anomaly maps (B, out_size, out_size) exactly as the authors compute them (float32; float64 in,
+    float64 out). The cosine runs in the features' dtype, like the authors' code."""
+    _check_sizes(image_size, out_size, kernel_size, sigma)
+    batch, _, _, grid = _check_features(enc, dec)
+    upsampled = []
+    for e, d in zip(enc, dec):
+        a_map = 1 - F.cosine_similarity(e, d, dim=-1, eps=COS_EPS)          # (B, N)
+        a_map = a_map.to(_map_dtype(a_map.dtype)).reshape(batch, 1, grid, grid)
+        upsampled.append(F.interpolate(a_map, size=image_size, mode="bilinear", align_corners=True))
+    a_map = torch.cat(upsampled, dim=1).mean(dim=1, keepdim=True)
+    return _resize_and_blur(a_map, out_size, kernel_size, sigma)[:, 0]
+
+
+def upsample_token_map_reference(token_map: torch.Tensor, image_size: int, out_size: int = 256,
+                                 kernel_size: int = 5, sigma: float = 4.0) -> torch.Tensor:
+    """Steps 2-4 of the reference with one group on a per-token map (B, N) -> (B, out_size, out_size)."""
+    _check_sizes(image_size, out_size, kernel_size, sigma)
+    grid = _check_token_map(token_map)
+    a_map = token_map.to(_map_dtype(token_map.dtype)).reshape(-1, 1, grid, grid)
+    a_map = F.interpolate(a_map, size=image_size, mode="bilinear", align_corners=True)
+    return _resize_and_blur(a_map, out_size, kernel_size, sigma)[:, 0]
+
+
+def image_score_reference(maps: torch.Tensor, top_fraction: float = 0.01) -> torch.Tensor:
+    """Mean of the top int(H*W*top_fraction) values of each (H, W) map -> (B,)."""
+    flat = maps.flatten(1)
+    return flat.topk(top_k_count(flat.shape[1], top_fraction), dim=1).values.mean(dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Matrix form: map = Gm @ A @ Gm^T
+# --------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=64)
+def _scoring_matrix_cached(grid: int, image_size: int, out_size: int, kernel_size: int, sigma: float,
+                           device: str, dtype: str) -> torch.Tensor:
+    # Push the identity basis through the reference's own 1-D operations, in float64: bilinear
+    # interpolation and the Gaussian kernel are separable, so each axis sees the same matrix.
+    basis = torch.eye(grid, dtype=torch.float64).reshape(grid, 1, grid)
+    rows = F.interpolate(basis, size=image_size, mode="linear", align_corners=True)
+    rows = F.interpolate(rows, size=out_size, mode="linear", align_corners=False)
+    rows = F.conv1d(rows, _gaussian_1d(kernel_size, sigma).view(1, 1, kernel_size), padding=kernel_size // 2)
+    matrix = rows[:, 0, :].T.contiguous()                                  # (out_size, grid)
+    return matrix.to(device=torch.device(device), dtype=getattr(torch, dtype))
+
+
+def scoring_matrix(grid: int, image_size: int, out_size: int = 256, kernel_size: int = 5, sigma: float = 4.0,
+                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The (out_size, grid) matrix Gm with map = Gm @ A @ Gm^T for a (grid, grid) token map A.
+
+    Cached per arguments: the returned tensor is shared, do not modify it in place."""
+    _check_sizes(image_size, out_size, kernel_size, sigma)
+    if int(grid) < 1:
+        raise ValueError(f"grid must be >= 1, got {grid}")
+    dtype_name = str(dtype).removeprefix("torch.")
+    return _scoring_matrix_cached(int(grid), int(image_size), int(out_size), int(kernel_size), float(sigma),
+                                  str(torch.device(device)), dtype_name)
+
+
+def _cosine_distance_torch(e: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """1 - cos per token in float32 (float64 kept), with F.cosine_similarity's per-norm eps clamp.
+    einsum + vector_norm never materialise the normalised features (F.cosine_similarity does)."""
+    dtype = _map_dtype(e.dtype)
+    e, d = e.to(dtype), d.to(dtype)
+    dot = torch.einsum("bnc,bnc->bn", e, d)
+    ne = torch.linalg.vector_norm(e, dim=-1).clamp_min(COS_EPS)
+    nd = torch.linalg.vector_norm(d, dim=-1).clamp_min(COS_EPS)
+    return 1 - dot / (ne * nd)
+
+
+def _apply_matrix(a: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """(B, grid, grid) -> (B, out, out): Gm @ A @ Gm^T."""
+    return torch.matmul(torch.matmul(matrix, a), matrix.T)
+
+
+def anomaly_map_matrix(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor], image_size: int,
+                       out_size: int = 256, kernel_size: int = 5, sigma: float = 4.0) -> torch.Tensor:
+    """Same maps as :func:`anomaly_map_reference` in plain PyTorch: cosine per token, then Gm A Gm^T.
+    The fast CPU path (on CUDA, TF32 matmuls would round it if they are switched on)."""
+    _check_sizes(image_size, out_size, kernel_size, sigma)
+    batch, _, _, grid = _check_features(enc, dec)
+    a = sum(_cosine_distance_torch(e, d) for e, d in zip(enc, dec)) / len(enc)
+    matrix = scoring_matrix(grid, image_size, out_size, kernel_size, sigma, a.device, a.dtype)
+    return _apply_matrix(a.reshape(batch, grid, grid), matrix)
+
+
+# --------------------------------------------------------------------------------------------
+# Triton kernels
+# --------------------------------------------------------------------------------------------
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+if triton is not None:
+    def _cos_configs() -> list:
+        if _interpreting():  # one config: the interpreter would otherwise "autotune" for minutes
+            return [triton.Config({"BLOCK_N": 64, "BLOCK_C": 128}, num_warps=4)]
+        return [triton.Config({"BLOCK_N": n, "BLOCK_C": c}, num_warps=w)
+                for n, c, w in ((1, 256, 2), (1, 512, 4), (2, 256, 2), (2, 256, 4), (4, 128, 4), (4, 256, 4),
+                                (8, 128, 4), (8, 256, 8), (16, 64, 4), (16, 128, 8), (32, 64, 8))]
+
+    @triton.jit
+    def _one_minus_cos(enc_ptr, dec_ptr, row_off, row_mask, stride_c, eps, C: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+        """1 - cos over the channels of BLOCK_N tokens, fp32 accumulation, one read of each tensor.
+        C is a compile-time constant so the channel loop unrolls and every load can be in flight."""
+        cols = tl.arange(0, BLOCK_C)
+        dot = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
+        sxx = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
+        syy = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
+        for c0 in tl.static_range(0, C, BLOCK_C):
+            c = c0 + cols
+            if C % BLOCK_C == 0:
+                mask = row_mask[:, None] & (cols < BLOCK_C)[None, :]
+            else:
+                mask = row_mask[:, None] & (c < C)[None, :]
+            offs = row_off[:, None] + c[None, :].to(tl.int64) * stride_c
+            x = tl.load(enc_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            y = tl.load(dec_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            dot += x * y
+            sxx += x * x
+            syy += y * y
+        # F.cosine_similarity clamps each norm to eps before dividing
+        nx = tl.maximum(tl.sqrt(tl.sum(sxx, axis=1)), eps)
+        ny = tl.maximum(tl.sqrt(tl.sum(syy, axis=1)), eps)
+        return 1.0 - tl.sum(dot, axis=1) / (nx * ny)
+
+    def _prune_cos_configs(configs, named_args, **kwargs):
+        """No channel block wider than the channels (rounded up to a power of two)."""
+        widest = max(16, triton.next_power_of_2(named_args["C"] if "C" in named_args else kwargs["C"]))
+        kept = [c for c in configs if c.kwargs["BLOCK_C"] <= widest]
+        return kept or configs[:1]
+
+    # ROWS_LOG2 (unused in the body) retunes per power-of-two band of B*N: B=16 and B=64 prefer
+    # different tiles, but every batch size of its own would retune at each ragged last batch.
+    @triton.autotune(configs=_cos_configs(), key=["C", "NUM_GROUPS", "ROWS_LOG2"],
+                     prune_configs_by={"early_config_prune": _prune_cos_configs})
+    @triton.jit
+    def _cosine_distance_kernel(e0, d0, e1, d1, e2, d2, e3, d3, out_ptr, R, N, ROWS_LOG2,
+                                stride_b, stride_n, stride_c, scale, eps, C: tl.constexpr,
+                                NUM_GROUPS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+        """out[r] = scale * sum_g (1 - cos(e_g[r], d_g[r])) for BLOCK_N of the R = B*N tokens."""
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_mask = rows < R
+        row_off = (rows // N).to(tl.int64) * stride_b + (rows % N).to(tl.int64) * stride_n
+        total = _one_minus_cos(e0, d0, row_off, row_mask, stride_c, eps, C, BLOCK_N, BLOCK_C)
+        if NUM_GROUPS > 1:
+            total += _one_minus_cos(e1, d1, row_off, row_mask, stride_c, eps, C, BLOCK_N, BLOCK_C)
+        if NUM_GROUPS > 2:
+            total += _one_minus_cos(e2, d2, row_off, row_mask, stride_c, eps, C, BLOCK_N, BLOCK_C)
+        if NUM_GROUPS > 3:
+            total += _one_minus_cos(e3, d3, row_off, row_mask, stride_c, eps, C, BLOCK_N, BLOCK_C)
+        tl.store(out_ptr + rows, total * scale, mask=row_mask)
+
+    @triton.jit
+    def _token_map_to_image_kernel(a_ptr, g_ptr, out_ptr, GRID, OUT, GRID_P: tl.constexpr,
+                                   BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+        """out[b, i-tile, j-tile] = Gm[i-tile] @ A[b] @ Gm[j-tile]^T, fp32 FMA (ieee: no TF32)."""
+        pid_i, pid_j, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        p = tl.arange(0, GRID_P)                      # grid padded to a power of two >= 16, zeros beyond
+        p_ok = p < GRID
+        a = tl.load(a_ptr + b.to(tl.int64) * GRID * GRID + p[:, None] * GRID + p[None, :],
+                    mask=p_ok[:, None] & p_ok[None, :], other=0.0)
+        i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
+        j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
+        gi = tl.load(g_ptr + i[:, None] * GRID + p[None, :], mask=(i < OUT)[:, None] & p_ok[None, :], other=0.0)
+        gj = tl.load(g_ptr + j[:, None] * GRID + p[None, :], mask=(j < OUT)[:, None] & p_ok[None, :], other=0.0)
+        rows = tl.dot(gi, a, input_precision="ieee")                   # (BLOCK_I, GRID_P)
+        tile = tl.dot(rows, tl.trans(gj), input_precision="ieee")      # (BLOCK_I, BLOCK_J)
+        out = out_ptr + b.to(tl.int64) * OUT * OUT + i[:, None] * OUT + j[None, :]
+        tl.store(out, tile, mask=(i < OUT)[:, None] & (j < OUT)[None, :])
+
+
+def _same_strides(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The cosine kernel takes one set of strides for all features; copy only if they differ."""
+    if all(t.stride() == tensors[0].stride() for t in tensors):
+        return tensors
+    return [t.contiguous() for t in tensors]
+
+
+def _mean_cosine_distance_triton(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(B, grid, grid) float32 mean over groups of 1 - cos, each feature tensor read once."""
+    batch, n_tokens, channels, grid = _check_features(enc, dec)
+    tensors = _same_strides(list(enc) + list(dec))
+    n_groups = len(enc)
+    enc, dec = tensors[:n_groups], tensors[n_groups:]
+    rows = batch * n_tokens
+    stride_b, stride_n, stride_c = enc[0].stride()
+    partials = []
+    for start in range(0, n_groups, MAX_GROUPS_PER_LAUNCH):
+        count = min(MAX_GROUPS_PER_LAUNCH, n_groups - start)
+        pairs = [t for g in range(start, start + count) for t in (enc[g], dec[g])]
+        pairs += [pairs[0], pairs[1]] * (MAX_GROUPS_PER_LAUNCH - count)     # unused slots: any valid pointer
+        out = torch.empty(rows, device=enc[0].device, dtype=torch.float32)
+        launch = lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]),)  # noqa: E731
+        _cosine_distance_kernel[launch](*pairs, out, rows, n_tokens, rows.bit_length(), stride_b, stride_n,
+                                        stride_c, 1.0 / n_groups, COS_EPS, C=channels, NUM_GROUPS=count)
+        partials.append(out)
+    total = partials[0] if len(partials) == 1 else torch.stack(partials).sum(0)
+    return total.view(batch, grid, grid)
+
+
+def _token_map_to_image_triton(a: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """(B, grid, grid) fp32 -> (B, out, out) fp32 with the Triton map kernel."""
+    a = a.float().contiguous()
+    batch, grid, _ = a.shape
+    out_size = matrix.shape[0]
+    maps = torch.empty(batch, out_size, out_size, device=a.device, dtype=torch.float32)
+    grid_p = max(16, triton.next_power_of_2(grid))           # tl.dot needs every dimension >= 16
+    # A fixed tile (the fastest of 32..128 x 64..128 on an H100: ~8 us at B=16, 256x256): no autotuner
+    # on the call path, whose Python overhead would exceed this kernel's run time.
+    block_i, block_j = (64, 64) if _interpreting() else (64, 128)
+    launch = (triton.cdiv(out_size, block_i), triton.cdiv(out_size, block_j), batch)
+    _token_map_to_image_kernel[launch](a, matrix, maps, grid, out_size, GRID_P=grid_p, BLOCK_I=block_i,
+                                       BLOCK_J=block_j, num_warps=4)
+    return maps
+
+
+def mean_cosine_distance(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A = mean over groups of 1 - cos(enc_g, dec_g) per token -> (B, grid, grid) float32.
+    The Triton kernel when :func:`kernels.dispatch.use_kernel` says so, else PyTorch."""
+    batch, _, _, grid = _check_features(enc, dec)
+    if use_kernel(*enc, *dec):
+        return _mean_cosine_distance_triton(enc, dec)
+    a = sum(_cosine_distance_torch(e, d) for e, d in zip(enc, dec)) / len(enc)
+    return a.reshape(batch, grid, grid)
+
+
+def top_k_mean(maps: torch.Tensor, k: int) -> torch.Tensor:
+    """Exact mean of the k largest values of each map (ties included: the top-k multiset is unique).
+
+    torch.topk on purpose: on an H100 (B=16, 256x256, k=655) it takes ~65 us of GPU time, where a
+    one-program-per-map Triton radix select took 136-300 us and chunked two-stage topk 98-220 us."""
+    return maps.flatten(1).topk(k, dim=1, sorted=False).values.mean(dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------------
+
+def anomaly_maps_and_scores(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor], image_size: int,
+                            out_size: int = 256, kernel_size: int = 5, sigma: float = 4.0,
+                            top_fraction: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anomaly maps (B, out_size, out_size) float32 and image scores (B,).
+
+    The fused Triton path when ``use_kernel`` selects it (CUDA tensors by default), else the reference."""
+    _check_sizes(image_size, out_size, kernel_size, sigma)
+    k = top_k_count(out_size * out_size, top_fraction)
+    if use_kernel(*enc, *dec):
+        a = _mean_cosine_distance_triton(enc, dec)                  # validates enc/dec
+        grid = a.shape[-1]
+        matrix = scoring_matrix(grid, image_size, out_size, kernel_size, sigma, a.device, torch.float32)
+        maps = _token_map_to_image_triton(a, matrix)
+    else:
+        maps = anomaly_map_reference(enc, dec, image_size, out_size, kernel_size, sigma)
+    return maps, top_k_mean(maps, k)
+
+
+def upsample_token_map(token_map: torch.Tensor, image_size: int, out_size: int = 256, kernel_size: int = 5,
+                       sigma: float = 4.0) -> torch.Tensor:
+    """Steps 2-4 (upsample, resize, blur) of a per-token map (B, N) -> (B, out_size, out_size) float32.
+
+    Used for zero-shot maps (distance to the nearest prototype). The Triton map kernel when
+    ``use_kernel`` selects it, else the reference."""
+    _check_sizes(image_size, out_size, kernel_size, sigma)
+    grid = _check_token_map(token_map)
+    if use_kernel(token_map):
+        matrix = scoring_matrix(grid, image_size, out_size, kernel_size, sigma, token_map.device, torch.float32)
+        return _token_map_to_image_triton(token_map.reshape(-1, grid, grid), matrix)
+    return upsample_token_map_reference(token_map, image_size, out_size, kernel_size, sigma)

@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="inpctl",
+    version="0.1.0",
+    description="INP-Former (CVPR 2025) for universal industrial visual anomaly detection: library, "
+                "fused Triton kernels and CLI",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["inp_former", "inp_former.*", "kernels", "kernels.*", "inpctl", "inpctl.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "torchvision",
+        "triton; platform_system == 'Linux'",
+        "timm>=1.0",
+        "safetensors",
+        "typer>=0.12",
+        "rich",
+        "numpy",
+        "pillow",
+        "scikit-image",
+        "scikit-learn",
+    ],
+    extras_require={"dev": ["pytest", "pytest-benchmark"]},
+    entry_points={"console_scripts": ["inpctl=inpctl.cli:main"]},
+)
