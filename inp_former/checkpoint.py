@@ -43,7 +43,7 @@ def save_checkpoint(path: Path, model: INPFormer, cfg: RunConfig, meta: dict[str
         "state_dict": {k: v.detach().cpu() for k, v in model.trainable_state_dict().items()},
         "meta": {
             "inpctl_version": inp_former.__version__,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
             "python_version": platform.python_version(),
             "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "encoder": cfg.model.encoder,
@@ -59,14 +59,18 @@ def save_checkpoint(path: Path, model: INPFormer, cfg: RunConfig, meta: dict[str
     atomic_torch_save(payload, Path(path))
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
+def _torch_load(path: Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"--ckpt {path}: no such file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"--ckpt {path}: not a readable checkpoint ({exc.__class__.__name__})") from exc
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    payload = _torch_load(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"--ckpt {path}: not an inpctl checkpoint (expected a dict with format={FORMAT!r})")
     if payload.get("format_version", 0) > FORMAT_VERSION:
@@ -76,7 +80,15 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu",
                     encoder_weights: str | None = None) -> tuple[INPFormer, RunConfig, dict[str, Any]]:
-    """Rebuild the model of a checkpoint; ``encoder_weights`` overrides where the encoder comes from."""
+    """Rebuild the model of a checkpoint; ``encoder_weights`` overrides where the encoder comes from.
+
+    Also accepts the authors' released ``model.pth`` (a plain state dict of their whole model).
+    """
+    raw = _torch_load(path)
+    if is_authors_state_dict(raw):
+        model, cfg = import_authors_state_dict(raw, path, encoder_weights)
+        return model.to(device), cfg, {"imported_from": f"authors' checkpoint {path}",
+                                       "encoder_source": model.encoder.weights_source}
     payload = read_checkpoint(path)
     cfg = RunConfig.from_dict(payload["config"])
     embedded = payload.get("encoder_state_dict")
@@ -100,3 +112,76 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu",
                 f"--ckpt {path}: the encoder loaded now ({model.encoder.weights_source}) is not the one it was "
                 f"trained with ({meta.get('encoder_source')}); pass --encoder-weights with the training weights")
     return model.to(device), cfg, meta
+
+
+# --- the authors' checkpoints ------------------------------------------------------------------
+
+AUTHORS_TO_OURS = (  # (their prefix, our prefix), first match wins
+    ("prototype_token.0", "prototypes"),
+    ("prototype_token", "prototypes"),
+    ("bottleneck.0.", "bottleneck."),
+    ("aggregation.0.", "extractor."),
+)
+ENCODER_BY_DIM = {384: "small", 768: "base", 1024: "large"}
+
+
+def is_authors_state_dict(raw: Any) -> bool:
+    return isinstance(raw, dict) and any(str(k).startswith("prototype_token") for k in raw)
+
+
+def authors_to_ours(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Split the authors' state dict into (our trainable state dict, Meta-named encoder state)."""
+    ours: dict[str, torch.Tensor] = {}
+    encoder: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.startswith("encoder."):
+            encoder[key[len("encoder."):]] = value
+            continue
+        for theirs, mine in AUTHORS_TO_OURS:
+            if key.startswith(theirs):
+                key = mine + key[len(theirs):]
+                break
+        key = key.replace(".attn.learn_scale", ".attn.scale")
+        ours[key] = value
+    return ours, encoder
+
+
+def import_authors_state_dict(state: dict[str, torch.Tensor], path: Path,
+                              encoder_weights: str | None = None) -> tuple[INPFormer, RunConfig]:
+    """Build our model from the authors' ``model.pth``; refuses on any key or shape mismatch."""
+    from inp_former.encoders import meta_dinov2_to_timm
+
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"--ckpt {path}: expected a state dict of tensors")
+    ours, encoder_state = authors_to_ours(state)
+    prototypes = ours.get("prototypes")
+    if prototypes is None or prototypes.dim() != 2:
+        raise CheckpointError(f"--ckpt {path}: 'prototype_token' must be an (M, C) tensor")
+    num_prototypes, dim = prototypes.shape
+    if dim not in ENCODER_BY_DIM:
+        raise CheckpointError(f"--ckpt {path}: channel size {dim} matches no DINOv2 ViT (384, 768, 1024)")
+    depth = len({k.split(".")[1] for k in ours if k.startswith("decoder.")})
+    cfg = RunConfig()
+    cfg.model.encoder = ENCODER_BY_DIM[dim]
+    cfg.model.num_prototypes = num_prototypes
+    cfg.model.decoder_depth = depth
+    embedded = bool(encoder_state) and encoder_weights is None
+    cfg.model.encoder_weights = "random" if embedded else (encoder_weights or "pretrained")
+    model = INPFormer(cfg.model)
+    if embedded:
+        vit = model.encoder.vit
+        converted = meta_dinov2_to_timm(encoder_state)
+        kept = {k: v for k, v in converted.items()
+                if not (k.startswith("blocks.") and int(k.split(".")[1]) >= len(vit.blocks))
+                and not k.startswith("head")}
+        own = vit.state_dict()
+        bad = sorted(set(own) ^ set(kept)) + sorted(k for k in own if k in kept and own[k].shape != kept[k].shape)
+        if bad:
+            raise CheckpointError(f"--ckpt {path}: the encoder part does not fit {cfg.model.encoder} ({bad[:3]})")
+        vit.load_state_dict(kept)
+        model.encoder.weights_source = f"the authors' checkpoint {path}"
+    try:
+        model.load_trainable_state_dict(ours)
+    except ValueError as exc:
+        raise CheckpointError(f"--ckpt {path}: not the authors' INP-Former layout: {exc}") from exc
+    return model, cfg

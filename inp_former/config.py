@@ -45,6 +45,7 @@ class TrainConfig:
     num_workers: int = 0
     on_nonfinite: str = "stop"            # stop | skip: what a non-finite loss does
     precision: str = "fp32"               # fp32 | bf16 (autocast): bf16 is the fast path on GPUs
+    checkpoint_every: int = 500           # iterations between resumable training states (0 = never)
 
 
 @dataclass

@@ -10,6 +10,8 @@ timm's way, because a model trained with one gives different maps with the other
 """
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Callable
 
@@ -179,18 +181,32 @@ def load_dinov2_weights(vit: nn.Module, timm_name: str, weights: str) -> str:
     return f"file {weights}"
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers; checked first so that offline machines fail fast."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _load_timm_pretrained(vit: nn.Module, timm_name: str) -> str:
     import timm
 
     name = f"{timm_name}.{DINOV2_PRETRAINED_TAG}"
+    hint = ("pass --encoder-weights PATH (a timm .safetensors/.pth or Meta's dinov2_vit*14_reg4_pretrain.pth), "
+            "or pre-fill the Hugging Face cache (HF_HOME)")
+    variant = next((v for v, (n, _) in DINOV2_VARIANTS.items() if n == timm_name), "")
+    if not pretrained_available(variant) and not hub_reachable():
+        raise EncoderWeightsError(f"no pretrained weights for {name}: not in the local cache and the hub is "
+                                  f"unreachable (offline); {hint}")
     try:
         pretrained = timm.create_model(name, pretrained=True, num_classes=0)
     except Exception as exc:
         raise EncoderWeightsError(
-            f"no pretrained weights for {name}: timm could not load them ({exc.__class__.__name__}). "
-            "Offline, pass --encoder-weights PATH (a timm .safetensors/.pth or Meta's "
-            "dinov2_vit*14_reg4_pretrain.pth), or pre-fill the Hugging Face cache (HF_HOME)."
-        ) from exc
+            f"no pretrained weights for {name}: timm could not load them ({exc.__class__.__name__}); {hint}") from exc
     vit.load_state_dict(pretrained.state_dict())
     return f"timm pretrained {name}"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 
@@ -30,6 +31,15 @@ def scale_grad(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _ScaleGrad.apply(x, weight)
 
 
+def global_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over all elements, across all processes under torch.distributed (the global batch)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x.mean()
+    total = torch.stack([x.sum(), x.new_tensor(float(x.numel()))])
+    dist.all_reduce(total)
+    return total[0] / total[1]
+
+
 def soft_mining_loss(encoder_groups: Sequence[torch.Tensor], decoder_groups: Sequence[torch.Tensor],
                      gamma: float = 3.0) -> torch.Tensor:
     """L_sm, averaged over groups; tensors are (B, N, C) token maps.
@@ -44,7 +54,7 @@ def soft_mining_loss(encoder_groups: Sequence[torch.Tensor], decoder_groups: Seq
         enc = enc.detach()
         with torch.no_grad():
             d = 1.0 - F.cosine_similarity(enc, dec, dim=-1)            # (B, N)
-            weight = (d / d.mean()).pow(gamma).unsqueeze(-1)          # mean over batch and positions
+            weight = (d / global_mean(d)).pow(gamma).unsqueeze(-1)    # mean over batch and positions
         dec = scale_grad(dec, weight.to(dec.dtype))
         total = total + (1.0 - F.cosine_similarity(enc.flatten(1), dec.flatten(1), dim=-1)).mean()
     return total / len(encoder_groups)

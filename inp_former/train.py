@@ -1,23 +1,33 @@
-"""One training loop for every setting: the config says which data and how long."""
+"""One training loop for every setting: the config says which data and how long.
+
+Also: resumable training states (``last.pt``: model, optimiser, schedule, RNG, data position,
+written atomically every ``checkpoint_every`` iterations) and multi-process training with
+PyTorch's DistributedDataParallel when launched by ``torchrun``.
+"""
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Sampler
 
 from inp_former.checkpoint import save_checkpoint
 from inp_former.config import RunConfig
 from inp_former.data import AnomalyDataset, build_samples, image_transform, list_categories
+from inp_former.io import atomic_torch_save
 from inp_former.losses import coherence_loss, soft_mining_loss
 from inp_former.model import INPFormer
 from inp_former.optim import StableAdamW, WarmCosineSchedule
+
+TRAINING_STATE = "last.pt"   # resumable state inside the run directory
 
 
 class TrainingError(RuntimeError):
@@ -73,25 +83,104 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, enabled=False)
 
 
+def distributed() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) when not launched by torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Shuffled batches whose order depends only on (seed, epoch), so a run can resume mid-epoch.
+
+    Each epoch is a fresh permutation from ``seed + epoch``; the global batch of ``batch_size``
+    images is split evenly over ``world`` processes (rank r takes its contiguous slice), so a
+    run on W processes sees exactly the batches of a one-process run.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, world: int = 1, rank: int = 0) -> None:
+        if batch_size % world:
+            raise ValueError(f"--batch-size {batch_size}: must be divisible by the {world} processes")
+        self.size, self.batch_size, self.seed, self.world, self.rank = size, batch_size, seed, world, rank
+        self.epoch, self.start_batch = 0, 0
+
+    def __len__(self) -> int:
+        return self.size // self.batch_size - self.start_batch
+
+    def set_position(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        local = self.batch_size // self.world
+        for b in range(self.start_batch, self.size // self.batch_size):  # drop_last
+            start = b * self.batch_size + self.rank * local
+            yield order[start:start + local]
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].copy(),
+             "numpy_pos": int(np.random.get_state()[2]), "python": repr(random.getstate())}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import ast
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"], state["numpy_pos"]))
+    random.setstate(ast.literal_eval(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_state(path: Path, model: INPFormer, optimizer: torch.optim.Optimizer, schedule: Any,
+                        cfg: RunConfig, iteration: int, epoch: int, batch_in_epoch: int, skipped: int) -> None:
+    """Everything needed to continue exactly where we are (atomic write)."""
+    atomic_torch_save({
+        "format": "inpctl-training-state", "config": cfg.to_dict(), "iteration": iteration, "epoch": epoch,
+        "batch_in_epoch": batch_in_epoch, "skipped": skipped,
+        "model": {k: v.detach().cpu() for k, v in model.trainable_state_dict().items()},
+        "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "rng": _rng_state(),
+    }, path)
+
+
+def load_training_state(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise TrainingError(f"--resume: {path} is not a readable training state ({exc.__class__.__name__})") from exc
+    if not isinstance(state, dict) or state.get("format") != "inpctl-training-state":
+        raise TrainingError(f"--resume: {path} is not an inpctl training state")
+    return state
+
+
 def train(cfg: RunConfig, run_dir: Path, device: torch.device | str | None = None,
           on_step: Callable[[StepInfo], None] | None = None,
-          model: INPFormer | None = None) -> TrainResult:
-    """Train one model on the configured data; writes ``run_dir/checkpoint.pt`` and ``config.json``."""
+          model: INPFormer | None = None, resume: bool = False) -> TrainResult:
+    """Train one model on the configured data.
+
+    Writes ``run_dir/config.json``, ``run_dir/last.pt`` every ``checkpoint_every`` iterations and
+    ``run_dir/checkpoint.pt`` at the end (rank 0 only). ``resume=True`` continues from ``last.pt``.
+    """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rank, world = distributed()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tc = cfg.train
     seed_everything(tc.seed)
     categories = resolve_categories(cfg)
     cfg.data.categories = categories
-    samples = training_samples(cfg, categories)
-    dataset = AnomalyDataset(samples, image_transform(cfg.model.resize, cfg.model.crop))
+    dataset = AnomalyDataset(training_samples(cfg, categories), image_transform(cfg.model.resize, cfg.model.crop))
     if len(dataset) < tc.batch_size:
         raise ValueError(f"--batch-size {tc.batch_size}: larger than the {len(dataset)} training images")
-    loader = DataLoader(dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True,
-                        num_workers=tc.num_workers, generator=torch.Generator().manual_seed(tc.seed),
-                        pin_memory=device.type == "cuda", persistent_workers=tc.num_workers > 0)
-    total = tc.iters if tc.iters is not None else tc.epochs * len(loader)
+    sampler = EpochBatchSampler(len(dataset), tc.batch_size, tc.seed, world, rank)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=tc.num_workers,
+                        pin_memory=device.type == "cuda")
+    batches_per_epoch = len(dataset) // tc.batch_size
+    total = tc.iters if tc.iters is not None else tc.epochs * batches_per_epoch
     if total < 1:
         raise ValueError("--iters/--epochs: training needs at least one iteration")
     cfg.train.iters = total
@@ -100,48 +189,69 @@ def train(cfg: RunConfig, run_dir: Path, device: torch.device | str | None = Non
     params = model.trainable_parameters()
     optimizer = StableAdamW(params, lr=tc.lr, betas=tc.betas, eps=tc.eps, weight_decay=tc.weight_decay, amsgrad=True)
     schedule = WarmCosineSchedule(optimizer, tc.lr, tc.final_lr, total, warmup=tc.warmup_iters)
-    cfg.save_json(run_dir / "config.json")
+    iteration, epoch, skipped, losses = 0, 0, 0, []
+    state_path = run_dir / TRAINING_STATE
+    if resume:
+        if not state_path.is_file():
+            raise TrainingError(f"--resume {run_dir}: no {TRAINING_STATE} to resume from")
+        state = load_training_state(state_path)
+        model.load_trainable_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        _set_rng_state(state["rng"])
+        iteration, epoch, skipped = state["iteration"], state["epoch"], state["skipped"]
+        sampler.set_position(epoch, state["batch_in_epoch"])
+    elif rank == 0:
+        cfg.save_json(run_dir / "config.json")
 
+    net: torch.nn.Module = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     model.train()
-    iteration, skipped, losses = 0, 0, []
     started = time.perf_counter()
     while iteration < total:
+        batch_in_epoch = sampler.start_batch
         for batch in loader:
+            batch_in_epoch += 1
             images = batch["image"].to(device, non_blocking=True)
             with autocast(device, tc.precision):
-                out = model(images)
+                out = net(images)
                 mining = soft_mining_loss(out.encoder_groups, out.decoder_groups, tc.mining_gamma)
                 coherence = coherence_loss(out.prototype_distance)
                 loss = mining + tc.coherence_weight * coherence
             optimizer.zero_grad(set_to_none=True)
-            value = float(loss)
+            value = float(loss.detach())
             if not math.isfinite(value):
-                if tc.on_nonfinite == "skip":
-                    skipped += 1
-                    schedule.step()
-                    iteration += 1
-                    if iteration >= total:
-                        break
-                    continue
-                raise TrainingError(
-                    f"loss is {value} at iteration {iteration + 1}: training stopped; the last good "
-                    f"checkpoint (if any) is kept. Try --eps 1e-6 (a known fix) or --on-nonfinite skip")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-            optimizer.step()
+                if tc.on_nonfinite != "skip":
+                    raise TrainingError(
+                        f"loss is {value} at iteration {iteration + 1}: training stopped; the last good state "
+                        f"({state_path.name}) is kept. Try --eps 1e-6 (a known fix) or --on-nonfinite skip")
+                skipped += 1  # the step is dropped, the schedule moves on
+            else:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+                optimizer.step()
+                losses.append(value)
             schedule.step()
             iteration += 1
-            losses.append(value)
-            if on_step is not None:
-                on_step(StepInfo(iteration, total, value, float(mining), float(coherence),
+            if on_step is not None and rank == 0:
+                on_step(StepInfo(iteration, total, value, float(mining.detach()), float(coherence.detach()),
                                  optimizer.param_groups[0]["lr"]))
+            at_epoch_end = batch_in_epoch == batches_per_epoch
+            if tc.checkpoint_every and iteration % tc.checkpoint_every == 0 and iteration < total and rank == 0:
+                save_training_state(state_path, model, optimizer, schedule, cfg, iteration,
+                                    epoch + at_epoch_end, 0 if at_epoch_end else batch_in_epoch, skipped)
             if iteration >= total:
                 break
+        else:
+            epoch += 1
+            sampler.set_position(epoch, 0)
     seconds = time.perf_counter() - started
     checkpoint = run_dir / "checkpoint.pt"
-    save_checkpoint(checkpoint, model, cfg, meta={
-        "iterations": iteration, "train_seconds": round(seconds, 2), "dataset": cfg.data.dataset,
-        "data_root": str(cfg.data.root), "categories": categories, "train_images": len(dataset),
-        "device": str(device), "skipped_steps": skipped,
-    })
+    if rank == 0:
+        save_checkpoint(checkpoint, model, cfg, meta={
+            "iterations": iteration, "train_seconds": round(seconds, 2), "dataset": cfg.data.dataset,
+            "data_root": str(cfg.data.root), "categories": categories, "train_images": len(dataset),
+            "device": str(device), "world_size": world, "skipped_steps": skipped,
+        })
     return TrainResult(checkpoint, iteration, seconds, losses[-1] if losses else float("nan"), skipped, losses)

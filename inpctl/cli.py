@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -81,10 +82,20 @@ def train(
     eval_batch_size: int = typer.Option(16, min=1, help="Images per evaluation batch."),
     num_workers: int = typer.Option(0, min=0, help="Data-loading worker processes."),
     on_nonfinite: str = typer.Option("stop", help="What a NaN/inf loss does: stop, or skip the step."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    checkpoint_every: int = typer.Option(500, min=0, help="Write a resumable state (last.pt) every N iterations; 0 = never."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last.pt "
+                                          "(its saved config is used; other flags are ignored)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N (under torchrun: the local GPU)."),
 ) -> None:
-    """Train one INP-Former on all chosen categories, then evaluate it (a demo without --data)."""
+    """Train one INP-Former on all chosen categories, then evaluate it (a demo without --data).
+
+    Multi-GPU: torchrun --nproc-per-node N -m inpctl train ... (the global --batch-size is split).
+    """
     from inp_former.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+    if resume is not None:
+        run(lambda: _resume(resume, device, not no_eval, eval_batch_size))
+        return
 
     for flag, value, allowed in (("--precision", precision, ("fp32", "bf16")),
                                  ("--on-nonfinite", on_nonfinite, ("stop", "skip"))):
@@ -107,29 +118,70 @@ def train(
             train=TrainConfig(iters=iters, epochs=epochs, batch_size=batch_size, lr=lr, final_lr=final_lr,
                               warmup_iters=warmup_iters, weight_decay=weight_decay, eps=eps, grad_clip=grad_clip,
                               coherence_weight=coherence_weight, mining_gamma=gamma, seed=seed,
-                              num_workers=num_workers, on_nonfinite=on_nonfinite, precision=precision),
+                              num_workers=num_workers, on_nonfinite=on_nonfinite, precision=precision,
+                              checkpoint_every=checkpoint_every),
             data=DataConfig(dataset=dataset, root=str(data), categories=parse_categories(categories)),
         )
+    if out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        fail("--out: required under torchrun, so that every process writes to the same run directory")
     run_dir = out or default_run_dir(cfg.data.dataset if not demo else "demo", cfg.model.encoder)
-    if (run_dir / "checkpoint.pt").exists() and not overwrite:
-        fail(f"--out {run_dir}: already holds a run (checkpoint.pt); choose another --out or pass --overwrite")
-    run(lambda: _train_and_eval(cfg, run_dir, pick_device(device), not no_eval, eval_batch_size, demo))
+    if any((run_dir / name).exists() for name in ("checkpoint.pt", "last.pt")) and not overwrite:
+        fail(f"--out {run_dir}: already holds a run; choose another --out, pass --overwrite, "
+             f"or continue it with --resume {run_dir}")
+    run(lambda: _train_and_eval(cfg, run_dir, device, not no_eval, eval_batch_size, demo))
 
 
-def _train_and_eval(cfg, run_dir: Path, device: torch.device, do_eval: bool, eval_batch_size: int, demo: bool) -> None:
+def _resume(run_dir: Path, device: str, do_eval: bool, eval_batch_size: int) -> None:
+    from inp_former.config import RunConfig
+    from inp_former.train import TRAINING_STATE, load_training_state
+
+    state_path = run_dir / TRAINING_STATE
+    if not state_path.is_file():
+        fail(f"--resume {run_dir}: no {TRAINING_STATE} there (nothing to resume; is it a run directory?)")
+    cfg = RunConfig.from_dict(load_training_state(state_path)["config"])
+    console.print(f"Resuming {run_dir} at iteration {load_training_state(state_path)['iteration']}")
+    _train_and_eval(cfg, run_dir, device, do_eval, eval_batch_size, demo=False, resume=True)
+
+
+def _setup_distributed(device: str) -> tuple[torch.device, int]:
+    """Under torchrun: join the process group; returns (this process's device, rank)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return pick_device(device), 0
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device != "cpu"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return (torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")), dist.get_rank()
+
+
+def _train_and_eval(cfg, run_dir: Path, device_flag: str, do_eval: bool, eval_batch_size: int, demo: bool,
+                    resume: bool = False) -> None:
+    import torch.distributed as dist
+
     from inp_former.model import INPFormer
     from inp_former.train import train as train_model
 
-    model = INPFormer(cfg.model)
-    console.print(f"Encoder: [bold]{cfg.model.encoder}[/] ({model.encoder.weights_source}); device {device}")
-    with progress_bar("stats") as progress:
-        task = progress.add_task("train", total=None, stats="")
+    device, rank = _setup_distributed(device_flag)
+    try:
+        model = INPFormer(cfg.model)
+        if rank == 0:
+            console.print(f"Encoder: [bold]{cfg.model.encoder}[/] ({model.encoder.weights_source}); device {device}")
+        with progress_bar("stats", disable=rank != 0) as progress:
+            task = progress.add_task("train", total=None, stats="")
 
-        def on_step(step) -> None:
-            progress.update(task, completed=step.iteration, total=step.total,
-                            stats=f"loss {step.loss:.4f}  lr {step.lr:.2e}")
+            def on_step(step) -> None:
+                progress.update(task, completed=step.iteration, total=step.total,
+                                stats=f"loss {step.loss:.4f}  lr {step.lr:.2e}")
 
-        result = train_model(cfg, run_dir, device, on_step=on_step, model=model)
+            result = train_model(cfg, run_dir, device, on_step=on_step, model=model, resume=resume)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if rank != 0:
+        return
     console.print(f"Trained {result.iterations} iterations in {result.seconds:.1f}s; "
                   f"checkpoint [bold]{result.checkpoint}[/]")
     if do_eval:
@@ -201,6 +253,8 @@ def eval_command(
             cfg.data.categories = parse_categories(categories)
         if dataset is not None:
             cfg.data.dataset = dataset
+        if not cfg.data.root:
+            fail(f"--ckpt {ckpt}: the checkpoint does not say which data it was trained on; pass --data")
         chosen_categories = resolve_categories(cfg)
         _evaluate_and_report(model, cfg, chosen_categories, chosen, batch_size, precision, map_mode,
                              out or ckpt.parent, extra_meta={"checkpoint": str(ckpt)})

@@ -14,11 +14,11 @@ METRIC_TITLES = {"i_auroc": "I-AUROC", "i_ap": "I-AP", "i_f1max": "I-F1max", "p_
                  "p_ap": "P-AP", "p_f1max": "P-F1max", "aupro": "AUPRO"}
 
 
-def progress_bar(*extra: str) -> Progress:
+def progress_bar(*extra: str, disable: bool = False) -> Progress:
     """A progress bar with count, elapsed and remaining time, plus ``extra`` text fields."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     *(TextColumn(f"{{task.fields[{name}]}}") for name in extra),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, disable=disable)
 
 
 def percent(value: float) -> str:

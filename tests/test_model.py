@@ -48,7 +48,11 @@ def test_meta_checkpoint_gives_the_same_encoder(tmp_path):
     source = DinoV2Encoder("small", "random")
     torch.nn.init.normal_(source.vit.pos_embed)
     torch.nn.init.normal_(source.vit.cls_token)
-    timm_state = {k: v.clone() for k, v in source.vit.state_dict().items()}
+    import timm
+
+    # Meta's files hold all 12 blocks; ours runs only the first 10.
+    timm_state = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0).state_dict()
+    timm_state.update({k: v.clone() for k, v in source.vit.state_dict().items()})
     # Meta's layout: CLS position entry inside pos_embed, 'register_tokens', a mask token.
     cls_pos = torch.randn(1, 1, 384)
     meta = {k: v for k, v in timm_state.items() if k not in ("reg_token", "pos_embed", "cls_token")}
@@ -56,7 +60,7 @@ def test_meta_checkpoint_gives_the_same_encoder(tmp_path):
                 cls_token=timm_state["cls_token"] - cls_pos,
                 pos_embed=torch.cat([cls_pos, timm_state["pos_embed"]], 1))
     converted = meta_dinov2_to_timm(meta)
-    assert set(converted) == set(source.vit.state_dict())
+    assert set(converted) == set(timm_state)
     path = tmp_path / "dinov2_vits14_reg4_pretrain.pth"
     torch.save(meta, path)
     loaded = DinoV2Encoder("small", str(path))
@@ -137,8 +141,12 @@ def test_decoder_block_has_no_attention_residual():
 def test_decoder_groups_are_reversed_and_every_block_sees_the_same_inps():
     model = tiny_model()
     outputs, inps = [], []
-    hooks = [blk.register_forward_hook(lambda m, args, out: (outputs.append(out), inps.append(args[1])))
-             for blk in model.decoder]
+
+    def record(module, args, out):
+        outputs.append(out)
+        inps.append(args[1])
+
+    hooks = [blk.register_forward_hook(record) for blk in model.decoder]
     out = model(torch.randn(2, 3, 56, 56))
     for h in hooks:
         h.remove()
