@@ -17,9 +17,12 @@ def _fmt(value: Any) -> str:
 def print_rows(title: str, result: dict[str, Any]) -> None:
     """Print ``result['rows']`` (a list of dicts) as one table, then any notes."""
     rows = result.get("rows", [])
+    notes = sorted({row["note"] for row in rows if len(str(row.get("note") or "")) > 12})
     if rows:
-        columns = list(dict.fromkeys(k for row in rows for k in row))
+        columns = [c for c in dict.fromkeys(k for row in rows for k in row) if not (c == "note" and notes)]
         console.print(rows_table(title, columns, ([_fmt(row.get(c)) for c in columns] for row in rows)))
+    for note in notes:
+        console.print(f"note: {note}")
     for key, value in result.items():
         if key != "rows" and not isinstance(value, (list, dict)):
             console.print(f"{key}: {value}")

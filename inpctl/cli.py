@@ -105,7 +105,7 @@ def train(
         fail(f"--crop {crop}: must not exceed --resize {resize}")
     demo = data is None
     if demo:
-        from inpctl.demo import demo_config
+        from inp_former.demo import demo_config
 
         cfg, notice = demo_config(seed=seed)
         console.print(notice)
