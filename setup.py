@@ -22,6 +22,7 @@ setup(
         "scikit-image",
         "scikit-learn",
     ],
-    extras_require={"dev": ["pytest", "pytest-benchmark"]},
+    extras_require={"export": ["onnx", "onnxruntime"],
+                    "dev": ["pytest", "pytest-benchmark", "onnx", "onnxruntime"]},
     entry_points={"console_scripts": ["inpctl=inpctl.cli:main"]},
 )

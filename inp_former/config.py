@@ -16,6 +16,11 @@ from typing import Any
 class ModelConfig:
     encoder: str = "base"                 # small | base | large (DINOv2-reg4) or another registered encoder
     encoder_weights: str = "pretrained"   # "pretrained" (timm cache/download), "random", or a file path
+    # CNN encoders only (inp_former/cnn_encoder.py); None = that encoder's default, filled in when the
+    # encoder is built so that saved configs record the exact design. DINOv2 leaves them None.
+    encoder_stages: list[int] | None = None   # timm features_only out_indices taken as token maps
+    token_stride: int | None = None           # pixels per token: grid = crop // token_stride
+    encoder_dim: int | None = None            # C: every stage is projected to C channels
     resize: int = 448                     # images are resized to resize x resize ...
     crop: int = 392                       # ... then centre-cropped to crop x crop (28x28 tokens at patch 14)
     num_prototypes: int = 6               # M, the number of INPs

@@ -217,10 +217,26 @@ ENCODERS: dict[str, Callable[[ModelConfig], FrozenEncoder]] = {
 }
 
 
+
+def _cnn_encoder(cfg: ModelConfig) -> FrozenEncoder:
+    # imported here: cnn_encoder imports this module
+    from inp_former.cnn_encoder import build_cnn_encoder, timm_name_of
+
+    return build_cnn_encoder(cfg, timm_name_of(cfg.encoder))
+
+
+# timm CNNs (inp_former/cnn_encoder.py): the light offline default, and any other as "timm:<name>".
+ENCODERS["efficientnet_lite0"] = _cnn_encoder
+TIMM_ENCODER_PREFIX = "timm:"
+
+
 def build_encoder(cfg: ModelConfig) -> FrozenEncoder:
     """The frozen encoder a model config names."""
+    if cfg.encoder.startswith(TIMM_ENCODER_PREFIX) and len(cfg.encoder) > len(TIMM_ENCODER_PREFIX):
+        return _cnn_encoder(cfg)
     if cfg.encoder not in ENCODERS:
-        raise ValueError(f"--encoder {cfg.encoder!r}: expected one of {', '.join(sorted(ENCODERS))}")
+        raise ValueError(f"--encoder {cfg.encoder!r}: expected one of {', '.join(sorted(ENCODERS))} "
+                         f"or {TIMM_ENCODER_PREFIX}<timm CNN name> (e.g. {TIMM_ENCODER_PREFIX}wide_resnet50_2)")
     return ENCODERS[cfg.encoder](cfg)
 
 

@@ -67,8 +67,13 @@ def score_batch(model: INPFormer, images: torch.Tensor, cfg: RunConfig, precisio
 
 def evaluate(model: INPFormer, cfg: RunConfig, categories: list[str], device: torch.device | str,
              batch_size: int = 16, precision: str = "fp32", map_mode: str = "decoder",
-             on_batch: Callable[[str, int, int], None] | None = None, num_workers: int = 0) -> EvalResult:
-    """Evaluate on the test split of each category of ``cfg.data``; metrics per category and mean."""
+             on_batch: Callable[[str, int, int], None] | None = None, num_workers: int = 0,
+             on_category: Callable[[str, dict[str, Any]], None] | None = None) -> EvalResult:
+    """Evaluate on the test split of each category of ``cfg.data``; metrics per category and mean.
+
+    ``on_category(category, outputs)``, if given, sees each category's outputs once they are complete:
+    ``labels`` (n,), ``scores`` (n,), ``masks`` (n, S, S) bool, ``maps`` (n, S, S) float32 (CPU tensors)
+    and ``paths`` (e.g. :class:`inp_former.thresholds.Calibrator` computes thresholds from them)."""
     device = torch.device(device)
     mc = cfg.model
     model.eval().to(device)
@@ -91,6 +96,9 @@ def evaluate(model: INPFormer, cfg: RunConfig, categories: list[str], device: to
                 on_batch(category, len(batch["label"]), len(dataset))
         per_category[category] = category_metrics(torch.cat(labels), torch.cat(scores),
                                                   torch.cat(masks), torch.cat(maps))
+        if on_category is not None:
+            on_category(category, {"labels": torch.cat(labels), "scores": torch.cat(scores), "masks": torch.cat(masks),
+                                   "maps": torch.cat(maps), "paths": [s.path for s in samples]})
     return EvalResult(per_category, mean_metrics(per_category), rows,
                       {"map_mode": map_mode, "precision": precision, "device": str(device),
                        "dataset": cfg.data.dataset, "data_root": str(cfg.data.root)})

@@ -186,12 +186,17 @@ def _train_and_eval(cfg, run_dir: Path, device_flag: str, do_eval: bool, eval_ba
                   f"checkpoint [bold]{result.checkpoint}[/]")
     if do_eval:
         _evaluate_and_report(model, cfg, cfg.data.categories, device, eval_batch_size, "fp32", "decoder", run_dir,
-                             extra_meta={"checkpoint": str(result.checkpoint), "demo": demo})
+                             extra_meta={"checkpoint": str(result.checkpoint), "demo": demo}, ckpt=result.checkpoint)
 
 
 def _evaluate_and_report(model, cfg, categories, device, batch_size, precision, map_mode, out_dir: Path,
-                         extra_meta: dict | None = None) -> None:
+                         extra_meta: dict | None = None, ckpt: Path | None = None, report: bool = False,
+                         report_samples: int = 3) -> None:
     from inp_former.evaluate import evaluate
+    from inp_former.thresholds import Calibrator
+    from inpctl.predict_cmd import store_thresholds, write_eval_report
+
+    calibrator = Calibrator(map_mode)
 
     total_images = None
     with progress_bar("category") as progress:
@@ -205,14 +210,19 @@ def _evaluate_and_report(model, cfg, categories, device, batch_size, precision, 
             seen[category] += count
             progress.update(task, advance=count, category=category)
 
-        result = evaluate(model, cfg, categories, device, batch_size, precision, map_mode, on_batch=on_batch)
+        result = evaluate(model, cfg, categories, device, batch_size, precision, map_mode, on_batch=on_batch,
+                          on_category=calibrator.update)
     result.meta.update({"encoder": cfg.model.encoder, "encoder_source": model.encoder.weights_source,
                         "random_encoder": cfg.model.encoder_weights == "random", **(extra_meta or {})})
+    calibration = store_thresholds(calibrator, result, ckpt)  # F1-max thresholds -> metrics.json + checkpoint meta
     result.write(out_dir)
     console.print(metrics_table(result.categories, result.mean, title=f"INP-Former ({map_mode} maps), %"))
     if cfg.model.encoder_weights == "random":
         console.print("[yellow]Note: the encoder has random weights, so these numbers do not measure INP-Former.")
     console.print(f"Wrote {out_dir / 'metrics.json'} and {out_dir / 'scores.csv'}")
+    if report:
+        write_eval_report(model, cfg, result, calibrator, calibration, device, precision, map_mode, out_dir,
+                          report_samples)
 
 
 # --- eval --------------------------------------------------------------------------------------
@@ -231,8 +241,14 @@ def eval_command(
     encoder_weights: Optional[str] = typer.Option(None, help="Where the frozen encoder's weights come from, if not "
                                                   "as at training time."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    report: bool = typer.Option(False, "--report", help="Also write report.html: metrics, thresholds and figures "
+                                "(overlays, INP attention, distance maps, score densities) for sample images."),
+    report_samples: int = typer.Option(3, min=0, help="Sample images per category in the --report."),
 ) -> None:
-    """Evaluate a checkpoint: a table per category + mean, metrics.json and scores.csv."""
+    """Evaluate a checkpoint: a table per category + mean, metrics.json and scores.csv (+ report.html).
+
+    Also stores the F1-maximising image and pixel thresholds in the checkpoint, for inpctl predict.
+    """
     if precision not in ("fp32", "bf16"):
         fail(f"--precision {precision!r}: expected fp32 or bf16")
     if map_mode not in ("decoder", "prototype"):
@@ -257,9 +273,17 @@ def eval_command(
             fail(f"--ckpt {ckpt}: the checkpoint does not say which data it was trained on; pass --data")
         chosen_categories = resolve_categories(cfg)
         _evaluate_and_report(model, cfg, chosen_categories, chosen, batch_size, precision, map_mode,
-                             out or ckpt.parent, extra_meta={"checkpoint": str(ckpt)})
+                             out or ckpt.parent, extra_meta={"checkpoint": str(ckpt)}, ckpt=ckpt, report=report,
+                             report_samples=report_samples)
 
     run(job)
+
+
+from inpctl.export_cmd import register as _register_export  # noqa: E402
+from inpctl.predict_cmd import register as _register_predict  # noqa: E402
+
+_register_predict(app)
+_register_export(app)
 
 
 # --- bench -------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -9,14 +10,16 @@ from PIL import Image
 
 def _image(rng: np.random.Generator, size: int) -> np.ndarray:
     base = rng.uniform(80, 140, size=3)
-    noise = rng.normal(0, 12, size=(size // 8, size // 8, 3))
+    cells = -(-size // 8)  # ceil, so sizes that are not multiples of 8 work too
+    noise = rng.normal(0, 12, size=(cells, cells, 3))
     noise = np.kron(noise, np.ones((8, 8, 1)))[:size, :size]
     return np.clip(base + noise, 0, 255)
 
 
-def make_mvtec_tree(root: Path, categories=("bottle", "cable"), n_train: int = 4, n_test_good: int = 2,
-                    n_test_bad: int = 2, size: int = 64, seed: int = 0) -> Path:
-    """Write the layout under ``root`` and return ``root``."""
+def make_mvtec_tree(root: Path, categories: Sequence[str] = ("bottle", "cable"), n_train: int = 4,
+                    n_test_good: int = 2, n_test_bad: int = 2, size: int = 64, seed: int = 0) -> Path:
+    """Write the layout under ``root`` and return ``root``: per category ``train/good/000.png...``,
+    ``test/good``, ``test/defect`` and ``ground_truth/defect/<stem>_mask.png`` (a bright rectangle)."""
     rng = np.random.default_rng(seed)
     root = Path(root)
     for category in categories:

@@ -1,13 +1,16 @@
 """Paper Table 1 (operation counts and memory of one decoder layer) and measured attention speed.
 
-Timed rows, all at the same B, N, C, H: vanilla multi-head self-attention written out (eager) and
-through F.scaled_dot_product_attention (SDPA), the INP-guided reference, and the fused kernel;
-forward, and forward + backward.
+Timed rows, all at the same B, N, C, H: vanilla multi-head self-attention written out in PyTorch
+(eager) and through F.scaled_dot_product_attention (SDPA), the INP-guided reference, and the fused
+Triton kernel; forward, and forward + backward. Each row gives its median time, peak memory (CUDA),
+speed-up over the INP-guided reference of the same pass, and its largest error relative to its
+own formula evaluated in fp32 (vanilla rows against eager vanilla, INP rows against the INP
+reference; for forward + backward, the worst of the input gradients).
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +19,11 @@ from inp_former.benchmarks.timing import measure
 from kernels.relu_attention import relu_attention_reference, relu_attention_triton
 
 MB = 2**20
+FP32_BYTES = 4
+REFERENCE = "INP-guided reference"
+FUSED = "INP-guided fused"
+VANILLA_EAGER = "vanilla self-attention (eager)"
+VANILLA_SDPA = "vanilla self-attention (SDPA)"
 
 
 def matmul_ops(rows: int, cols: int, inner: int) -> int:
@@ -24,34 +32,44 @@ def matmul_ops(rows: int, cols: int, inner: int) -> int:
 
 
 def table1_counts(n: int, m: int, c: int) -> dict[str, Any]:
-    """Table 1 for one image in fp32: vanilla self-attention vs INP-guided attention."""
-    fp32 = 4
+    """Table 1 for one image in fp32: vanilla self-attention vs INP-guided attention.
+
+    ``qk`` and ``av`` are the operation counts of A = Q K^T and A V; ``memory`` is the size in MB
+    (2^20 bytes) of Q, K, V and A. At N=784, M=6, C=768: 943496960 / 943509504 against
+    7220640 / 6623232 operations, 2.30 / 2.30 / 2.30 / 2.34 MB against 2.30 / 0.018 / 0.018 / 0.018.
+    """
+    def mb(*elements: int) -> list[float]:
+        return [e * FP32_BYTES / MB for e in elements]
+
     return {
         "n": n, "m": m, "c": c,
-        "vanilla": {"qk": matmul_ops(n, n, c), "av": matmul_ops(n, c, n),
-                    "memory": [n * c * fp32 / MB, n * c * fp32 / MB, n * c * fp32 / MB, n * n * fp32 / MB]},
-        "inp": {"qk": matmul_ops(n, m, c), "av": matmul_ops(n, c, m),
-                "memory": [n * c * fp32 / MB, m * c * fp32 / MB, m * c * fp32 / MB, n * m * fp32 / MB]},
+        "vanilla": {"qk": matmul_ops(n, n, c), "av": matmul_ops(n, c, n), "memory": mb(n * c, n * c, n * c, n * n)},
+        "inp": {"qk": matmul_ops(n, m, c), "av": matmul_ops(n, c, m), "memory": mb(n * c, m * c, m * c, n * m)},
     }
 
 
+def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    b, length, c = x.shape
+    return x.reshape(b, length, num_heads, c // num_heads).transpose(1, 2)
+
+
 def vanilla_attention_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(D)) V per head, written out: materialises the (B, H, N, N) matrix."""
     b, n, c = q.shape
-    d = c // num_heads
-    qh, kh, vh = (t.reshape(b, -1, num_heads, d).transpose(1, 2) for t in (q, k, v))
-    attn = torch.softmax((qh @ kh.transpose(-2, -1)) * d**-0.5, dim=-1)
+    qh, kh, vh = (_heads(t, num_heads) for t in (q, k, v))
+    attn = torch.softmax((qh @ kh.transpose(-2, -1)) * (c // num_heads) ** -0.5, dim=-1)
     return (attn @ vh).transpose(1, 2).reshape(b, n, c)
 
 
 def vanilla_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """The same through F.scaled_dot_product_attention (flash / memory-efficient kernels on CUDA)."""
     b, n, c = q.shape
-    d = c // num_heads
-    qh, kh, vh = (t.reshape(b, -1, num_heads, d).transpose(1, 2) for t in (q, k, v))
-    return F.scaled_dot_product_attention(qh, kh, vh).transpose(1, 2).reshape(b, n, c)
+    out = F.scaled_dot_product_attention(*(_heads(t, num_heads) for t in (q, k, v)))
+    return out.transpose(1, 2).reshape(b, n, c)
 
 
-def _fused_status(device: torch.device) -> str | None:
-    """None if the fused kernel can run here, else the reason it is skipped."""
+def fused_skip_reason(device: torch.device) -> str | None:
+    """None if the fused kernel can run on ``device``, else why its rows are skipped."""
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -61,73 +79,95 @@ def _fused_status(device: torch.device) -> str | None:
     return "skipped on CPU: set TRITON_INTERPRET=1 to run the kernel in Triton's interpreter (slow)"
 
 
+def _rel_err(got: Sequence[torch.Tensor], want: Sequence[torch.Tensor]) -> float:
+    """Worst over tensors of max |got - want| / max |want|."""
+    return max(((g.float() - w).abs().max() / w.abs().max().clamp_min(1e-30)).item() for g, w in zip(got, want))
+
+
 def run_attention_bench(n: int, m: int, c: int, heads: int, batch: int, dtype: torch.dtype,
                         device: torch.device | str, repeats: int = 20, max_seconds: float = 10.0) -> dict[str, Any]:
+    """Time the four attentions (forward, forward + backward) at one size; JSON-serialisable result."""
+    if c % heads:
+        raise ValueError(f"c = {c} is not divisible by heads = {heads}")
     device = torch.device(device)
-    g = torch.Generator().manual_seed(0)
-    q = torch.randn(batch, n, c, generator=g).to(device, dtype)
-    k = torch.randn(batch, m, c, generator=g).to(device, dtype)
-    v = torch.randn(batch, m, c, generator=g).to(device, dtype)
-    kv_self = torch.randn(batch, n, 2 * c, generator=g).to(device, dtype)
-    scale = torch.ones(heads, 1, 1, device=device)
-    grad = torch.randn(batch, n, c, generator=g).to(device, dtype)
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(batch, n, c, generator=gen).to(device, dtype)
+    k = torch.randn(batch, m, c, generator=gen).to(device, dtype)
+    v = torch.randn(batch, m, c, generator=gen).to(device, dtype)
+    kv_self = torch.randn(batch, n, 2 * c, generator=gen).to(device, dtype)  # self-attention keys/values
+    scale = torch.ones(heads, 1, 1, device=device)  # the model's initial scale; fp32 like its parameter
+    grad = torch.randn(batch, n, c, generator=gen).to(device, dtype)
 
-    cases: dict[str, tuple[Callable[..., torch.Tensor], list[torch.Tensor]]] = {
-        "vanilla self-attention (eager)": (lambda a, b_, c_: vanilla_attention_eager(a, b_, c_, heads),
-                                           [q, kv_self[..., :c], kv_self[..., c:]]),
-        "vanilla self-attention (SDPA)": (lambda a, b_, c_: vanilla_attention_sdpa(a, b_, c_, heads),
-                                          [q, kv_self[..., :c], kv_self[..., c:]]),
-        "INP-guided reference": (lambda a, b_, c_, s: relu_attention_reference(a, b_, c_, s, heads), [q, k, v, scale]),
-        "INP-guided fused": (lambda a, b_, c_, s: relu_attention_triton(a, b_, c_, s, heads), [q, k, v, scale]),
-    }
-    fused_skip = _fused_status(device)
+    vanilla_inputs = [q, kv_self[..., :c], kv_self[..., c:]]
+    inp_inputs = [q, k, v, scale]
+    vanilla_eager = lambda *a: vanilla_attention_eager(*a, heads)  # noqa: E731
+    inp_reference = lambda *a: relu_attention_reference(*a, heads)  # noqa: E731
+    # (name, function, inputs, the formula it must reproduce)
+    cases: list[tuple[str, Callable[..., torch.Tensor], list[torch.Tensor], str]] = [
+        (VANILLA_EAGER, vanilla_eager, vanilla_inputs, "vanilla"),
+        (VANILLA_SDPA, lambda *a: vanilla_attention_sdpa(*a, heads), vanilla_inputs, "vanilla"),
+        (REFERENCE, inp_reference, inp_inputs, "inp"),
+        (FUSED, lambda *a: relu_attention_triton(*a, heads), inp_inputs, "inp"),
+    ]
+    truth_fns = {"vanilla": (vanilla_eager, vanilla_inputs), "inp": (inp_reference, inp_inputs)}
+    fused_skip = fused_skip_reason(device)
     interpreter = device.type == "cpu" and fused_skip is None
-    with torch.no_grad():
-        reference_out = relu_attention_reference(q, k, v, scale, heads).float()
-    rows: list[dict[str, Any]] = []
-    for name, (fn, inputs) in cases.items():
-        note = "interpreter" if (name.endswith("fused") and interpreter) else ""
-        if name.endswith("fused") and fused_skip:
-            rows.append({"name": name, "pass": "forward", "note": fused_skip})
-            continue
-        leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+    elem = q.element_size()
+    fused_bytes = (2 * q.numel() + k.numel() + v.numel()) * elem   # q read, out written, k and v read
+    fused_flops = 2 * 2 * batch * n * m * c                         # Q K^T and P V, unpadded
 
-        def forward() -> torch.Tensor:
+    rows: list[dict[str, Any]] = []
+    truths: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+    for name, fn, inputs, formula in cases:
+        if name == FUSED and fused_skip:
+            for pass_name in ("forward", "forward+backward"):
+                rows.append({"name": name, "pass": pass_name, "median_ms": None, "peak_mem_mb": None,
+                             "speedup": None, "max_rel_err": None, "gb_per_s": None, "note": fused_skip})
+            continue
+        note = "interpreter" if name == FUSED and interpreter else ""
+        leaves = [t.detach().clone().requires_grad_() for t in inputs]
+        if formula not in truths:  # the row's own formula in fp32 on the same (rounded) inputs
+            truth_fn, truth_inputs = truth_fns[formula]
+            leaves32 = [t.detach().float().requires_grad_() for t in truth_inputs]
+            out32 = truth_fn(*leaves32)
+            truths[formula] = (out32.detach(), list(torch.autograd.grad(out32, leaves32, grad.float())))
+        truth = truths[formula]
+
+        def forward(fn=fn, inputs=inputs) -> torch.Tensor:
             with torch.no_grad():
                 return fn(*inputs)
 
-        def forward_backward() -> None:
-            out = fn(*leaves)
-            torch.autograd.backward(out, grad)
+        def forward_backward(fn=fn, leaves=leaves) -> tuple[torch.Tensor, ...]:
+            return torch.autograd.grad(fn(*leaves), leaves, grad)  # no .grad accumulation between calls
 
-        out = forward()
-        err = None
-        if name.startswith("INP"):
-            err = ((out.float() - reference_out).abs().max() / reference_out.abs().max()).item()
-        limit = 1 if note else repeats
+        errors = {"forward": _rel_err([forward()], [truth[0]]),
+                  "forward+backward": _rel_err(forward_backward(), truth[1])}
         for pass_name, body in (("forward", forward), ("forward+backward", forward_backward)):
-            timing = measure(body, device, warmup=1 if note else 3, repeats=limit, max_seconds=max_seconds)
-            row = {"name": name, "pass": pass_name, "median_ms": timing.median_ms, "peak_mem_mb": timing.peak_mem_mb,
-                   "max_rel_err": err if pass_name == "forward" else None, "note": note}
-            if name == "INP-guided fused" and pass_name == "forward" and not note:
-                moved = (2 * q.numel() + 2 * k.numel()) * q.element_size()  # q in, out back, k and v in
-                row["gb_per_s"] = moved / (timing.median_ms * 1e-3) / 1e9
-            rows.append(row)
+            timing = measure(body, device, warmup=0 if note else 3, repeats=1 if note else repeats,
+                             max_seconds=max_seconds)
+            gb_per_s = None
+            if name in (REFERENCE, FUSED) and pass_name == "forward" and not note:  # at the fused minimum bytes
+                gb_per_s = fused_bytes / (timing.median_ms * 1e-3) / 1e9
+            rows.append({"name": name, "pass": pass_name, "median_ms": timing.median_ms,
+                         "peak_mem_mb": timing.peak_mem_mb, "speedup": None, "max_rel_err": errors[pass_name],
+                         "gb_per_s": gb_per_s, "note": note})
     _add_speedups(rows)
     return {"rows": rows, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "dtype": str(dtype).replace("torch.", ""), "batch": batch, "n": n, "m": m, "c": c, "heads": heads,
-            "torch": str(torch.__version__)}
+            "torch": str(torch.__version__),
+            "fused_forward": {"bytes": fused_bytes, "flops": fused_flops, "flops_per_byte": fused_flops / fused_bytes},
+            "speedup_is": f"{REFERENCE} median / row median, same pass",
+            "max_rel_err_is": "vs the row's own formula in fp32 (vanilla: eager; INP: reference); "
+                              "forward+backward: worst input gradient"}
 
 
 def _add_speedups(rows: list[dict[str, Any]]) -> None:
-    """Speed-up over the INP-guided reference and over SDPA self-attention, per pass."""
+    """speedup = INP-guided reference time / row time, per pass (interpreter rows get none)."""
     for row in rows:
-        if "median_ms" not in row:
-            continue
-        for base_name, key in (("INP-guided reference", "x_vs_reference"), ("vanilla self-attention (SDPA)", "x_vs_sdpa")):
-            base = next((r for r in rows if r["name"] == base_name and r["pass"] == row["pass"] and "median_ms" in r), None)
-            if base is not None and not row.get("note"):
-                row[key] = base["median_ms"] / row["median_ms"]
+        base = next((r for r in rows if r["name"] == REFERENCE and r["pass"] == row["pass"]), None)
+        if base and row["median_ms"] and row["note"] != "interpreter" and not str(row["note"]).startswith("skipped"):
+            row["speedup"] = base["median_ms"] / row["median_ms"]
 
 
-__all__ = ["table1_counts", "run_attention_bench", "matmul_ops"]
+__all__ = ["table1_counts", "run_attention_bench", "matmul_ops", "vanilla_attention_eager", "vanilla_attention_sdpa",
+           "fused_skip_reason"]

@@ -1,34 +1,64 @@
-"""Datasets: each folder layout is a function that yields the same Sample records."""
+"""Datasets: each folder layout is two functions that yield the same Sample records.
+
+A layout is registered with :func:`register_layout` (name, ``categories(root)``,
+``samples(root, category, split)``); the rest of the library only calls :func:`list_categories`
+and :func:`build_samples`.
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
+from inp_former.data.demo import ensure_demo_dataset
 from inp_former.data.mvtec import mvtec_categories, mvtec_samples
 from inp_former.data.records import IMAGE_EXTENSIONS, AnomalyDataset, DatasetError, Sample
-from inp_former.data.transforms import (few_shot_augmentations, image_transform, load_mask, load_rgb,
-                                        mask_transform, masks_for_metrics)
+from inp_former.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, few_shot_augmentations, image_transform,
+                                        load_mask, load_rgb, mask_transform, masks_for_metrics)
 
-# layout name -> (categories(root), samples(root, category, split))
-LAYOUTS: dict[str, tuple[Callable[[Path], list[str]], Callable[[Path, str, str], list[Sample]]]] = {
-    "mvtec": (mvtec_categories, mvtec_samples),
-}
+SPLITS = ("train", "test")
 
 
-def _layout(dataset: str):
+class Layout(NamedTuple):
+    categories: Callable[[Path], list[str]]
+    samples: Callable[[Path, str, str], list[Sample]]
+
+
+LAYOUTS: dict[str, Layout] = {}
+
+
+def register_layout(name: str, categories: Callable[[Path], list[str]],
+                    samples: Callable[[Path, str, str], list[Sample]]) -> None:
+    """Make a folder layout available by ``name`` (e.g. ``--dataset name`` on the command line)."""
+    LAYOUTS[name] = Layout(categories, samples)
+
+
+register_layout("mvtec", mvtec_categories, mvtec_samples)
+
+
+def _layout(dataset: str) -> Layout:
     if dataset not in LAYOUTS:
-        raise ValueError(f"--dataset {dataset!r}: expected one of {', '.join(LAYOUTS)}")
+        raise ValueError(f"dataset layout {dataset!r}: expected one of {', '.join(sorted(LAYOUTS))}")
     return LAYOUTS[dataset]
 
 
 def list_categories(dataset: str, root: str | Path) -> list[str]:
-    return _layout(dataset)[0](Path(root))
+    """The category names of the dataset at ``root``, sorted."""
+    return _layout(dataset).categories(Path(root))
 
 
 def build_samples(dataset: str, root: str | Path, category: str, split: str) -> list[Sample]:
-    return _layout(dataset)[1](Path(root), category, split)
+    """The samples of one category and split; the 'train' split holds normal images only."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+    samples = _layout(dataset).samples(Path(root), category, split)
+    if split == "train":  # unsupervised training: whatever a layout lists, never train on anomalies
+        samples = [s for s in samples if s.label == 0]
+        if not samples:
+            raise DatasetError(f"{root}: category {category!r} has no normal training images")
+    return samples
 
 
-__all__ = ["AnomalyDataset", "DatasetError", "IMAGE_EXTENSIONS", "LAYOUTS", "Sample", "build_samples",
-           "few_shot_augmentations", "image_transform", "list_categories", "load_mask", "load_rgb",
-           "mask_transform", "masks_for_metrics"]
+__all__ = ["AnomalyDataset", "DatasetError", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "LAYOUTS",
+           "Layout", "SPLITS", "Sample", "build_samples", "ensure_demo_dataset", "few_shot_augmentations",
+           "image_transform", "list_categories", "load_mask", "load_rgb", "mask_transform", "masks_for_metrics",
+           "mvtec_categories", "mvtec_samples", "register_layout"]

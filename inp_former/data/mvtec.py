@@ -1,66 +1,102 @@
-"""The MVTec-AD layout: <root>/<cat>/train/good, test/<defect|good>, ground_truth/<defect>/<stem>_mask.png."""
+"""The MVTec-AD layout.
+
+    <root>/<category>/train/good/*.png
+    <root>/<category>/test/<defect|good>/*.png
+    <root>/<category>/ground_truth/<defect>/<stem>_mask.png
+
+Image extensions are matched case-insensitively, masks by ``<stem>_mask`` with any image extension.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-from inp_former.data.records import DatasetError, Sample, is_image, list_images
+from inp_former.data.records import DatasetError, Sample, list_images
 
 LAYOUT = "expected <root>/<category>/train/good/*.png, test/<defect>/*.png, ground_truth/<defect>/<name>_mask.png"
+MASK_SUFFIX = "_mask"
 
 
 def mvtec_categories(root: str | Path) -> list[str]:
+    """Sorted names of the category folders under ``root`` (those holding ``train/good``)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: no such dataset folder ({LAYOUT})")
-    found = sorted(p.name for p in root.iterdir() if (p / "train" / "good").is_dir())
-    if not found:
-        raise DatasetError(f"{root}: no category folder with train/good inside ({LAYOUT})")
-    return found
-
-
-def _find_mask(folder: Path, stem: str) -> Path | None:
-    if not folder.is_dir():
-        return None
-    for candidate in folder.iterdir():
-        if is_image(candidate) and candidate.stem.lower() == f"{stem}_mask".lower():
-            return candidate
-    return None
+    found = sorted(p.name for p in root.iterdir()
+                   if not p.name.startswith(".") and (p / "train" / "good").is_dir())
+    if found:
+        return found
+    if (root / "train" / "good").is_dir():  # a common slip: the category folder itself was given
+        raise DatasetError(f"{root}: this is one category folder; pass its parent folder instead ({LAYOUT})")
+    what = "is empty" if not any(root.iterdir()) else "has no category folder with train/good inside"
+    raise DatasetError(f"{root}: the dataset folder {what} ({LAYOUT})")
 
 
 def mvtec_samples(root: str | Path, category: str, split: str) -> list[Sample]:
+    """The samples of one category and split ('train': normal images only; 'test': all), sorted."""
     if split not in ("train", "test"):
-        raise ValueError(f"split {split!r}: expected train or test")
+        raise ValueError(f"split {split!r}: expected 'train' or 'test'")
     root = Path(root)
+    available = mvtec_categories(root)  # also checks the root itself
+    if category not in available:
+        raise DatasetError(f"{root / category}: no such category with train/good inside "
+                           f"(available: {', '.join(available)})")
     base = root / category
-    if not base.is_dir():
-        available = ", ".join(mvtec_categories(root))
-        raise DatasetError(f"{base}: no such category (available: {available})")
     if split == "train":
-        images = list_images(base / "train" / "good")
-        if not images:
-            raise DatasetError(f"{base / 'train' / 'good'}: no training images ({LAYOUT})")
-        return [Sample(str(p), category, 0, None) for p in images]
-    test = base / "test"
-    defects = sorted(p.name for p in test.iterdir() if p.is_dir()) if test.is_dir() else []
+        return _train_samples(base, category)
+    return _test_samples(base, category)
+
+
+def _train_samples(base: Path, category: str) -> list[Sample]:
+    folder = base / "train" / "good"
+    images = list_images(folder)
+    if not images:
+        raise DatasetError(f"{folder}: no training images ({LAYOUT})")
+    return [Sample(str(p), category, 0, None, "good") for p in images]
+
+
+def _masks_by_stem(folder: Path) -> dict[str, Path]:
+    """``{image stem (lower case): mask path}`` for the ``<stem>_mask.<ext>`` files in ``folder``."""
+    masks: dict[str, Path] = {}
+    for mask in list_images(folder):
+        stem = mask.stem.lower()
+        if not stem.endswith(MASK_SUFFIX):
+            raise DatasetError(f"{mask}: a ground-truth file not named <image name>{MASK_SUFFIX}.png ({LAYOUT})")
+        key = stem[: -len(MASK_SUFFIX)]
+        if key in masks:
+            raise DatasetError(f"{mask}: a second mask for the same image (the other is {masks[key]})")
+        masks[key] = mask
+    return masks
+
+
+def _test_samples(base: Path, category: str) -> list[Sample]:
+    test, ground_truth = base / "test", base / "ground_truth"
+    defects = sorted(p.name for p in test.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if test.is_dir() else []
     samples: list[Sample] = []
     for defect in defects:
-        for image in list_images(test / defect):
-            if defect == "good":
-                samples.append(Sample(str(image), category, 0, None, defect))
-                continue
-            mask = _find_mask(base / "ground_truth" / defect, image.stem)
+        images = list_images(test / defect)
+        if defect == "good":
+            samples += [Sample(str(p), category, 0, None, defect) for p in images]
+            continue
+        masks = _masks_by_stem(ground_truth / defect)
+        for image in images:
+            mask = masks.pop(image.stem.lower(), None)
             if mask is None:
-                expected = base / "ground_truth" / defect / f"{image.stem}_mask.png"
+                expected = ground_truth / defect / f"{image.stem}{MASK_SUFFIX}.png"
                 raise DatasetError(f"{image}: anomalous test image without its mask (expected {expected})")
             samples.append(Sample(str(image), category, 1, str(mask), defect))
+        if masks:  # masks left over: their images are missing
+            mask = sorted(masks.values())[0]
+            stem = mask.stem[: -len(MASK_SUFFIX)]
+            raise DatasetError(f"{mask}: mask without its image (expected {test / defect / stem}.png)")
     if not samples:
         raise DatasetError(f"{test}: no test images ({LAYOUT})")
-    gt = base / "ground_truth"
-    if gt.is_dir():
-        stems = {(Path(s.path).parent.name, Path(s.path).stem.lower()) for s in samples}
-        for defect_dir in sorted(p for p in gt.iterdir() if p.is_dir()):
-            for mask in list_images(defect_dir):
-                stem = mask.stem[: -len("_mask")] if mask.stem.lower().endswith("_mask") else mask.stem
-                if (defect_dir.name, stem.lower()) not in stems:
-                    raise DatasetError(f"{mask}: mask without its image (expected {test / defect_dir.name / stem}.png)")
+    # ground-truth folders of defects that have no test folder at all
+    if ground_truth.is_dir():
+        for folder in sorted(p for p in ground_truth.iterdir() if p.is_dir() and p.name not in defects):
+            masks = _masks_by_stem(folder)
+            if masks:
+                mask = sorted(masks.values())[0]
+                stem = mask.stem[: -len(MASK_SUFFIX)]
+                raise DatasetError(f"{mask}: mask without its image (expected {test / folder.name / stem}.png)")
     return samples

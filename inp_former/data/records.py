@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import Dataset
@@ -12,7 +12,13 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class DatasetError(ValueError):
-    """A dataset folder or file does not match the expected layout (one line, names the path)."""
+    """A dataset folder or file does not match the expected layout.
+
+    The message is one line that names the path and says what was expected (the CLI prints it as is).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))  # one line, whatever the parts contained
 
 
 @dataclass(frozen=True)
@@ -21,38 +27,52 @@ class Sample:
     category: str
     label: int                 # 0 normal, 1 anomalous
     mask_path: str | None      # ground truth of an anomalous image, if any
-    defect: str = "good"
+    defect: str = "good"       # the defect folder / class name ("good" for normal images)
 
 
 def is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+    """An image file by its extension (any case). Hidden files are skipped: macOS copies of datasets
+    carry ``._name.png`` AppleDouble files that are not images."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder`` (extensions matched case-insensitively), sorted."""
+    """Image files directly in ``folder`` (extensions matched case-insensitively), sorted by name."""
     return sorted(p for p in folder.iterdir() if is_image(p)) if folder.is_dir() else []
 
 
 class AnomalyDataset(Dataset):
-    """Samples -> dict(image, mask, label, category, path); masks are zeros where none exists."""
+    """Samples -> dict(image (3,crop,crop), mask (1,crop,crop), label, category, path).
 
-    def __init__(self, samples: list[Sample], transform: Callable, mask_transform: Callable | None = None) -> None:
-        self.samples = samples
+    ``mask`` is all zeros for normal images. ``mask_transform`` defaults to the one matching
+    ``transform`` when that came from :func:`image_transform` (it knows its resize/crop); with another
+    ``transform`` and samples that have masks, pass ``mask_transform`` explicitly.
+    """
+
+    def __init__(self, samples: list[Sample], transform: Callable[[Any], torch.Tensor],
+                 mask_transform: Callable[[Any], torch.Tensor] | None = None) -> None:
+        from inp_former.data.transforms import mask_transform as make_mask_transform
+
+        self.samples = list(samples)
         self.transform = transform
+        if mask_transform is None and hasattr(transform, "resize") and hasattr(transform, "crop"):
+            mask_transform = make_mask_transform(transform.resize, transform.crop)
+        if mask_transform is None and any(s.mask_path for s in self.samples):
+            raise ValueError("AnomalyDataset: samples have ground-truth masks but no mask_transform was given "
+                             "and none can be derived from the image transform")
         self.mask_transform = mask_transform
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         from inp_former.data.transforms import load_mask, load_rgb
 
         sample = self.samples[index]
         image = self.transform(load_rgb(sample.path))
-        item = {"image": image, "label": sample.label, "category": sample.category, "path": sample.path}
-        if self.mask_transform is not None:
-            if sample.mask_path is not None:
-                item["mask"] = self.mask_transform(load_mask(sample.mask_path))
-            else:
-                item["mask"] = torch.zeros(1, *image.shape[-2:])
-        return item
+        if sample.mask_path is not None and self.mask_transform is not None:
+            mask = self.mask_transform(load_mask(sample.mask_path))
+        else:
+            mask = torch.zeros(1, *image.shape[-2:])
+        return {"image": image, "mask": mask, "label": sample.label, "category": sample.category,
+                "path": sample.path}

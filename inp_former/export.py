@@ -1,0 +1,237 @@
+"""ONNX export of the whole inference graph: preprocessed images in, anomaly maps and scores out.
+
+Graph: ``image`` (B, 3, crop, crop) float32, ImageNet-normalised ->
+``map`` (B, map_size, map_size) float32 and ``score`` (B,) float32; the batch axis is dynamic, the
+image size is fixed (the checkpoint's ``crop``). Preprocessing (resize to ``resize`` with PIL-style
+antialiased bilinear, centre crop, ImageNet mean/std) stays outside the graph, as does the threshold:
+both are written beside the model in ``<file>.json`` and into the ONNX file's ``metadata_props``.
+Needs the ``onnx`` package (``pip install 'inpctl[export]'``, which also brings onnxruntime for the
+check).
+
+What is exported is :class:`ExportableINPFormer`, which equals the reference path:
+
+* the model runs with the kernels dispatcher forced to its PyTorch reference
+  (``kernels.dispatch.kernel_mode("reference")``);
+* the encoder's position embeddings are resampled (bicubic, Meta's ``scale_factor``) for one fixed
+  image size, so they are computed once and enter the graph as a constant;
+* the map is formed as ``G @ A @ G^T`` (``kernels.scoring.scoring_matrix``): A is the (grid, grid)
+  mean over groups of ``1 - cos`` per token and G the fixed (map_size, grid) matrix of the
+  upsample -> resize -> blur chain, exact up to float rounding (no ONNX Resize, whose corner
+  conventions vary between runtimes);
+* the score is the mean of the top ``k = int(map_size**2 * top_fraction)`` values (``TopK`` with a
+  constant k).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from inp_former.config import RunConfig
+from inp_former.model import INPFormer
+
+EXPORTERS = ("torchscript", "dynamo")
+DEFAULT_OPSET = 17
+COS_EPS = 1e-8
+
+
+class ExportableINPFormer(nn.Module):
+    """The inference graph of an :class:`INPFormer` as one module: ``images -> (maps, scores)``."""
+
+    def __init__(self, model: INPFormer, cfg: RunConfig, map_mode: str = "decoder") -> None:
+        super().__init__()
+        from kernels.scoring import scoring_matrix, top_k_count
+
+        if map_mode not in ("decoder", "prototype"):
+            raise ValueError(f"--map {map_mode!r}: expected decoder or prototype")
+        mc = cfg.model
+        self.model = model.eval()
+        self.map_mode = map_mode
+        self.crop, self.map_size = mc.crop, mc.map_size
+        self.grid = model.encoder.grid_size(mc.crop)
+        matrix = scoring_matrix(self.grid, mc.crop, mc.map_size, mc.blur_kernel, mc.blur_sigma, "cpu", torch.float32)
+        self.register_buffer("matrix", matrix.clone(), persistent=False)
+        self.k = top_k_count(mc.map_size * mc.map_size, mc.top_fraction)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(images)
+        if self.map_mode == "decoder":
+            a = torch.stack([_cosine_distance(e.float(), d.float())
+                             for e, d in zip(out.encoder_groups, out.decoder_groups)]).mean(0)
+        else:
+            a = out.prototype_distance.float()
+        a = a.reshape(-1, self.grid, self.grid)
+        maps = torch.matmul(torch.matmul(self.matrix, a), self.matrix.transpose(0, 1))
+        scores = torch.topk(maps.flatten(1), self.k, dim=1).values.mean(1)
+        return maps, scores
+
+
+def _cosine_distance(e: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """1 - cos per token with each norm clamped to eps, as F.cosine_similarity does."""
+    dot = (e * d).sum(-1)
+    return 1 - dot / (e.norm(dim=-1).clamp_min(COS_EPS) * d.norm(dim=-1).clamp_min(COS_EPS))
+
+
+@contextlib.contextmanager
+def fixed_position_embedding(model: INPFormer, crop: int) -> Iterator[None]:
+    """Inside the block the encoder returns its position embeddings for ``crop`` as a constant.
+
+    Resampling them at every forward (bicubic with a computed scale factor) does not trace; for one
+    image size they do not depend on the input. Restored on exit."""
+    encoder = model.encoder
+    if not hasattr(encoder, "position_embedding"):
+        yield
+        return
+    grid = encoder.grid_size(crop)
+    with torch.no_grad():
+        constant = encoder.position_embedding(grid, grid).detach().clone()
+
+    def position_embedding(grid_h: int, grid_w: int) -> torch.Tensor:
+        return constant
+
+    encoder.position_embedding = position_embedding  # instance attribute shadows the method
+    try:
+        yield
+    finally:
+        del encoder.position_embedding
+
+
+@dataclass
+class ExportInfo:
+    path: Path
+    sidecar: Path
+    exporter: str
+    opset: int
+    inputs: dict[str, list[Any]]
+    outputs: dict[str, list[Any]]
+    check: dict[str, float] | None = None
+
+
+def export_metadata(cfg: RunConfig, map_mode: str, calibration: dict[str, Any] | None,
+                    checkpoint: str | None = None) -> dict[str, Any]:
+    """What a deployment needs beside the graph: preprocessing, shapes, the decision threshold."""
+    from inp_former.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    import inp_former
+
+    mc = cfg.model
+    return {
+        "format": "inpctl-onnx",
+        "inpctl_version": inp_former.__version__,
+        "checkpoint": checkpoint,
+        "map_mode": map_mode,
+        "input": {"name": "image", "shape": ["batch", 3, mc.crop, mc.crop], "dtype": "float32",
+                  "preprocessing": {"resize": [mc.resize, mc.resize],
+                                    "resize_interpolation": "bilinear (PIL, antialiased)",
+                                    "center_crop": [mc.crop, mc.crop], "scale": "1/255",
+                                    "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "channels": "RGB"}},
+        "outputs": {"map": {"shape": ["batch", mc.map_size, mc.map_size], "covers": "the centre crop"},
+                    "score": {"shape": ["batch"], "definition": f"mean of the top {mc.top_fraction:.0%} of the map"}},
+        "image_threshold": (calibration or {}).get("image_threshold"),
+        "pixel_threshold": (calibration or {}).get("pixel_threshold"),
+        "score_range": (calibration or {}).get("score_range"),
+        "map_range": (calibration or {}).get("map_range"),
+        "label_rule": "anomalous when score >= image_threshold",
+    }
+
+
+def export_onnx(model: INPFormer, cfg: RunConfig, path: Path, map_mode: str = "decoder",
+                exporter: str = "torchscript", opset: int = DEFAULT_OPSET, example_batch: int = 2,
+                metadata: dict[str, Any] | None = None) -> ExportInfo:
+    """Write ``path`` (ONNX) and ``path.json`` (metadata); returns what was written.
+
+    ``exporter``: "torchscript" (``torch.onnx.export(dynamo=False)``: fast, needs only onnx)
+    or "dynamo" (the torch.export-based exporter; needs ``onnxscript``)."""
+    from kernels.dispatch import kernel_mode
+
+    from inp_former.io import atomic_write_text
+
+    if exporter not in EXPORTERS:
+        raise ValueError(f"--exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export writes through it)
+    except ImportError as exc:
+        raise ValueError("ONNX export needs the onnx package: pip install onnx onnxruntime "
+                         "(the export extra of inpctl)") from exc
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().cpu()
+    wrapper = ExportableINPFormer(model, cfg, map_mode).eval()
+    example = torch.randn(example_batch, 3, cfg.model.crop, cfg.model.crop)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with kernel_mode("reference"), fixed_position_embedding(model, cfg.model.crop), torch.no_grad(), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and deprecation chatter; the result is checked instead
+        if exporter == "torchscript":
+            torch.onnx.export(wrapper, (example,), str(tmp), input_names=["image"], output_names=["map", "score"],
+                              dynamic_axes={"image": {0: "batch"}, "map": {0: "batch"}, "score": {0: "batch"}},
+                              opset_version=opset, do_constant_folding=True, dynamo=False)
+        else:
+            try:
+                import onnxscript  # noqa: F401
+            except ImportError as exc:
+                raise ValueError("--exporter dynamo needs the onnxscript package (pip install onnxscript); "
+                                 "or use --exporter torchscript") from exc
+            program = torch.onnx.export(wrapper, (example,), input_names=["image"], output_names=["map", "score"],
+                                        dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+                                        opset_version=max(opset, 18), dynamo=True, external_data=False)
+            program.save(str(tmp), external_data=False)
+    meta = metadata or export_metadata(cfg, map_mode, None)
+    _add_onnx_metadata(tmp, meta)
+    tmp.replace(path)
+    sidecar = path.with_name(path.name + ".json")
+    atomic_write_text(sidecar, json.dumps(meta, indent=2) + "\n")
+    mc = cfg.model
+    return ExportInfo(path, sidecar, exporter, opset if exporter == "torchscript" else max(opset, 18),
+                      {"image": ["batch", 3, mc.crop, mc.crop]},
+                      {"map": ["batch", mc.map_size, mc.map_size], "score": ["batch"]})
+
+
+def _add_onnx_metadata(path: Path, meta: dict[str, Any]) -> None:
+    """Copy ``meta`` into the ONNX file's metadata_props (JSON text for non-string values)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+    onnx.save(proto, str(path))
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def check_onnx(path: Path, model: INPFormer, cfg: RunConfig, map_mode: str = "decoder",
+               batch_sizes: tuple[int, ...] = (1, 3), seed: int = 0) -> dict[str, float]:
+    """Run the ONNX file with onnxruntime (CPU) and the torch reference path on the same random
+    images; returns the largest absolute differences {'map': ..., 'score': ...} over ``batch_sizes``."""
+    import onnxruntime as ort
+
+    from kernels.dispatch import kernel_mode
+
+    from inp_former.evaluate import score_batch
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(seed)
+    worst = {"map": 0.0, "score": 0.0}
+    model = model.eval().cpu()
+    for batch in batch_sizes:
+        images = torch.randn(batch, 3, cfg.model.crop, cfg.model.crop, generator=generator)
+        with kernel_mode("reference"):
+            maps, scores, _ = score_batch(model, images, cfg, "fp32", map_mode)
+        onnx_maps, onnx_scores = session.run(["map", "score"], {"image": images.numpy()})
+        worst["map"] = max(worst["map"], float((torch.from_numpy(onnx_maps) - maps).abs().max()))
+        worst["score"] = max(worst["score"], float((torch.from_numpy(onnx_scores) - scores).abs().max()))
+    return worst

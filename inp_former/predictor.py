@@ -1,0 +1,227 @@
+"""Score new images with a trained model: the Python API behind ``inpctl predict``.
+
+>>> from inp_former.predictor import Predictor
+>>> predictor = Predictor.from_checkpoint("runs/mvtec-base/checkpoint.pt")   # doctest: +SKIP
+>>> p = predictor.predict("part_0042.png")                                   # doctest: +SKIP
+>>> p.score, p.label, p.map.shape                                            # doctest: +SKIP
+(0.0731, 1, (256, 256))
+
+``predict`` takes a file path, a PIL image, an ``np.ndarray`` (H, W, 3) uint8 (also (H, W) grayscale,
+(H, W, 4) RGBA, or floats in [0, 1]) or a list of these (then it returns a list). Images get the
+checkpoint's preprocessing (resize to ``cfg.model.resize``, centre crop ``cfg.model.crop``, ImageNet
+normalisation); the map covers that centre crop at ``cfg.model.map_size`` x ``map_size``.
+
+The label uses, in this order: the ``threshold`` given here, the checkpoint's stored threshold of
+``category`` (if given), the checkpoint's pooled threshold (``inpctl eval`` stores it; see
+:mod:`inp_former.thresholds`); without any of them ``label`` is None. Anomalous means
+``score >= threshold``. The raw score is always kept; ``normalized_score`` maps the threshold to 0.5.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from inp_former.config import RunConfig
+from inp_former.model import INPFormer
+from inp_former.thresholds import Calibration, normalize_score, read_calibration
+
+ImageLike = Union[str, Path, Image.Image, np.ndarray]
+
+
+@dataclass
+class Prediction:
+    """The result for one image. ``map`` is (map_size, map_size) float32 over the centre crop."""
+
+    score: float                       # raw image score: mean of the top 1% of the map
+    map: np.ndarray                    # raw anomaly map (no normalisation)
+    label: int | None                  # 1 anomalous (score >= threshold), 0 normal, None without threshold
+    threshold: float | None            # the image threshold used
+    normalized_score: float | None     # (score - threshold) / (score range) + 0.5, clipped to [0, 1]
+    path: str | None = None            # the file, when the input was one
+    pixel_threshold: float | None = None
+
+    @property
+    def is_anomalous(self) -> bool | None:
+        return None if self.label is None else bool(self.label)
+
+    def stats(self) -> dict[str, float | None]:
+        """Statistics of the map: min, max, mean, p99 and, with a pixel threshold, the fraction of
+        pixels at or above it (the predicted anomalous area)."""
+        return map_statistics(self.map, self.pixel_threshold)
+
+
+def map_statistics(anomaly_map: np.ndarray, pixel_threshold: float | None = None) -> dict[str, float | None]:
+    flat = np.asarray(anomaly_map, dtype=np.float64).reshape(-1)
+    return {"map_min": float(flat.min()), "map_max": float(flat.max()), "map_mean": float(flat.mean()),
+            "map_p99": float(np.quantile(flat, 0.99)),
+            "anomalous_area": None if pixel_threshold is None else float((flat >= pixel_threshold).mean())}
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def to_pil(image: ImageLike) -> Image.Image:
+    """A path, PIL image or array as an 8-bit RGB PIL image (raises DatasetError/ValueError if it cannot)."""
+    from inp_former.data import load_rgb
+
+    if isinstance(image, (str, Path)):
+        return load_rgb(image)
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.ndim == 3 and array.shape[-1] == 1:
+            array = array[..., 0]
+        if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))):
+            raise ValueError(f"image array of shape {image.shape}: expected (H, W, 3), (H, W, 4) or (H, W) "
+                             "(channels last)")
+        if array.dtype != np.uint8:
+            if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
+                raise ValueError(f"image array of dtype {array.dtype}: expected uint8 or floats in [0, 1]")
+            array = array.astype(np.float64)
+            if np.issubdtype(image.dtype, np.floating) and array.max(initial=0) <= 1.0:
+                array = array * 255.0
+            array = np.clip(array + 0.5, 0, 255).astype(np.uint8)
+        if array.ndim == 3 and array.shape[-1] == 4:
+            array = array[..., :3]
+        return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
+    raise ValueError(f"cannot read an image from a {type(image).__name__}: expected a path, PIL image or array")
+
+
+class Predictor:
+    """A loaded model plus its preprocessing and decision threshold; scores images, arrays and batches."""
+
+    def __init__(self, model: INPFormer, cfg: RunConfig, calibration: Calibration | None = None,
+                 threshold: float | None = None, device: str | torch.device | None = "auto",
+                 map_mode: str = "decoder", precision: str = "fp32", category: str | None = None,
+                 batch_size: int = 16) -> None:
+        from inp_former.data import image_transform
+        from inp_former.evaluate import MAP_MODES
+
+        if map_mode not in MAP_MODES:
+            raise ValueError(f"map_mode {map_mode!r}: expected one of {', '.join(MAP_MODES)}")
+        self.device = pick_device(device)
+        self.model = model.eval().to(self.device)
+        self.cfg = cfg
+        self.map_mode, self.precision, self.batch_size = map_mode, precision, batch_size
+        self.calibration = calibration
+        self.transform = image_transform(cfg.model.resize, cfg.model.crop)
+        if threshold is not None:
+            self.threshold, self.threshold_source = float(threshold), "given"
+        elif calibration is not None and calibration.threshold_for(category) is not None:
+            self.threshold = float(calibration.threshold_for(category))
+            self.threshold_source = f"checkpoint ({category})" if category else "checkpoint"
+        else:
+            self.threshold, self.threshold_source = None, None
+        pixel = None
+        if calibration is not None:
+            pixel = (calibration.categories.get(category, {}).get("pixel_threshold") if category
+                     else calibration.pixel_threshold)
+        self.pixel_threshold: float | None = pixel
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = "auto",
+                        threshold: float | None = None, map_mode: str = "decoder", precision: str = "fp32",
+                        encoder_weights: str | None = None, category: str | None = None,
+                        batch_size: int = 16) -> "Predictor":
+        """Load an inpctl checkpoint (or the authors' ``model.pth``) with its stored calibration."""
+        from inp_former.checkpoint import load_checkpoint
+
+        chosen = pick_device(device)
+        model, cfg, meta = load_checkpoint(Path(path), chosen, encoder_weights)
+        return cls(model, cfg, read_calibration(meta, map_mode), threshold, chosen, map_mode, precision, category,
+                   batch_size)
+
+    # -- inputs
+    @property
+    def map_range(self) -> tuple[float, float] | None:
+        """The fixed overlay colour scale stored at calibration, or None."""
+        if self.calibration is None or not self.calibration.map_range:
+            return None
+        lo, hi = self.calibration.map_range
+        return float(lo), float(hi)
+
+    def preprocess(self, image: ImageLike) -> torch.Tensor:
+        """(3, crop, crop) float tensor, normalised as the model was trained."""
+        return self.transform(to_pil(image))
+
+    # -- scoring
+    def predict(self, image: ImageLike | Sequence[ImageLike]) -> Prediction | list[Prediction]:
+        """One image -> one Prediction; a list or tuple of images -> a list of Predictions."""
+        if isinstance(image, (list, tuple)):
+            return self.predict_batch(image)
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Iterable[ImageLike], batch_size: int | None = None) -> list[Prediction]:
+        """Score images in batches of ``batch_size`` (default: the predictor's)."""
+        items = list(images)
+        size = batch_size or self.batch_size
+        out: list[Prediction] = []
+        for start in range(0, len(items), size):
+            chunk = items[start:start + size]
+            tensor = torch.stack([self.preprocess(item) for item in chunk])
+            paths = [str(item) if isinstance(item, (str, Path)) else None for item in chunk]
+            out.extend(self.predict_tensor(tensor, paths))
+        return out
+
+    def score_tensor(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """Raw outputs of preprocessed images (B, 3, crop, crop): maps, scores, model output."""
+        from inp_former.evaluate import score_batch
+
+        if images.dim() == 3:
+            images = images.unsqueeze(0)
+        return score_batch(self.model, images.to(self.device), self.cfg, self.precision, self.map_mode)
+
+    def predict_tensor(self, images: torch.Tensor, paths: Sequence[str | None] | None = None) -> list[Prediction]:
+        """Predictions for preprocessed images (B, 3, crop, crop) or (3, crop, crop)."""
+        maps, scores, _ = self.score_tensor(images)
+        return self.predictions(maps, scores, paths)
+
+    def predictions(self, maps: torch.Tensor, scores: torch.Tensor,
+                    paths: Sequence[str | None] | None = None) -> list[Prediction]:
+        """Wrap score_batch outputs into Predictions (threshold, label, normalised score)."""
+        maps_np = maps.detach().float().cpu().numpy()
+        out = []
+        rng = self.calibration.score_range if self.calibration is not None else {}
+        for index, score in enumerate(scores.detach().float().cpu().tolist()):
+            label = None if self.threshold is None else int(score >= self.threshold)
+            normalized = normalize_score(score, self.threshold, rng.get("min"), rng.get("max"))
+            out.append(Prediction(score=score, map=maps_np[index], label=label, threshold=self.threshold,
+                                  normalized_score=normalized, path=None if paths is None else paths[index],
+                                  pixel_threshold=self.pixel_threshold))
+        return out
+
+    # -- pictures
+    def view(self, image: ImageLike) -> Image.Image:
+        """The RGB crop the model sees (resized, centre-cropped, not normalised): what maps cover."""
+        from inp_former.visualize import model_view
+
+        return model_view(to_pil(image), self.cfg.model.resize, self.cfg.model.crop)
+
+    def overlay(self, image: ImageLike, prediction: Prediction,
+                value_range: tuple[float, float] | None = None) -> Image.Image:
+        """The heatmap of ``prediction`` over ``image`` on the fixed colour scale (``value_range``,
+        else the stored one, else 0 .. 2 x threshold, else the map's own range)."""
+        from inp_former.visualize import overlay
+
+        return overlay(self.view(image), prediction.map, value_range or self.default_range(prediction.map),
+                       pixel_threshold=self.pixel_threshold)
+
+    def default_range(self, anomaly_map: np.ndarray | None = None) -> tuple[float, float]:
+        """The overlay scale: stored map range, else [0, 2 x threshold], else the given map's range."""
+        if self.map_range is not None:
+            return self.map_range
+        if self.threshold is not None and self.threshold > 0:
+            return 0.0, 2.0 * self.threshold
+        if anomaly_map is None:
+            return 0.0, 1.0
+        lo, hi = float(np.min(anomaly_map)), float(np.max(anomaly_map))
+        return lo, hi if hi > lo else lo + 1e-6
