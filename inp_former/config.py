@@ -59,7 +59,10 @@ class DataConfig:
     root: str = ""
     categories: list[str] = field(default_factory=list)   # empty = every category under root
     setting: str = "multi-class"          # multi-class | single-class | few-shot | super-multi-class
-    shots: int = 0
+    shots: int = 0                        # few-shot: normal images sampled per category (seed = train.seed)
+    # super-multi-class: several datasets in one run, [{"name", "dataset", "root"}, ...]; when set,
+    # ``dataset``/``root`` are unused and categories are named "<name>/<category>" (inp_former/settings.py)
+    sources: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass

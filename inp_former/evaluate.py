@@ -12,15 +12,22 @@ import torch
 from torch.utils.data import DataLoader
 
 from inp_former.config import RunConfig
-from inp_former.data import AnomalyDataset, build_samples, image_transform, mask_transform, masks_for_metrics
+from inp_former.data import AnomalyDataset, image_transform, mask_transform, masks_for_metrics
 from inp_former.io import atomic_write_text
-from inp_former.metrics import category_metrics, mean_metrics
+from inp_former.metrics import PIXEL_KEYS, PixelMetricAccumulator, image_metrics, mean_metrics
+from inp_former.settings import category_samples
 from inp_former.model import INPFormer, INPFormerOutput
 from inp_former.train import autocast
 from kernels.scoring import anomaly_maps_and_scores, upsample_token_map
 
 METRIC_KEYS = ("i_auroc", "i_ap", "i_f1max", "p_auroc", "p_ap", "p_f1max", "aupro")
 MAP_MODES = ("decoder", "prototype")  # reconstruction error (the method) | distance to nearest INP (zero-shot)
+# Pixel metrics are exact while a category has at most EXACT_PIXELS pixels (256 maps of 256x256, about
+# 26 bytes per pixel at the peak: ~440 MB); beyond, they come from PIXEL_BINS-bin histograms over
+# PIXEL_RANGE (every map value is a mean of 1 - cos, so it lies there) with a guaranteed error bound.
+EXACT_PIXELS = 1 << 24
+PIXEL_BINS = 1 << 20
+PIXEL_RANGE = (0.0, 2.0)
 
 
 @dataclass
@@ -65,40 +72,124 @@ def score_batch(model: INPFormer, images: torch.Tensor, cfg: RunConfig, precisio
     return maps, scores, out
 
 
+def bound_heap_growth(threshold: int = 1 << 20) -> bool:
+    """Make freed large arrays go back to the operating system (glibc only; False elsewhere).
+
+    By default glibc raises its mmap threshold as large blocks are freed, after which per-batch
+    arrays come from the heap, which fragmentation can grow batch after batch although nothing is
+    kept. Fixing the threshold serves every allocation of ``threshold`` bytes or more by mmap, so
+    resident memory tracks what is alive. Process-wide: ``inpctl eval`` calls it; a library user may.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, int(threshold)))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError, TypeError):
+        return False
+
+
+class CategoryStream:
+    """One category's metrics from a stream of batches, in memory that does not grow with the stream.
+
+    Image labels and scores are kept (a few bytes per image); the pixel metrics go through a
+    :class:`inp_former.metrics.PixelMetricAccumulator` (exact up to ``exact_pixels`` pixels, then
+    binned with :meth:`error_bounds`), and a :class:`inp_former.thresholds.PixelHistogram` of normal
+    and anomalous pixels is filled for the thresholds and the report's densities.
+    """
+
+    def __init__(self, exact_pixels: int = EXACT_PIXELS, bins: int = PIXEL_BINS,
+                 value_range: tuple[float, float] = PIXEL_RANGE) -> None:
+        from inp_former.thresholds import PixelHistogram
+
+        self.labels: list[torch.Tensor] = []
+        self.scores: list[torch.Tensor] = []
+        self.pixels = PixelMetricAccumulator(value_range, bins, exact_pixels, device="cpu")
+        self.histogram = PixelHistogram()
+
+    def update(self, labels: Any, scores: torch.Tensor, masks: torch.Tensor, maps: torch.Tensor) -> None:
+        """A batch: labels (B,), image scores (B,), masks (B, S, S) bool, maps (B, S, S)."""
+        maps, masks = maps.detach().float().cpu(), masks.detach().cpu()
+        self.labels.append(torch.as_tensor(labels).reshape(-1).cpu())
+        self.scores.append(scores.detach().float().cpu().reshape(-1))
+        self.pixels.update(masks, maps)
+        self.histogram.update(masks, maps)
+
+    @property
+    def binned(self) -> bool:
+        return self.pixels.pixels_seen > self.pixels.exact_pixels
+
+    def image_outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat(self.labels), torch.cat(self.scores)
+
+    def compute(self) -> dict[str, float]:
+        """The seven metrics (pixel ones exact, or binned within :meth:`error_bounds`)."""
+        labels, scores = self.image_outputs()
+        return {**image_metrics(labels, scores), **self.pixels.compute()}
+
+    def error_bounds(self) -> dict[str, float]:
+        """Per pixel metric, a guaranteed bound on |reported - exact| (0 when exact)."""
+        return self.pixels.error_bounds()
+
+
 def evaluate(model: INPFormer, cfg: RunConfig, categories: list[str], device: torch.device | str,
              batch_size: int = 16, precision: str = "fp32", map_mode: str = "decoder",
              on_batch: Callable[[str, int, int], None] | None = None, num_workers: int = 0,
-             on_category: Callable[[str, dict[str, Any]], None] | None = None) -> EvalResult:
+             on_category: Callable[[str, dict[str, Any]], None] | None = None,
+             exact_pixels: int = EXACT_PIXELS, pixel_bins: int = PIXEL_BINS) -> EvalResult:
     """Evaluate on the test split of each category of ``cfg.data``; metrics per category and mean.
 
+    Streams: memory does not grow with the number of test images (see :class:`CategoryStream`).
+    Pixel metrics are exact for categories of at most ``exact_pixels`` pixels, else binned into
+    ``pixel_bins`` bins; ``meta["pixel_metrics"]`` then states the error bound of each.
+
     ``on_category(category, outputs)``, if given, sees each category's outputs once they are complete:
-    ``labels`` (n,), ``scores`` (n,), ``masks`` (n, S, S) bool, ``maps`` (n, S, S) float32 (CPU tensors)
-    and ``paths`` (e.g. :class:`inp_former.thresholds.Calibrator` computes thresholds from them)."""
+    ``labels`` (n,), ``scores`` (n,), ``paths``, and ``pixel_histogram`` (a
+    :class:`inp_former.thresholds.PixelHistogram` of the maps against the masks) -- never the full maps
+    (e.g. :class:`inp_former.thresholds.Calibrator` computes thresholds from them)."""
     device = torch.device(device)
     mc = cfg.model
     model.eval().to(device)
     per_category: dict[str, dict[str, float]] = {}
+    bounds: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
     for category in categories:
-        samples = build_samples(cfg.data.dataset, cfg.data.root, category, "test")
+        samples = category_samples(cfg.data, category, "test")  # also "<dataset>/<category>" of several datasets
         dataset = AnomalyDataset(samples, image_transform(mc.resize, mc.crop), mask_transform(mc.resize, mc.crop))
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        labels, scores, maps, masks = [], [], [], []
+        stream = CategoryStream(exact_pixels, pixel_bins)
         for batch in loader:
             image_maps, image_scores, _ = score_batch(model, batch["image"].to(device), cfg, precision, map_mode)
-            maps.append(image_maps.float().cpu())
-            scores.append(image_scores.float().cpu())
-            masks.append(masks_for_metrics(batch["mask"], mc.map_size))
-            labels.append(torch.as_tensor(batch["label"]))
+            stream.update(batch["label"], image_scores, masks_for_metrics(batch["mask"], mc.map_size), image_maps)
             for path, label, score in zip(batch["path"], batch["label"], image_scores.tolist()):
                 rows.append({"path": path, "category": category, "label": int(label), "score": score})
             if on_batch is not None:
                 on_batch(category, len(batch["label"]), len(dataset))
-        per_category[category] = category_metrics(torch.cat(labels), torch.cat(scores),
-                                                  torch.cat(masks), torch.cat(maps))
+        per_category[category] = stream.compute()
+        if stream.binned:
+            bounds[category] = {"pixels": stream.pixels.pixels_seen, "error_bounds": stream.error_bounds()}
         if on_category is not None:
-            on_category(category, {"labels": torch.cat(labels), "scores": torch.cat(scores), "masks": torch.cat(masks),
-                                   "maps": torch.cat(maps), "paths": [s.path for s in samples]})
+            labels, scores = stream.image_outputs()
+            on_category(category, {"labels": labels, "scores": scores, "pixel_histogram": stream.histogram,
+                                   "paths": [s.path for s in samples]})
+        del stream
     return EvalResult(per_category, mean_metrics(per_category), rows,
                       {"map_mode": map_mode, "precision": precision, "device": str(device),
-                       "dataset": cfg.data.dataset, "data_root": str(cfg.data.root)})
+                       "dataset": cfg.data.dataset, "data_root": str(cfg.data.root),
+                       "pixel_metrics": pixel_metrics_meta(bounds, exact_pixels, pixel_bins)})
+
+
+def pixel_metrics_meta(bounds: dict[str, dict[str, Any]], exact_pixels: int, bins: int) -> dict[str, Any]:
+    """How the pixel metrics were computed, for metrics.json: exact, or binned with error bounds.
+
+    ``max_error_bounds``: per metric, the largest bound over the categories; it also bounds the
+    error of the mean over categories. All 0 when every category was exact.
+    """
+    worst = {k: 0.0 for k in PIXEL_KEYS}
+    for entry in bounds.values():
+        for key, value in entry["error_bounds"].items():
+            if value == value:  # not nan
+                worst[key] = max(worst[key], value)
+    return {"mode": "binned" if bounds else "exact", "exact_pixel_limit": exact_pixels, "bins": bins,
+            "range": list(PIXEL_RANGE), "binned_categories": bounds, "max_error_bounds": worst}

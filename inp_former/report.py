@@ -68,7 +68,8 @@ def render_samples(model: INPFormer, cfg: RunConfig, rows: list[dict[str, Any]],
                    device: torch.device | str = "cpu", map_mode: str = "decoder", precision: str = "fp32",
                    batch_size: int = 8, on_sample: Callable[[], None] | None = None) -> list[SampleFigures]:
     """Figures for ``rows`` (dicts with path, category, label): runs the model once per batch."""
-    from inp_former.data import AnomalyDataset, build_samples, image_transform, mask_transform
+    from inp_former.data import AnomalyDataset, image_transform, mask_transform
+    from inp_former.settings import category_samples
     from inp_former.evaluate import score_batch
     from inp_former.visualize import (attention_images, capture_inp_attention, denormalize, distance_map, overlay,
                                       with_contour)
@@ -76,7 +77,7 @@ def render_samples(model: INPFormer, cfg: RunConfig, rows: list[dict[str, Any]],
     mc = cfg.model
     by_path: dict[str, Any] = {}
     for category in dict.fromkeys(r["category"] for r in rows):
-        for sample in build_samples(cfg.data.dataset, cfg.data.root, category, "test"):
+        for sample in category_samples(cfg.data, category, "test"):
             by_path[sample.path] = sample
     samples = [by_path[r["path"]] for r in rows if r["path"] in by_path]
     dataset = AnomalyDataset(samples, image_transform(mc.resize, mc.crop), mask_transform(mc.resize, mc.crop))

@@ -213,12 +213,16 @@ class Calibrator:
         self.histograms: dict[str, PixelHistogram] = {}
 
     def update(self, category: str, outputs: dict[str, Any]) -> None:
-        """``outputs``: labels (n,), scores (n,), masks (n, S, S) bool, maps (n, S, S), paths."""
+        """``outputs``: labels (n,), scores (n,), paths, and either ``pixel_histogram`` (a
+        :class:`PixelHistogram`, as :func:`inp_former.evaluate.evaluate` gives) or masks (n, S, S) bool
+        and maps (n, S, S)."""
         self.labels[category] = torch.as_tensor(outputs["labels"]).reshape(-1).long().cpu()
         self.scores[category] = torch.as_tensor(outputs["scores"]).reshape(-1).double().cpu()
         self.paths[category] = list(outputs.get("paths", []))
-        hist = PixelHistogram()
-        hist.update(torch.as_tensor(outputs["masks"]), torch.as_tensor(outputs["maps"]))
+        hist = outputs.get("pixel_histogram")  # evaluate() streams: a histogram, never the full maps
+        if hist is None:
+            hist = PixelHistogram()
+            hist.update(torch.as_tensor(outputs["masks"]), torch.as_tensor(outputs["maps"]))
         self.histograms[category] = hist
 
     def pooled_histogram(self) -> PixelHistogram:

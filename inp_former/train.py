@@ -1,8 +1,10 @@
 """One training loop for every setting: the config says which data and how long.
 
 Also: resumable training states (``last.pt``: model, optimiser, schedule, RNG, data position,
-written atomically every ``checkpoint_every`` iterations) and multi-process training with
-PyTorch's DistributedDataParallel when launched by ``torchrun``.
+written atomically every ``checkpoint_every`` iterations, removed once ``checkpoint.pt`` is written)
+and multi-process training with PyTorch's DistributedDataParallel when launched by ``torchrun``
+(``--batch-size`` is the global batch, split evenly over the processes; see docs/reliability.md).
+A resumed run on CPU ends with exactly the weights of an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ from torch.utils.data import DataLoader, Sampler
 
 from inp_former.checkpoint import save_checkpoint
 from inp_former.config import RunConfig
-from inp_former.data import AnomalyDataset, build_samples, image_transform, list_categories
 from inp_former.io import atomic_torch_save
 from inp_former.losses import coherence_loss, soft_mining_loss
 from inp_former.model import INPFormer
@@ -61,18 +62,15 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_categories(cfg: RunConfig) -> list[str]:
-    available = list_categories(cfg.data.dataset, cfg.data.root)
-    if not cfg.data.categories:
-        return available
-    unknown = [c for c in cfg.data.categories if c not in available]
-    if unknown:
-        raise ValueError(f"--categories: {', '.join(unknown)} not under {cfg.data.root} "
-                         f"(available: {', '.join(available)})")
-    return list(cfg.data.categories)
+    from inp_former.settings import resolve_categories as resolve  # several datasets: "<name>/<category>"
+
+    return resolve(cfg.data)
 
 
 def training_samples(cfg: RunConfig, categories: list[str]) -> list:
-    return [s for c in categories for s in build_samples(cfg.data.dataset, cfg.data.root, c, "train")]
+    from inp_former.settings import category_samples
+
+    return [s for c in categories for s in category_samples(cfg.data, c, "train")]
 
 
 def autocast(device: torch.device, precision: str):
@@ -119,8 +117,11 @@ class EpochBatchSampler(Sampler[list[int]]):
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].copy(),
-             "numpy_pos": int(np.random.get_state()[2]), "python": repr(random.getstate())}
+    # tensors and plain Python values only, so that the state loads with weights_only=True
+    numpy_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)),
+             "numpy_pos": int(numpy_state[2]), "numpy_gauss": [int(numpy_state[3]), float(numpy_state[4])],
+             "python": repr(random.getstate())}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -130,10 +131,33 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     import ast
 
     torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy"], state["numpy_pos"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"],
+                         *state.get("numpy_gauss", [0, 0.0])))
     random.setstate(ast.literal_eval(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _global_loss(loss: torch.Tensor, world: int) -> float:
+    """The loss of the global batch: the mean over processes (nan/inf anywhere reaches all)."""
+    if world > 1:
+        loss = loss.float().clone()
+        dist.all_reduce(loss)
+        loss = loss / world
+    return float(loss)
+
+
+def _nonfinite_message(what: str, iteration: int, state_path: Path) -> str:
+    if state_path.is_file():
+        try:
+            kept = f"iteration {torch.load(state_path, map_location='cpu', weights_only=True, mmap=True)['iteration']}"
+        except Exception:  # noqa: BLE001 - only for the message
+            kept = "its last save"
+        saved = f"the last good state {state_path} ({kept}) is kept"
+    else:
+        saved = "no training state was saved yet (see --checkpoint-every)"
+    return (f"{what} at iteration {iteration}: training stopped; {saved}. Try --eps 1e-6 (a known fix) or "
+            f"--on-nonfinite skip")
 
 
 def save_training_state(path: Path, model: INPFormer, optimizer: torch.optim.Optimizer, schedule: Any,
@@ -173,7 +197,10 @@ def train(cfg: RunConfig, run_dir: Path, device: torch.device | str | None = Non
     seed_everything(tc.seed)
     categories = resolve_categories(cfg)
     cfg.data.categories = categories
-    dataset = AnomalyDataset(training_samples(cfg, categories), image_transform(cfg.model.resize, cfg.model.crop))
+    from inp_former.settings import check_setting, training_dataset, training_meta  # the setting picks the images
+
+    check_setting(cfg.data)
+    dataset = training_dataset(cfg, categories)
     if len(dataset) < tc.batch_size:
         raise ValueError(f"--batch-size {tc.batch_size}: larger than the {len(dataset)} training images")
     sampler = EpochBatchSampler(len(dataset), tc.batch_size, tc.seed, world, rank)
@@ -191,6 +218,10 @@ def train(cfg: RunConfig, run_dir: Path, device: torch.device | str | None = Non
     schedule = WarmCosineSchedule(optimizer, tc.lr, tc.final_lr, total, warmup=tc.warmup_iters)
     iteration, epoch, skipped, losses = 0, 0, 0, []
     state_path = run_dir / TRAINING_STATE
+    if rank == 0:  # half-written files of a killed run (the atomic writes' temporaries) are garbage
+        for name in (TRAINING_STATE, "checkpoint.pt"):
+            for stale in run_dir.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
     if resume:
         if not state_path.is_file():
             raise TrainingError(f"--resume {run_dir}: no {TRAINING_STATE} to resume from")
@@ -203,6 +234,7 @@ def train(cfg: RunConfig, run_dir: Path, device: torch.device | str | None = Non
         sampler.set_position(epoch, state["batch_in_epoch"])
     elif rank == 0:
         cfg.save_json(run_dir / "config.json")
+        state_path.unlink(missing_ok=True)  # a stale state of an overwritten run must never be resumed
 
     net: torch.nn.Module = model
     if world > 1:
@@ -220,18 +252,21 @@ def train(cfg: RunConfig, run_dir: Path, device: torch.device | str | None = Non
                 coherence = coherence_loss(out.prototype_distance)
                 loss = mining + tc.coherence_weight * coherence
             optimizer.zero_grad(set_to_none=True)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                if tc.on_nonfinite != "skip":
-                    raise TrainingError(
-                        f"loss is {value} at iteration {iteration + 1}: training stopped; the last good state "
-                        f"({state_path.name}) is kept. Try --eps 1e-6 (a known fix) or --on-nonfinite skip")
-                skipped += 1  # the step is dropped, the schedule moves on
-            else:
+            value = _global_loss(loss.detach(), world)  # every process takes the same skip/stop decision
+            bad = None if math.isfinite(value) else f"loss is {value}"
+            if bad is None:
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-                optimizer.step()
-                losses.append(value)
+                norm = float(torch.nn.utils.clip_grad_norm_(params, tc.grad_clip))  # same on every process
+                if math.isfinite(norm):
+                    optimizer.step()
+                    losses.append(value)
+                else:
+                    bad = f"gradient norm is {norm}"
+                    optimizer.zero_grad(set_to_none=True)
+            if bad is not None:
+                if tc.on_nonfinite != "skip":
+                    raise TrainingError(_nonfinite_message(bad, iteration + 1, state_path))
+                skipped += 1  # the step is dropped (weights and optimiser untouched), the schedule moves on
             schedule.step()
             iteration += 1
             if on_step is not None and rank == 0:
@@ -253,5 +288,7 @@ def train(cfg: RunConfig, run_dir: Path, device: torch.device | str | None = Non
             "iterations": iteration, "train_seconds": round(seconds, 2), "dataset": cfg.data.dataset,
             "data_root": str(cfg.data.root), "categories": categories, "train_images": len(dataset),
             "device": str(device), "world_size": world, "skipped_steps": skipped,
+            **training_meta(cfg, dataset),
         })
+        state_path.unlink(missing_ok=True)  # complete: checkpoint.pt holds the result, nothing left to resume
     return TrainResult(checkpoint, iteration, seconds, losses[-1] if losses else float("nan"), skipped, losses)

@@ -54,12 +54,26 @@ def parse_categories(text: Optional[str]) -> list[str]:
 
 @app.command()
 def train(
-    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root. Omit it to run the built-in demo."),
-    dataset: str = typer.Option("mvtec", help="Folder layout of --data: mvtec."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root. Omit it (and --source) to run the "
+                                        "built-in demo."),
+    dataset: str = typer.Option("mvtec", help="Folder layout of --data: mvtec, visa (1cls folders or raw VisA with "
+                                "split_csv/1cls.csv), realiad (realiad_1024 + realiad_jsons) or folder (your own "
+                                "normal/, abnormal/, mask/ images)."),
+    setting: Optional[str] = typer.Option(None, help="multi-class (one model for all categories), single-class (one "
+                                          "model per category, RUN_DIR/<category>/checkpoint.pt), few-shot (implied "
+                                          "by --shots) or super-multi-class (implied by --source). Default: inferred."),
+    shots: int = typer.Option(0, min=0, help="Few-shot: normal images sampled per category with --seed (paper: 1, 2 "
+                              "or 4), each expanded to 22 augmented images; one model for all categories."),
+    source: Optional[list[str]] = typer.Option(None, "--source", help="Super-multi-class: a dataset as DATASET=ROOT "
+                                               "(repeat it, e.g. --source mvtec=/d/mvtec --source visa=/d/visa/1cls); "
+                                               "replaces --data/--dataset; categories become DATASET/CATEGORY."),
     categories: Optional[str] = typer.Option(None, help="Comma-separated categories (default: all under --data)."),
-    encoder: str = typer.Option("base", help="Frozen encoder: small, base or large DINOv2-reg4 ViT/14."),
-    encoder_weights: str = typer.Option("pretrained", help="'pretrained' (timm cache/download), a weight file "
-                                        "(timm .safetensors/.pth or Meta's dinov2_vit*14_reg4_pretrain.pth), or 'random'."),
+    encoder: str = typer.Option("base", help="Frozen encoder: small, base or large DINOv2-reg4 ViT/14; "
+                                 "efficientnet_lite0 (ImageNet weights shipped offline with inpctl); or any timm "
+                                 "CNN as timm:<name>, e.g. timm:wide_resnet50_2 (docs/encoders.md)."),
+    encoder_weights: str = typer.Option("pretrained", help="'pretrained' (timm cache/download; offline "
+                                        "package for efficientnet_lite0), a weight file (timm .safetensors/.pth, or "
+                                        "Meta's dinov2_vit*14_reg4_pretrain.pth), or 'random'."),
     epochs: int = typer.Option(200, min=1, help="Epochs over the training images (ignored with --iters)."),
     iters: Optional[int] = typer.Option(None, min=1, help="Total iterations; overrides --epochs."),
     batch_size: int = typer.Option(16, min=1, help="Images per step."),
@@ -103,15 +117,17 @@ def train(
             fail(f"{flag} {value!r}: expected one of {', '.join(allowed)}")
     if crop > resize:
         fail(f"--crop {crop}: must not exceed --resize {resize}")
-    demo = data is None
+    demo = data is None and not source
     if demo:
         from inp_former.demo import demo_config
 
         cfg, notice = demo_config(seed=seed)
         console.print(notice)
     else:
-        if not data.is_dir():
+        if data is not None and not data.is_dir():
             fail(f"--data {data}: no such directory")
+        if data is not None and source:
+            fail("--data and --source: give one dataset with --data, or several with --source (not both)")
         cfg = RunConfig(
             model=ModelConfig(encoder=encoder, encoder_weights=encoder_weights, resize=resize, crop=crop,
                               num_prototypes=num_prototypes),
@@ -120,14 +136,22 @@ def train(
                               coherence_weight=coherence_weight, mining_gamma=gamma, seed=seed,
                               num_workers=num_workers, on_nonfinite=on_nonfinite, precision=precision,
                               checkpoint_every=checkpoint_every),
-            data=DataConfig(dataset=dataset, root=str(data), categories=parse_categories(categories)),
+            data=DataConfig(dataset=dataset, root=str(data or ""), categories=parse_categories(categories)),
         )
+        from inpctl.settings_cmd import apply_setting
+
+        apply_setting(cfg, setting, shots, source or [])
     if out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         fail("--out: required under torchrun, so that every process writes to the same run directory")
     run_dir = out or default_run_dir(cfg.data.dataset if not demo else "demo", cfg.model.encoder)
     if any((run_dir / name).exists() for name in ("checkpoint.pt", "last.pt")) and not overwrite:
         fail(f"--out {run_dir}: already holds a run; choose another --out, pass --overwrite, "
              f"or continue it with --resume {run_dir}")
+    if cfg.data.setting == "single-class":
+        from inpctl.settings_cmd import train_single_class
+
+        run(lambda: train_single_class(cfg, run_dir, device, not no_eval, eval_batch_size, overwrite))
+        return
     run(lambda: _train_and_eval(cfg, run_dir, device, not no_eval, eval_batch_size, demo))
 
 
@@ -136,10 +160,22 @@ def _resume(run_dir: Path, device: str, do_eval: bool, eval_batch_size: int) -> 
     from inp_former.train import TRAINING_STATE, load_training_state
 
     state_path = run_dir / TRAINING_STATE
+    if not run_dir.is_dir():
+        fail(f"--resume {run_dir}: no such run directory")
     if not state_path.is_file():
-        fail(f"--resume {run_dir}: no {TRAINING_STATE} there (nothing to resume; is it a run directory?)")
-    cfg = RunConfig.from_dict(load_training_state(state_path)["config"])
-    console.print(f"Resuming {run_dir} at iteration {load_training_state(state_path)['iteration']}")
+        if (run_dir / "checkpoint.pt").is_file():
+            fail(f"--resume {run_dir}: the run is complete (checkpoint.pt is written, no {TRAINING_STATE} left); "
+                 f"evaluate it with inpctl eval --ckpt {run_dir / 'checkpoint.pt'}")
+        fail(f"--resume {run_dir}: no {TRAINING_STATE} there (nothing to resume; expected a run directory of "
+             f"inpctl train with --checkpoint-every > 0)")
+    state = load_training_state(state_path)
+    try:
+        cfg = RunConfig.from_dict(state["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        fail(f"--resume {state_path}: its run config is not readable ({exc})")
+    if int(os.environ.get("RANK", "0")) == 0:
+        console.print(f"Resuming {run_dir} at iteration {state['iteration']} of {cfg.train.iters}")
+    del state
     _train_and_eval(cfg, run_dir, device, do_eval, eval_batch_size, demo=False, resume=True)
 
 
@@ -162,10 +198,15 @@ def _train_and_eval(cfg, run_dir: Path, device_flag: str, do_eval: bool, eval_ba
     import torch.distributed as dist
 
     from inp_former.model import INPFormer
-    from inp_former.train import train as train_model
+    from inp_former.settings import category_samples
+    from inp_former.train import resolve_categories, seed_everything, train as train_model
 
+    if do_eval:  # a category without test images fails now, not after hours of training
+        for category in resolve_categories(cfg):
+            category_samples(cfg.data, category, "test")
     device, rank = _setup_distributed(device_flag)
     try:
+        seed_everything(cfg.train.seed)  # the decoder's initialisation follows --seed (bit-for-bit reruns)
         model = INPFormer(cfg.model)
         if rank == 0:
             console.print(f"Encoder: [bold]{cfg.model.encoder}[/] ({model.encoder.weights_source}); device {device}")
@@ -191,11 +232,12 @@ def _train_and_eval(cfg, run_dir: Path, device_flag: str, do_eval: bool, eval_ba
 
 def _evaluate_and_report(model, cfg, categories, device, batch_size, precision, map_mode, out_dir: Path,
                          extra_meta: dict | None = None, ckpt: Path | None = None, report: bool = False,
-                         report_samples: int = 3) -> None:
-    from inp_former.evaluate import evaluate
+                         report_samples: int = 3, exact_pixels: int | None = None) -> None:
+    from inp_former.evaluate import EXACT_PIXELS, bound_heap_growth, evaluate
     from inp_former.thresholds import Calibrator
     from inpctl.predict_cmd import store_thresholds, write_eval_report
 
+    bound_heap_growth()  # memory stays flat however many test images stream through
     calibrator = Calibrator(map_mode)
 
     total_images = None
@@ -211,7 +253,8 @@ def _evaluate_and_report(model, cfg, categories, device, batch_size, precision, 
             progress.update(task, advance=count, category=category)
 
         result = evaluate(model, cfg, categories, device, batch_size, precision, map_mode, on_batch=on_batch,
-                          on_category=calibrator.update)
+                          on_category=calibrator.update,
+                          exact_pixels=EXACT_PIXELS if exact_pixels is None else exact_pixels)
     result.meta.update({"encoder": cfg.model.encoder, "encoder_source": model.encoder.weights_source,
                         "random_encoder": cfg.model.encoder_weights == "random", **(extra_meta or {})})
     calibration = store_thresholds(calibrator, result, ckpt)  # F1-max thresholds -> metrics.json + checkpoint meta
@@ -219,17 +262,33 @@ def _evaluate_and_report(model, cfg, categories, device, batch_size, precision, 
     console.print(metrics_table(result.categories, result.mean, title=f"INP-Former ({map_mode} maps), %"))
     if cfg.model.encoder_weights == "random":
         console.print("[yellow]Note: the encoder has random weights, so these numbers do not measure INP-Former.")
+    _print_pixel_error_bounds(result.meta.get("pixel_metrics") or {})
     console.print(f"Wrote {out_dir / 'metrics.json'} and {out_dir / 'scores.csv'}")
     if report:
         write_eval_report(model, cfg, result, calibrator, calibration, device, precision, map_mode, out_dir,
                           report_samples)
 
 
+def _print_pixel_error_bounds(info: dict) -> None:
+    """One line saying which pixel metrics were binned and how far they can be from the exact ones."""
+    binned = info.get("binned_categories") or {}
+    if not binned:
+        return
+    names = {"p_auroc": "P-AUROC", "p_ap": "P-AP", "p_f1max": "P-F1max", "aupro": "AUPRO"}
+    worst = info.get("max_error_bounds", {})
+    bounds = ", ".join(f"{names[k]} ±{100 * v:.2g}" for k, v in worst.items() if k in names)
+    console.print(f"Pixel metrics of {len(binned)} categor{'y' if len(binned) == 1 else 'ies'} "
+                  f"({', '.join(binned)}) are binned ({info.get('bins')} bins, more than "
+                  f"{info.get('exact_pixel_limit')} pixels): at most {bounds} points from the exact values "
+                  f"(also in metrics.json meta.pixel_metrics)", highlight=False)
+
+
 # --- eval --------------------------------------------------------------------------------------
 
 @app.command("eval")
 def eval_command(
-    ckpt: Path = typer.Option(..., "--ckpt", help="A checkpoint.pt written by inpctl train."),
+    ckpt: Path = typer.Option(..., "--ckpt", help="A checkpoint.pt written by inpctl train, a single-class run "
+                              "directory (one checkpoint per category), or the authors' released model.pth."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default: the one the model trained on)."),
     dataset: Optional[str] = typer.Option(None, help="Folder layout of --data (default: the checkpoint's)."),
     categories: Optional[str] = typer.Option(None, help="Comma-separated categories (default: all under --data)."),
@@ -240,10 +299,17 @@ def eval_command(
                                  "nearest INP: the zero-shot map)."),
     encoder_weights: Optional[str] = typer.Option(None, help="Where the frozen encoder's weights come from, if not "
                                                   "as at training time."),
+    resize: Optional[int] = typer.Option(None, min=14, help="Preprocessing resize, if not the checkpoint's (the "
+                                         "authors' model.pth holds none: 448 is assumed)."),
+    crop: Optional[int] = typer.Option(None, min=14, help="Centre crop, if not the checkpoint's (model.pth: 392)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     report: bool = typer.Option(False, "--report", help="Also write report.html: metrics, thresholds and figures "
                                 "(overlays, INP attention, distance maps, score densities) for sample images."),
     report_samples: int = typer.Option(3, min=0, help="Sample images per category in the --report."),
+    exact_pixels: Optional[int] = typer.Option(None, min=0, help="Pixel metrics are exact for categories of up to "
+                                               "this many pixels (default 16777216: 256 maps of 256x256); beyond, "
+                                               "they stream through 2^20-bin histograms (flat memory) and the output "
+                                               "states their error bound. 0: always binned."),
 ) -> None:
     """Evaluate a checkpoint: a table per category + mean, metrics.json and scores.csv (+ report.html).
 
@@ -259,22 +325,33 @@ def eval_command(
         from inp_former.train import resolve_categories
 
         chosen = pick_device(device)
+        if ckpt.is_dir():  # a single-class run: each category with its own model
+            from inpctl.settings_cmd import eval_single_class
+
+            eval_single_class(ckpt, data, dataset, parse_categories(categories), out, batch_size, precision,
+                              map_mode, encoder_weights, resize, crop, chosen)
+            return
         model, cfg, _ = load_checkpoint(ckpt, chosen, encoder_weights)
+        if resize is not None or crop is not None:
+            cfg.model.resize, cfg.model.crop = resize or cfg.model.resize, crop or cfg.model.crop
+            if cfg.model.crop > cfg.model.resize:
+                fail(f"--crop {cfg.model.crop}: must not exceed --resize {cfg.model.resize}")
         if data is not None:
             if not data.is_dir():
                 fail(f"--data {data}: no such directory")
             cfg.data.root = str(data)
+            cfg.data.sources = []  # e.g. zero-shot: a super-multi-class model on another dataset
             cfg.data.categories = parse_categories(categories)
         elif categories:
             cfg.data.categories = parse_categories(categories)
         if dataset is not None:
             cfg.data.dataset = dataset
-        if not cfg.data.root:
+        if not cfg.data.root and not cfg.data.sources:
             fail(f"--ckpt {ckpt}: the checkpoint does not say which data it was trained on; pass --data")
         chosen_categories = resolve_categories(cfg)
         _evaluate_and_report(model, cfg, chosen_categories, chosen, batch_size, precision, map_mode,
                              out or ckpt.parent, extra_meta={"checkpoint": str(ckpt)}, ckpt=ckpt, report=report,
-                             report_samples=report_samples)
+                             report_samples=report_samples, exact_pixels=exact_pixels)
 
     run(job)
 
@@ -380,7 +457,44 @@ def bench_model(
     run(job)
 
 
+@bench_app.command("quality")
+def bench_quality(
+    iters: Optional[int] = typer.Option(None, min=1, help="Training iterations (default: the demo's)."),
+    seed: int = typer.Option(1, help="Seed of the model's initialisation and training."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+) -> None:
+    """Demo data: INP-Former untrained vs trained vs a nearest-neighbour patch baseline (same encoder)."""
+    def job() -> None:
+        from inp_former.benchmarks.quality import run_quality
+        from inp_former.demo import demo_config
+        from inpctl.console import METRIC_TITLES, percent, rows_table
+
+        cfg, notice = demo_config(seed=seed)
+        if iters is not None:
+            cfg.train.iters, cfg.train.warmup_iters = iters, min(cfg.train.warmup_iters, iters // 10)
+        console.print(notice)
+        result = run_quality(cfg, pick_device(device))
+        console.print(rows_table(f"Mean over categories, % ({cfg.model.encoder})", ["method", *METRIC_TITLES.values()],
+                                 ([name, *(percent(m[k]) for k in METRIC_TITLES)] for name, m in result["rows"].items())))
+        _write_json(json_path, result)
+
+    run(job)
+
+
 # --- entry point -------------------------------------------------------------------------------
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an error's message; for an error re-raised by a DataLoader worker (whose
+    message is the worker's whole traceback), the original error's own message."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        marker = f"{exc.__class__.__name__}: "
+        if marker in text:
+            text = text.rsplit(marker, 1)[1]
+    lines = text.strip().splitlines()
+    return lines[0] if lines else exc.__class__.__name__
+
 
 def run(job) -> None:
     """Run a command body, turning the library's expected errors into one-line messages."""
@@ -391,9 +505,8 @@ def run(job) -> None:
 
     try:
         job()
-    except (DatasetError, CheckpointError, EncoderWeightsError, TrainingError, ValueError, FileNotFoundError,
-            NotADirectoryError, PermissionError) as exc:
-        fail(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
+    except (DatasetError, CheckpointError, EncoderWeightsError, TrainingError, ValueError, OSError) as exc:
+        fail(_one_line(exc))
     except KeyboardInterrupt:
         fail("interrupted", code=130)
     except torch.cuda.OutOfMemoryError:

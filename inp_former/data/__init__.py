@@ -35,6 +35,19 @@ def register_layout(name: str, categories: Callable[[Path], list[str]],
 register_layout("mvtec", mvtec_categories, mvtec_samples)
 
 
+def _register_builtin_layouts() -> None:
+    from inp_former.data.folder import folder_categories, folder_samples
+    from inp_former.data.realiad import realiad_categories, realiad_samples
+    from inp_former.data.visa import visa_categories, visa_samples
+
+    register_layout("visa", visa_categories, visa_samples)
+    register_layout("realiad", realiad_categories, realiad_samples)
+    register_layout("folder", folder_categories, folder_samples)
+
+
+_register_builtin_layouts()
+
+
 def _layout(dataset: str) -> Layout:
     if dataset not in LAYOUTS:
         raise ValueError(f"dataset layout {dataset!r}: expected one of {', '.join(sorted(LAYOUTS))}")

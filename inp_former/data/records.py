@@ -69,9 +69,15 @@ class AnomalyDataset(Dataset):
         from inp_former.data.transforms import load_mask, load_rgb
 
         sample = self.samples[index]
-        image = self.transform(load_rgb(sample.path))
+        picture = load_rgb(sample.path)
+        image = self.transform(picture)
         if sample.mask_path is not None and self.mask_transform is not None:
-            mask = self.mask_transform(load_mask(sample.mask_path))
+            ground_truth = load_mask(sample.mask_path)
+            if ground_truth.size != picture.size:  # a mask of another image, or a resized copy: refuse
+                raise DatasetError(f"{sample.mask_path}: mask of {ground_truth.size[0]}x{ground_truth.size[1]} "
+                                   f"pixels; expected the size of its image {sample.path} "
+                                   f"({picture.size[0]}x{picture.size[1]})")
+            mask = self.mask_transform(ground_truth)
         else:
             mask = torch.zeros(1, *image.shape[-2:])
         return {"image": image, "mask": mask, "label": sample.label, "category": sample.category,

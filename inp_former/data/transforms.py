@@ -164,6 +164,29 @@ def few_shot_augmentations(image: Image.Image) -> list[Image.Image]:
     return out
 
 
+FEW_SHOT_COUNT = 22  # images made from each few-shot image (the original included)
+
+
+def few_shot_augmentation(image: Image.Image, index: int) -> Image.Image:
+    """The ``index``-th (0..21) of :func:`few_shot_augmentations` alone (same order, same pixels)."""
+    if not 0 <= index < FEW_SHOT_COUNT:
+        raise ValueError(f"few-shot augmentation index {index}: expected 0..{FEW_SHOT_COUNT - 1}")
+    if image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    if index == 0:
+        return image.copy()
+    if index <= 16:
+        array = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())
+        tensor = (array[None, None] if array.ndim == 2 else array.permute(2, 0, 1)[None])
+        theta = (_rotation(FEW_SHOT_ANGLES[index - 1]) if index <= 8 else _translation(*FEW_SHOT_SHIFTS[index - 9]))
+        return _warp(tensor, theta, image.mode)
+    if index == 17:
+        return ImageOps.mirror(image)
+    if index == 18:
+        return ImageOps.grayscale(image).convert(image.mode)
+    return image.rotate(90 * (index - 18), expand=True)
+
+
 def _rotation(angle: float) -> list[list[float]]:
     return [[math.cos(angle), -math.sin(angle), 0.0], [math.sin(angle), math.cos(angle), 0.0]]
 

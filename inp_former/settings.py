@@ -1,0 +1,223 @@
+"""The paper's settings as data choices for the one training loop (SPEC.md, 'Training').
+
+- multi-class: one model on every chosen category of one dataset (the default);
+- single-class: one model per category; :func:`single_class_configs` splits a run config into one per
+  category (the CLI trains them one after the other into ``RUN_DIR/<category>/``);
+- few-shot: ``shots`` normal images sampled per category with the seed, each expanded to the 22
+  augmented images of SPEC.md (:class:`FewShotDataset`); one model for all categories;
+- super-multi-class: several datasets (``DataConfig.sources``) in one run; their categories are
+  named ``<source>/<category>`` so that they never collide;
+- zero-shot is an evaluation, not a training setting: a model trained on one dataset evaluated on
+  another with ``map_mode="prototype"`` (distance to the nearest INP, no decoder).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from inp_former.config import DataConfig, RunConfig
+from inp_former.data import (LAYOUTS, AnomalyDataset, Sample, build_samples, image_transform, list_categories,
+                             load_rgb)
+from inp_former.data.transforms import FEW_SHOT_COUNT, few_shot_augmentation
+
+SETTINGS = ("multi-class", "single-class", "few-shot", "super-multi-class")
+FEW_SHOTS = (1, 2, 4)   # the paper's; other positive values are allowed
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str       # prefix of its categories ("<name>/<category>")
+    dataset: str    # layout name (mvtec, visa, realiad, folder, ...)
+    root: str
+
+
+def parse_source(text: str) -> Source:
+    """``DATASET=ROOT`` or ``NAME:DATASET=ROOT`` (``--source`` on the command line)."""
+    head, sep, root = text.partition("=")
+    name, _, dataset = head.rpartition(":")
+    dataset = dataset.strip()
+    name = name.strip() or dataset
+    if not sep or not dataset or not root.strip():
+        raise ValueError(f"--source {text!r}: expected DATASET=ROOT (e.g. visa=/data/VisA_pytorch/1cls) "
+                         f"or NAME:DATASET=ROOT")
+    if dataset not in LAYOUTS:
+        raise ValueError(f"--source {text!r}: dataset {dataset!r}: expected one of {', '.join(sorted(LAYOUTS))}")
+    if "/" in name:
+        raise ValueError(f"--source {text!r}: the name {name!r} must not contain '/'")
+    return Source(name, dataset, root.strip())
+
+
+def set_sources(data: DataConfig, sources: list[Source]) -> None:
+    """Store ``sources`` in ``data`` (names made unique: visa, visa-2, ...)."""
+    seen: dict[str, int] = {}
+    stored = []
+    for source in sources:
+        seen[source.name] = seen.get(source.name, 0) + 1
+        name = source.name if seen[source.name] == 1 else f"{source.name}-{seen[source.name]}"
+        stored.append({"name": name, "dataset": source.dataset, "root": str(source.root)})
+    data.sources = stored
+    data.dataset = "+".join(s["dataset"] for s in stored)
+    data.root = ""
+
+
+def sources(data: DataConfig) -> list[Source]:
+    if data.sources:
+        return [Source(s["name"], s["dataset"], s["root"]) for s in data.sources]
+    return [Source(data.dataset, data.dataset, data.root)]
+
+
+def _prefixed(data: DataConfig) -> bool:
+    return bool(data.sources)
+
+
+def available_categories(data: DataConfig) -> list[str]:
+    """Every category of the configured data (``<source>/<category>`` with several sources)."""
+    if not _prefixed(data):
+        return list_categories(data.dataset, data.root)
+    return [f"{s.name}/{c}" for s in sources(data) for c in list_categories(s.dataset, s.root)]
+
+
+def resolve_categories(data: DataConfig) -> list[str]:
+    """The chosen categories (all when ``data.categories`` is empty), checked against the data."""
+    available = available_categories(data)
+    if not data.categories:
+        return available
+    chosen = []
+    for name in data.categories:
+        if name in available:
+            chosen.append(name)
+        elif _prefixed(data) and name in {s.name for s in sources(data)}:  # a whole source: "visa"
+            chosen += [c for c in available if c.startswith(name + "/")]
+        else:
+            where = ", ".join(f"{s.name}={s.root}" for s in sources(data)) if _prefixed(data) else data.root
+            raise ValueError(f"--categories: {name} not under {where} (available: {', '.join(available)})")
+    return list(dict.fromkeys(chosen))
+
+
+def _split_category(data: DataConfig, category: str) -> tuple[Source, str]:
+    if not _prefixed(data):
+        return sources(data)[0], category
+    name, sep, raw = category.partition("/")
+    for source in sources(data):
+        if sep and source.name == name:
+            return source, raw
+    raise ValueError(f"category {category!r}: expected <source>/<category> with a source among "
+                     f"{', '.join(s.name for s in sources(data))}")
+
+
+def category_samples(data: DataConfig, category: str, split: str) -> list[Sample]:
+    """The samples of one (possibly prefixed) category; their ``category`` is the prefixed name."""
+    source, raw = _split_category(data, category)
+    samples = build_samples(source.dataset, source.root, raw, split)
+    if raw == category:
+        return samples
+    return [dataclasses.replace(s, category=category) for s in samples]
+
+
+# --- few-shot ----------------------------------------------------------------------------------
+
+def few_shot_selection(data: DataConfig, categories: list[str], shots: int, seed: int) -> dict[str, list[Sample]]:
+    """``shots`` training images per category, sampled with ``seed`` (the same for the same files)."""
+    if shots < 1:
+        raise ValueError(f"--shots {shots}: expected a positive number (the paper uses 1, 2 or 4)")
+    chosen = {}
+    for category in categories:
+        samples = sorted(category_samples(data, category, "train"), key=lambda s: s.path)
+        if len(samples) < shots:
+            raise ValueError(f"--shots {shots}: category {category} has only {len(samples)} training images")
+        rng = random.Random(f"{seed}:{category}")
+        chosen[category] = sorted(rng.sample(samples, shots), key=lambda s: s.path)
+    return chosen
+
+
+class FewShotDataset(Dataset):
+    """Each few-shot image as its 22 augmented versions (SPEC.md), computed lazily.
+
+    The image is first resized to ``resize x resize`` (as the preprocessing does), then augmented,
+    then preprocessed (the resize is then a no-op): the augmentations act on the image as the model
+    sees it, whatever its original size or aspect ratio.
+    """
+
+    def __init__(self, samples: list[Sample], resize: int, crop: int) -> None:
+        self.samples = list(samples)
+        self.transform = image_transform(resize, crop)
+        self.resize = resize
+        self._cache: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples) * FEW_SHOT_COUNT
+
+    def _base(self, index: int):
+        if index not in self._cache:
+            from PIL import Image
+
+            image = load_rgb(self.samples[index].path)
+            self._cache[index] = image.resize((self.resize, self.resize), Image.BILINEAR)
+        return self._cache[index]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        which, augmentation = divmod(index, FEW_SHOT_COUNT)
+        sample = self.samples[which]
+        image = self.transform(few_shot_augmentation(self._base(which), augmentation))
+        return {"image": image, "mask": torch.zeros(1, *image.shape[-2:]), "label": 0,
+                "category": sample.category, "path": f"{sample.path}#aug{augmentation}"}
+
+
+def is_few_shot(data: DataConfig) -> bool:
+    return data.setting == "few-shot" or data.shots > 0
+
+
+def training_meta(cfg: RunConfig, dataset: Dataset) -> dict[str, Any]:
+    """What the checkpoint records about the setting (few-shot: the images drawn)."""
+    meta: dict[str, Any] = {"setting": cfg.data.setting}
+    if isinstance(dataset, FewShotDataset):
+        meta["few_shot_images"] = [s.path for s in dataset.samples]
+    return meta
+
+
+def training_dataset(cfg: RunConfig, categories: list[str]) -> Dataset:
+    """The training images of the configured setting (few-shot: the augmented selection)."""
+    mc = cfg.model
+    if is_few_shot(cfg.data):
+        selection = few_shot_selection(cfg.data, categories, cfg.data.shots, cfg.train.seed)
+        return FewShotDataset([s for c in categories for s in selection[c]], mc.resize, mc.crop)
+    samples = [s for c in categories for s in category_samples(cfg.data, c, "train")]
+    return AnomalyDataset(samples, image_transform(mc.resize, mc.crop))
+
+
+# --- single-class ------------------------------------------------------------------------------
+
+def category_dirname(category: str) -> Path:
+    """The run sub-directory of a category (``visa/candle`` stays nested)."""
+    parts = [p for p in category.split("/") if p not in ("", ".", "..")]
+    return Path(*parts) if parts else Path("_")
+
+
+def single_class_configs(cfg: RunConfig, categories: list[str]) -> list[tuple[str, RunConfig]]:
+    """One config per category: the same run, trained on that category only."""
+    out = []
+    for category in categories:
+        one = copy.deepcopy(cfg)
+        one.data.categories = [category]
+        one.data.setting = "single-class"
+        out.append((category, one))
+    return out
+
+
+def check_setting(data: DataConfig) -> None:
+    """Refuse inconsistent setting fields with a message naming the flag."""
+    if data.setting not in SETTINGS:
+        raise ValueError(f"--setting {data.setting!r}: expected one of {', '.join(SETTINGS)}")
+    if data.setting == "few-shot" and data.shots < 1:
+        raise ValueError("--setting few-shot: needs --shots N (the paper uses 1, 2 or 4)")
+    if data.shots and data.setting != "few-shot":
+        raise ValueError(f"--shots {data.shots}: only with the few-shot setting (got --setting {data.setting})")
+    if data.setting == "super-multi-class" and len(data.sources) < 1:
+        raise ValueError("--setting super-multi-class: give the datasets with --source DATASET=ROOT (repeated)")
