@@ -200,9 +200,14 @@ def _fixed_projection(in_dim: int, out_dim: int, seed: int) -> torch.Tensor:
 
 def _to_grid(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """(B, C, h, w) -> (B, C, *grid): area average when shrinking, bilinear when growing."""
-    if tuple(x.shape[-2:]) == grid:
+    # Python ints, so that a traced export (ONNX) sees constant pooling sizes, not tensors
+    size = (int(x.shape[-2]), int(x.shape[-1]))
+    if size == grid:
         return x
-    if x.shape[-2] >= grid[0] and x.shape[-1] >= grid[1]:
+    if size[0] % grid[0] == 0 and size[1] % grid[1] == 0:   # the usual case: a plain k x k average
+        factor = (size[0] // grid[0], size[1] // grid[1])
+        return F.avg_pool2d(x, factor, stride=factor)
+    if size[0] >= grid[0] and size[1] >= grid[1]:
         return F.adaptive_avg_pool2d(x, grid)
     return F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
 
@@ -282,7 +287,7 @@ class TimmCNNEncoder(FrozenEncoder):
                 f"({self.num_heads} heads); groups {self.groups}")
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
+        grid = (int(images.shape[-2]) // self.patch_size, int(images.shape[-1]) // self.patch_size)
         outputs = []
         with torch.no_grad():
             for feature, projection in zip(self.backbone(images), self.projections):

@@ -511,6 +511,22 @@ def run(job) -> None:
         fail("interrupted", code=130)
     except torch.cuda.OutOfMemoryError:
         fail("the GPU ran out of memory: lower --batch-size (or --eval-batch-size)")
+    except typer.Exit:
+        raise
+    except Exception as exc:  # a bug, not bad input: one line here, the traceback in a file to report
+        log = _write_traceback()
+        fail(f"internal error ({exc.__class__.__name__}: {_one_line(exc)}); please report it with the "
+             f"traceback in {log}", code=1)
+
+
+def _write_traceback() -> Path:
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="inpctl-error-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        traceback.print_exc(file=f)
+    return Path(path)
 
 
 def main() -> None:

@@ -102,3 +102,21 @@ def test_not_our_checkpoint_is_refused(tmp_path):
     torch.save({"weights": torch.zeros(2)}, path)
     result = runner.invoke(app, ["eval", "--ckpt", str(path)])
     assert result.exit_code != 0 and "not an inpctl checkpoint" in result.output
+
+
+def test_an_unexpected_error_is_one_line_with_the_traceback_saved(trained, tmp_path, monkeypatch):
+    root, run_dir, _ = trained
+    import inp_former.evaluate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug\nsecond line")
+
+    monkeypatch.setattr(inp_former.evaluate, "evaluate", broken)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    result = runner.invoke(app, ["eval", "--ckpt", str(run_dir / "checkpoint.pt"), "--out", str(tmp_path / "e"),
+                                 "--device", "cpu"])
+    assert result.exit_code == 1
+    assert "internal error (RuntimeError: simulated bug)" in result.output
+    assert "Traceback" not in result.output and "second line" not in result.output
+    logs = list(tmp_path.glob("inpctl-error-*.txt"))
+    assert len(logs) == 1 and "simulated bug" in logs[0].read_text()
