@@ -3,7 +3,7 @@
 Also: resumable training states (``last.pt``: model, optimiser, schedule, RNG, data position,
 written atomically every ``checkpoint_every`` iterations, removed once ``checkpoint.pt`` is written)
 and multi-process training with PyTorch's DistributedDataParallel when launched by ``torchrun``
-(``--batch-size`` is the global batch, split evenly over the processes; see docs/reliability.md).
+(``--batch-size`` is the global batch, split evenly over the processes; see the README, "Scale and reliability").
 A resumed run on CPU ends with exactly the weights of an uninterrupted one.
 """
 from __future__ import annotations

@@ -70,7 +70,7 @@ def train(
     categories: Optional[str] = typer.Option(None, help="Comma-separated categories (default: all under --data)."),
     encoder: str = typer.Option("base", help="Frozen encoder: small, base or large DINOv2-reg4 ViT/14; "
                                  "efficientnet_lite0 (ImageNet weights shipped offline with inpctl); or any timm "
-                                 "CNN as timm:<name>, e.g. timm:wide_resnet50_2 (docs/encoders.md)."),
+                                 "CNN as timm:<name>, e.g. timm:wide_resnet50_2 (README: Choosing the frozen encoder)."),
     encoder_weights: str = typer.Option("pretrained", help="'pretrained' (timm cache/download; offline "
                                         "package for efficientnet_lite0), a weight file (timm .safetensors/.pth, or "
                                         "Meta's dinov2_vit*14_reg4_pretrain.pth), or 'random'."),
