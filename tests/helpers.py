@@ -25,3 +25,21 @@ def tiny_model(seed: int = 0, **overrides) -> INPFormer:
     """An INPFormer on a shared random ViT-S (the encoder is frozen, so sharing it is safe)."""
     torch.manual_seed(seed)
     return INPFormer(tiny_config(**overrides), encoder=_encoder())
+
+
+def to_meta_dinov2_naming(timm_state: dict, generator_seed: int = 0) -> dict:
+    """A timm DINOv2-reg4 ViT state dict in Meta's official naming: ``register_tokens``, the CLS
+    position folded into ``pos_embed`` (and taken out of ``cls_token``), plus ``mask_token``."""
+    dim = timm_state["cls_token"].shape[-1]
+    cls_pos = torch.randn(1, 1, dim, generator=torch.Generator().manual_seed(generator_seed))
+    meta = {}
+    for key, value in timm_state.items():
+        if key == "reg_token":
+            key = "register_tokens"
+        elif key == "pos_embed":
+            value = torch.cat([cls_pos, value], 1)
+        elif key == "cls_token":
+            value = value - cls_pos
+        meta[key] = value.clone()
+    meta["mask_token"] = torch.zeros(1, dim)
+    return meta

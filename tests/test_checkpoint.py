@@ -5,7 +5,7 @@ import torch
 
 from inp_former.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from inp_former.config import RunConfig
-from tests.helpers import tiny_config, tiny_model
+from tests.helpers import tiny_config, tiny_model, to_meta_dinov2_naming
 
 
 def test_round_trip_gives_identical_outputs(tmp_path):
@@ -46,16 +46,7 @@ def authors_state_dict(model) -> dict:
     full = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0)
     vit_state = full.state_dict()
     vit_state.update({k: v for k, v in model.encoder.vit.state_dict().items()})  # blocks 0..9 + embeddings
-    cls_pos = torch.randn(1, 1, 384)
-    for key, value in vit_state.items():
-        if key == "reg_token":
-            key = "register_tokens"
-        elif key == "pos_embed":
-            value = torch.cat([cls_pos, value], 1)
-        elif key == "cls_token":
-            value = value - cls_pos
-        state[f"encoder.{key}"] = value.clone()
-    state["encoder.mask_token"] = torch.zeros(1, 384)
+    state.update({f"encoder.{key}": value for key, value in to_meta_dinov2_naming(vit_state).items()})
     return state
 
 

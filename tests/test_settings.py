@@ -18,6 +18,7 @@ from inp_former.data.folder import HOLDOUT_FRACTION, folder_samples
 from inpctl.cli import app
 from tests.datagen import make_mvtec_tree
 from tests.datagen_layouts import make_folder, make_realiad, make_visa_1cls, make_visa_raw
+from tests.helpers import to_meta_dinov2_naming
 
 runner = CliRunner()
 TINY = ["--encoder", "small", "--encoder-weights", "random", "--resize", "64", "--crop", "56",
@@ -314,17 +315,7 @@ def test_meta_dinov2_pth_as_encoder_weights(mvtec, tmp_path):
     import timm
 
     full = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0)
-    cls_pos = torch.randn(1, 1, 384)
-    meta = {}
-    for key, value in full.state_dict().items():  # Meta's naming: register_tokens, CLS entry in pos_embed
-        if key == "reg_token":
-            key = "register_tokens"
-        elif key == "pos_embed":
-            value = torch.cat([cls_pos, value], 1)
-        elif key == "cls_token":
-            value = value - cls_pos
-        meta[key] = value.clone()
-    meta["mask_token"] = torch.zeros(1, 384)
+    meta = to_meta_dinov2_naming(full.state_dict())
     path = tmp_path / "dinov2_vits14_reg4_pretrain.pth"
     torch.save(meta, path)
     args = [a if a != "random" else str(path) for a in TINY]
