@@ -99,6 +99,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu",
     model = INPFormer(cfg.model)
     if embedded is not None and encoder_weights is None:
         model.encoder.load_state_dict(embedded)
+        model.encoder.weights_source = f"the encoder weights stored in {path}"
     try:
         model.load_trainable_state_dict(payload["state_dict"])
     except ValueError as exc:

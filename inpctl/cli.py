@@ -65,8 +65,9 @@ def train(
     shots: int = typer.Option(0, min=0, help="Few-shot: normal images sampled per category with --seed (paper: 1, 2 "
                               "or 4), each expanded to 22 augmented images; one model for all categories."),
     source: Optional[list[str]] = typer.Option(None, "--source", help="Super-multi-class: a dataset as DATASET=ROOT "
-                                               "(repeat it, e.g. --source mvtec=/d/mvtec --source visa=/d/visa/1cls); "
-                                               "replaces --data/--dataset; categories become DATASET/CATEGORY."),
+                                               "(repeat it, e.g. --source mvtec=/d/mvtec --source visa=/d/visa/1cls), "
+                                               "or NAME:DATASET=ROOT to choose the prefix; replaces --data/--dataset; "
+                                               "categories become DATASET/CATEGORY (or NAME/CATEGORY)."),
     categories: Optional[str] = typer.Option(None, help="Comma-separated categories (default: all under --data)."),
     encoder: str = typer.Option("base", help="Frozen encoder: small, base or large DINOv2-reg4 ViT/14; "
                                  "efficientnet_lite0 (ImageNet weights shipped offline with inpctl); or any timm "
@@ -255,12 +256,16 @@ def _evaluate_and_report(model, cfg, categories, device, batch_size, precision, 
         result = evaluate(model, cfg, categories, device, batch_size, precision, map_mode, on_batch=on_batch,
                           on_category=calibrator.update,
                           exact_pixels=EXACT_PIXELS if exact_pixels is None else exact_pixels)
+    # "random" is also the placeholder for weights embedded in the checkpoint (the authors' model.pth):
+    # only an encoder still at its random initialisation counts as random
+    random_encoder = (cfg.model.encoder_weights == "random"
+                      and str(getattr(model.encoder, "weights_source", "random")).startswith("random"))
     result.meta.update({"encoder": cfg.model.encoder, "encoder_source": model.encoder.weights_source,
-                        "random_encoder": cfg.model.encoder_weights == "random", **(extra_meta or {})})
+                        "random_encoder": random_encoder, **(extra_meta or {})})
     calibration = store_thresholds(calibrator, result, ckpt)  # F1-max thresholds -> metrics.json + checkpoint meta
     result.write(out_dir)
     console.print(metrics_table(result.categories, result.mean, title=f"INP-Former ({map_mode} maps), %"))
-    if cfg.model.encoder_weights == "random":
+    if random_encoder:
         console.print("[yellow]Note: the encoder has random weights, so these numbers do not measure INP-Former.")
     _print_pixel_error_bounds(result.meta.get("pixel_metrics") or {})
     console.print(f"Wrote {out_dir / 'metrics.json'} and {out_dir / 'scores.csv'}")
@@ -331,7 +336,8 @@ def eval_command(
             eval_single_class(ckpt, data, dataset, parse_categories(categories), out, batch_size, precision,
                               map_mode, encoder_weights, resize, crop, chosen)
             return
-        model, cfg, _ = load_checkpoint(ckpt, chosen, encoder_weights)
+        model, cfg, loaded_meta = load_checkpoint(ckpt, chosen, encoder_weights)
+        authors = "imported_from" in loaded_meta  # the authors' model.pth: never modified
         if resize is not None or crop is not None:
             cfg.model.resize, cfg.model.crop = resize or cfg.model.resize, crop or cfg.model.crop
             if cfg.model.crop > cfg.model.resize:
@@ -350,8 +356,11 @@ def eval_command(
             fail(f"--ckpt {ckpt}: the checkpoint does not say which data it was trained on; pass --data")
         chosen_categories = resolve_categories(cfg)
         _evaluate_and_report(model, cfg, chosen_categories, chosen, batch_size, precision, map_mode,
-                             out or ckpt.parent, extra_meta={"checkpoint": str(ckpt)}, ckpt=ckpt, report=report,
-                             report_samples=report_samples, exact_pixels=exact_pixels)
+                             out or ckpt.parent, extra_meta={"checkpoint": str(ckpt)}, ckpt=None if authors else ckpt,
+                             report=report, report_samples=report_samples, exact_pixels=exact_pixels)
+        if authors:
+            console.print(f"Thresholds not stored in {ckpt} (the authors' file is never modified); they are in "
+                          f"{(out or ckpt.parent) / 'metrics.json'} under meta.calibration", highlight=False)
 
     run(job)
 

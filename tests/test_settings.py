@@ -292,9 +292,14 @@ def test_eval_accepts_the_authors_model_pth_and_gives_our_maps(mvtec, tmp_path):
     path = tmp_path / "model.pth"
     torch.save(state, path)
     before = path.read_bytes()
-    cli("eval", "--ckpt", path, "--data", mvtec, "--resize", 64, "--crop", 56, "--device", "cpu", "--out", tmp_path / "e")
+    out = cli("eval", "--ckpt", path, "--data", mvtec, "--resize", 64, "--crop", 56, "--device", "cpu",
+              "--out", tmp_path / "e")
     assert path.read_bytes() == before  # the user's file is never rewritten
+    assert "never modified" in out and "warning" not in out  # said as a note, not as a failed store
     result = metrics(tmp_path / "e")
+    # its encoder weights come from the file: not a random encoder, whatever the placeholder in the config
+    assert result["meta"]["random_encoder"] is False and "random weights" not in out
+    assert result["meta"]["calibration"]["image_threshold"] is not None
     cfg = RunConfig(model=tiny_config(map_size=256), data=DataConfig(dataset="mvtec", root=str(mvtec)))
     ours = evaluate(model, cfg, ["bottle", "cable"], "cpu")
     for category, values in ours.categories.items():
