@@ -43,3 +43,12 @@ def to_meta_dinov2_naming(timm_state: dict, generator_seed: int = 0) -> dict:
         meta[key] = value.clone()
     meta["mask_token"] = torch.zeros(1, dim)
     return meta
+
+
+def assert_same_category_metrics(expected: dict, actual: dict, abs_tol: float = 1e-6) -> None:
+    """Every per-category metric of two metrics.json payloads agrees within ``abs_tol``."""
+    import pytest
+
+    for category, values in expected["categories"].items():
+        for key, value in values.items():
+            assert actual["categories"][category][key] == pytest.approx(value, abs=abs_tol), (category, key)

@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from inpctl.cli import app
 from tests.datagen import make_mvtec_tree
+from tests.helpers import assert_same_category_metrics
 
 runner = CliRunner()
 TINY = ["--encoder", "small", "--encoder-weights", "random", "--resize", "64", "--crop", "56",
@@ -49,9 +50,7 @@ def test_eval_reproduces_the_training_run_metrics(trained, tmp_path):
     assert result.exit_code == 0, result.output
     ours = json.loads((tmp_path / "metrics.json").read_text())
     before = json.loads((run_dir / "metrics.json").read_text())
-    for category, values in before["categories"].items():
-        for key, value in values.items():
-            assert ours["categories"][category][key] == pytest.approx(value, abs=1e-6)
+    assert_same_category_metrics(before, ours)
     rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
     assert rows and list(rows[0]) == ["path", "category", "label", "score"]
     assert len(rows) == 2 * 4  # 2 categories x (2 good + 2 anomalous) test images

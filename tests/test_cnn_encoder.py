@@ -13,6 +13,7 @@ from inp_former.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from inp_former.encoders import EncoderWeightsError, build_encoder
 from inpctl.cli import app
 from tests.datagen import make_mvtec_tree
+from tests.helpers import assert_same_category_metrics
 
 runner = CliRunner()
 needs_lite0 = pytest.mark.skipif(lite0_package_file() is None, reason=f"{LITE0_PACKAGE} is not installed")
@@ -214,9 +215,7 @@ def _train_then_eval(root, run_dir, eval_dir, encoder: list[str]) -> tuple[dict,
     assert evaluated.exit_code == 0, evaluated.output
     trained = json.loads((run_dir / "metrics.json").read_text())
     again = json.loads((eval_dir / "metrics.json").read_text())
-    for category, values in trained["categories"].items():
-        for key, value in values.items():
-            assert again["categories"][category][key] == pytest.approx(value, abs=1e-6)
+    assert_same_category_metrics(trained, again)
     return json.loads((run_dir / "config.json").read_text()), again, result.output
 
 
