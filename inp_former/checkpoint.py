@@ -1,9 +1,9 @@
 """Save and load inpctl checkpoints.
 
 A checkpoint is data, not code: a dict of tensors, strings and numbers, loaded with
-``weights_only=True``. It holds the trainable parts, the run config that rebuilds the model,
-and metadata. The frozen encoder is rebuilt from its own weights (not duplicated) unless
-``include_encoder`` asks for it; a fingerprint of the encoder catches a different one on load.
+``weights_only=True``. It holds the trainable parts, the run config that rebuilds the model, and
+metadata. The frozen encoder is rebuilt from its own weights, never copied into the file; a
+fingerprint of the encoder's weights catches a different encoder on load.
 """
 from __future__ import annotations
 
@@ -15,16 +15,14 @@ from typing import Any
 import torch
 
 import inp_former
-from inp_former.config import RunConfig
+from inp_former.config import RunConfig, plain
+from inp_former.errors import CheckpointError
 from inp_former.io import atomic_torch_save
 from inp_former.model import INPFormer
 
 FORMAT = "inpctl-checkpoint"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """The file is not a usable inpctl checkpoint (message names the file)."""
+CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def encoder_fingerprint(model: INPFormer) -> float:
@@ -33,8 +31,7 @@ def encoder_fingerprint(model: INPFormer) -> float:
         return float(sum(p.double().abs().sum() for p in model.encoder.parameters()))
 
 
-def save_checkpoint(path: Path, model: INPFormer, cfg: RunConfig, meta: dict[str, Any] | None = None,
-                    include_encoder: bool = False, extra: dict[str, Any] | None = None) -> None:
+def save_checkpoint(path: Path, model: INPFormer, cfg: RunConfig, meta: dict[str, Any] | None = None) -> None:
     """Write the checkpoint atomically (temporary file, then rename)."""
     payload: dict[str, Any] = {
         "format": FORMAT,
@@ -49,69 +46,75 @@ def save_checkpoint(path: Path, model: INPFormer, cfg: RunConfig, meta: dict[str
             "encoder": cfg.model.encoder,
             "encoder_source": getattr(model.encoder, "weights_source", cfg.model.encoder_weights),
             "encoder_fingerprint": encoder_fingerprint(model),
-            **(meta or {}),
+            **plain(meta or {}),   # strings and numbers only: the file must load with weights_only=True
         },
     }
-    if include_encoder:
-        payload["encoder_state_dict"] = {k: v.detach().cpu() for k, v in model.encoder.state_dict().items()}
-    if extra:
-        payload.update(extra)
     atomic_torch_save(payload, Path(path))
 
 
 def _torch_load(path: Path) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"--ckpt {path}: no such file")
+        raise CheckpointError(f"checkpoint {path}: no such file", arg="checkpoint")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"--ckpt {path}: not a readable checkpoint ({exc.__class__.__name__})") from exc
+        raise CheckpointError(f"checkpoint {path}: not a readable checkpoint ({exc.__class__.__name__})",
+                              arg="checkpoint") from exc
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    payload = _torch_load(path)
+def _check_payload(payload: Any, path: Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"--ckpt {path}: not an inpctl checkpoint (expected a dict with format={FORMAT!r})")
+        raise CheckpointError(f"checkpoint {path}: not an inpctl checkpoint (expected a dict with format={FORMAT!r})",
+                              arg="checkpoint")
     if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"--ckpt {path}: written by a newer inpctl (format {payload['format_version']})")
+        raise CheckpointError(f"checkpoint {path}: written by a newer inpctl (format {payload['format_version']})",
+                              arg="checkpoint")
     return payload
 
 
-def load_checkpoint(path: Path, device: torch.device | str = "cpu",
-                    encoder_weights: str | None = None) -> tuple[INPFormer, RunConfig, dict[str, Any]]:
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The raw payload of an inpctl checkpoint (config, state dict, meta), checked."""
+    return _check_payload(_torch_load(path), Path(path))
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu", encoder_weights: str | None = None,
+                    allow_encoder_mismatch: bool = False) -> tuple[INPFormer, RunConfig, dict[str, Any]]:
     """Rebuild the model of a checkpoint; ``encoder_weights`` overrides where the encoder comes from.
 
-    Also accepts the authors' released ``model.pth`` (a plain state dict of their whole model).
+    The encoder loaded must be the one the model was trained with (same weights fingerprint):
+    otherwise a CheckpointError names both, unless ``allow_encoder_mismatch``; the returned meta then
+    holds ``encoder_mismatch`` so that results can say so. Also accepts the authors' released
+    ``model.pth`` (a plain state dict of their whole model).
     """
-    raw = _torch_load(path)
+    path = Path(path)
+    raw = _torch_load(path)  # read once: the authors' format and ours are told apart from the payload
     if is_authors_state_dict(raw):
         model, cfg = import_authors_state_dict(raw, path, encoder_weights)
         return model.to(device), cfg, {"imported_from": f"authors' checkpoint {path}",
                                        "encoder_source": model.encoder.weights_source}
-    payload = read_checkpoint(path)
+    payload = _check_payload(raw, path)
     cfg = RunConfig.from_dict(payload["config"])
-    embedded = payload.get("encoder_state_dict")
     if encoder_weights is not None:
-        cfg.model.encoder_weights = encoder_weights
-    elif embedded is not None:
-        cfg.model.encoder_weights = "random"  # placeholder; replaced by the embedded weights below
+        cfg = cfg.updated(model={"encoder_weights": encoder_weights})
     model = INPFormer(cfg.model)
-    if embedded is not None and encoder_weights is None:
-        model.encoder.load_state_dict(embedded)
-        model.encoder.weights_source = f"the encoder weights stored in {path}"
     try:
         model.load_trainable_state_dict(payload["state_dict"])
     except ValueError as exc:
-        raise CheckpointError(f"--ckpt {path}: {exc}") from exc
+        raise CheckpointError(f"checkpoint {path}: {exc}", arg="checkpoint") from exc
     meta = dict(payload.get("meta", {}))
     expected = meta.get("encoder_fingerprint")
-    if expected is not None and encoder_weights is None:
+    if expected is not None:
         actual = encoder_fingerprint(model)
         if abs(actual - expected) > 1e-6 * max(1.0, abs(expected)):
-            raise CheckpointError(
-                f"--ckpt {path}: the encoder loaded now ({model.encoder.weights_source}) is not the one it was "
-                f"trained with ({meta.get('encoder_source')}); pass --encoder-weights with the training weights")
+            trained_with, loaded = meta.get("encoder_source"), model.encoder.weights_source
+            if not allow_encoder_mismatch:
+                raise CheckpointError(
+                    f"checkpoint {path}: the encoder loaded now ({loaded}) is not the one it was trained with "
+                    f"({trained_with}); give the training weights as encoder_weights, or allow the mismatch "
+                    f"explicitly with allow_encoder_mismatch", arg="checkpoint",
+                    others=("encoder_weights", "allow_encoder_mismatch"))
+            meta["encoder_mismatch"] = {"trained_with": trained_with, "loaded": loaded}
     return model.to(device), cfg, meta
 
 
@@ -150,24 +153,24 @@ def authors_to_ours(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
 def import_authors_state_dict(state: dict[str, torch.Tensor], path: Path,
                               encoder_weights: str | None = None) -> tuple[INPFormer, RunConfig]:
     """Build our model from the authors' ``model.pth``; refuses on any key or shape mismatch."""
-    from inp_former.encoders import meta_dinov2_to_timm
+    from inp_former.encoders.base import state_mismatch
+    from inp_former.encoders.dinov2 import meta_dinov2_to_timm
 
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"--ckpt {path}: expected a state dict of tensors")
+        raise CheckpointError(f"checkpoint {path}: expected a state dict of tensors", arg="checkpoint")
     ours, encoder_state = authors_to_ours(state)
     prototypes = ours.get("prototypes")
     if prototypes is None or prototypes.dim() != 2:
-        raise CheckpointError(f"--ckpt {path}: 'prototype_token' must be an (M, C) tensor")
+        raise CheckpointError(f"checkpoint {path}: 'prototype_token' must be an (M, C) tensor", arg="checkpoint")
     num_prototypes, dim = prototypes.shape
     if dim not in ENCODER_BY_DIM:
-        raise CheckpointError(f"--ckpt {path}: channel size {dim} matches no DINOv2 ViT (384, 768, 1024)")
+        raise CheckpointError(f"checkpoint {path}: channel size {dim} matches no DINOv2 ViT (384, 768, 1024)", arg="checkpoint")
     depth = len({k.split(".")[1] for k in ours if k.startswith("decoder.")})
-    cfg = RunConfig()
-    cfg.model.encoder = ENCODER_BY_DIM[dim]
-    cfg.model.num_prototypes = num_prototypes
-    cfg.model.decoder_depth = depth
     embedded = bool(encoder_state) and encoder_weights is None
-    cfg.model.encoder_weights = "random" if embedded else (encoder_weights or "pretrained")
+    cfg = RunConfig().updated(model={
+        "encoder": ENCODER_BY_DIM[dim], "num_prototypes": num_prototypes, "decoder_depth": depth,
+        # their file holds the encoder: built random, then overwritten with it below
+        "encoder_weights": "random" if embedded else (encoder_weights or "pretrained")})
     model = INPFormer(cfg.model)
     if embedded:
         vit = model.encoder.vit
@@ -175,14 +178,14 @@ def import_authors_state_dict(state: dict[str, torch.Tensor], path: Path,
         kept = {k: v for k, v in converted.items()
                 if not (k.startswith("blocks.") and int(k.split(".")[1]) >= len(vit.blocks))
                 and not k.startswith("head")}
-        own = vit.state_dict()
-        bad = sorted(set(own) ^ set(kept)) + sorted(k for k in own if k in kept and own[k].shape != kept[k].shape)
-        if bad:
-            raise CheckpointError(f"--ckpt {path}: the encoder part does not fit {cfg.model.encoder} ({bad[:3]})")
+        problem = state_mismatch(vit.state_dict(), kept)
+        if problem:
+            raise CheckpointError(f"checkpoint {path}: the encoder part does not fit {cfg.model.encoder} ({problem})",
+                                  arg="checkpoint")
         vit.load_state_dict(kept)
         model.encoder.weights_source = f"the authors' checkpoint {path}"
     try:
         model.load_trainable_state_dict(ours)
     except ValueError as exc:
-        raise CheckpointError(f"--ckpt {path}: not the authors' INP-Former layout: {exc}") from exc
+        raise CheckpointError(f"checkpoint {path}: not the authors' INP-Former layout: {exc}", arg="checkpoint") from exc
     return model, cfg

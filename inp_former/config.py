@@ -1,26 +1,92 @@
-"""One dataclass describes a run; it is saved as JSON beside the run and inside every checkpoint.
+"""One frozen dataclass describes a run; it is saved as JSON beside the run and in every checkpoint.
 
-A setting (multi-class, few-shot, ...) or a dataset is a value here, never a copy of the loop.
-The defaults are the paper's (SPEC.md); the CLI's flags only override fields.
+Every default is stated here once (the paper's values); a front end passes only what its user
+gave (:func:`overlay`). The choice sets are enums, which the command line reuses for its flags.
+Configs are frozen: a step that resolves something (the categories found on disk, the iterations
+an epoch count gives, a CNN encoder's default stages) returns a new config, never edits one.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from inp_former.errors import ConfigError
 
 
-@dataclass
+class Choice(str, Enum):
+    """A string choice: compares, prints and serialises as its value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class Precision(Choice):
+    FP32 = "fp32"
+    BF16 = "bf16"      # autocast: the fast path on GPUs
+
+
+class MapMode(Choice):
+    DECODER = "decoder"       # reconstruction error: the method
+    PROTOTYPE = "prototype"   # distance to the nearest INP: the zero-shot map
+
+
+class Setting(Choice):
+    MULTI_CLASS = "multi-class"
+    SINGLE_CLASS = "single-class"
+    FEW_SHOT = "few-shot"
+    SUPER_MULTI_CLASS = "super-multi-class"
+
+
+class OnNonfinite(Choice):
+    STOP = "stop"
+    SKIP = "skip"
+
+
+class Dtype(Choice):
+    """Tensor dtypes of the benchmarks."""
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+def choice(kind: type[Choice], value: Any, arg: str) -> Choice:
+    """``value`` as a member of ``kind``; a ConfigError naming ``arg`` otherwise."""
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in kind)
+        raise ConfigError(f"{arg} {value!r}: expected one of {allowed}", arg=arg) from None
+
+
+def _positive(section: Any, *names: str, minimum: float = 1) -> None:
+    for name in names:
+        value = getattr(section, name)
+        if value is not None and value < minimum:
+            raise ConfigError(f"{name} {value}: must be at least {minimum}", arg=name)
+
+
+def _tuple(section: Any, name: str) -> None:
+    value = getattr(section, name)
+    if isinstance(value, list):
+        object.__setattr__(section, name, tuple(value))
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    encoder: str = "base"                 # small | base | large (DINOv2-reg4) or another registered encoder
+    encoder: str = "base"                 # small | base | large (DINOv2-reg4), efficientnet_lite0 or timm:<cnn>
     encoder_weights: str = "pretrained"   # "pretrained" (timm cache/download), "random", or a file path
-    # CNN encoders only (inp_former/cnn_encoder.py); None = that encoder's default, filled in when the
-    # encoder is built so that saved configs record the exact design. DINOv2 leaves them None.
-    encoder_stages: list[int] | None = None   # timm features_only out_indices taken as token maps
-    token_stride: int | None = None           # pixels per token: grid = crop // token_stride
-    encoder_dim: int | None = None            # C: every stage is projected to C channels
+    # CNN encoders only (inp_former/encoders/cnn.py); None = that encoder's default, resolved when the
+    # encoder is built (the model's ``config`` records the values used). DINOv2 leaves them None.
+    encoder_stages: tuple[int, ...] | None = None   # timm features_only out_indices taken as token maps
+    token_stride: int | None = None                 # pixels per token: grid = crop // token_stride
+    encoder_dim: int | None = None                  # C: every stage is projected to C channels
     resize: int = 448                     # images are resized to resize x resize ...
     crop: int = 392                       # ... then centre-cropped to crop x crop (28x28 tokens at patch 14)
     num_prototypes: int = 6               # M, the number of INPs
@@ -31,8 +97,17 @@ class ModelConfig:
     blur_kernel: int = 5
     top_fraction: float = 0.01            # image score = mean of the top 1% of the map
 
+    def __post_init__(self) -> None:
+        _tuple(self, "encoder_stages")
+        _positive(self, "resize", "crop", "num_prototypes", "decoder_depth", "map_size", "token_stride",
+                  "encoder_dim", "blur_kernel")
+        if self.crop > self.resize:
+            raise ConfigError(f"crop {self.crop}: must not exceed resize {self.resize}", arg="crop", others=("resize",))
+        if not 0 < self.top_fraction <= 1:
+            raise ConfigError(f"top_fraction {self.top_fraction}: expected a fraction in (0, 1]", arg="top_fraction")
 
-@dataclass
+
+@dataclass(frozen=True)
 class TrainConfig:
     iters: int | None = None              # total iterations; None means epochs * batches per epoch
     epochs: int = 200
@@ -47,32 +122,100 @@ class TrainConfig:
     coherence_weight: float = 0.2         # total loss = L_sm + coherence_weight * L_c
     mining_gamma: float = 3.0
     seed: int = 1
-    num_workers: int = 0
-    on_nonfinite: str = "stop"            # stop | skip: what a non-finite loss does
-    precision: str = "fp32"               # fp32 | bf16 (autocast): bf16 is the fast path on GPUs
+    num_workers: int | None = None        # data-loading processes; None: chosen for the device (runtime.py)
+    on_nonfinite: OnNonfinite = OnNonfinite.STOP
+    precision: Precision = Precision.FP32
     checkpoint_every: int = 500           # iterations between resumable training states (0 = never)
 
+    def __post_init__(self) -> None:
+        _tuple(self, "betas")
+        object.__setattr__(self, "on_nonfinite", choice(OnNonfinite, self.on_nonfinite, "on_nonfinite"))
+        object.__setattr__(self, "precision", choice(Precision, self.precision, "precision"))
+        _positive(self, "iters", "epochs", "batch_size")
+        _positive(self, "warmup_iters", "checkpoint_every", "num_workers", "lr", "final_lr", "weight_decay", "eps",
+                  "grad_clip", "coherence_weight", "mining_gamma", minimum=0)
 
-@dataclass
+
+@dataclass(frozen=True)
 class DataConfig:
     dataset: str = "mvtec"
     root: str = ""
-    categories: list[str] = field(default_factory=list)   # empty = every category under root
-    setting: str = "multi-class"          # multi-class | single-class | few-shot | super-multi-class
+    categories: tuple[str, ...] = ()      # empty = every category under root
+    setting: Setting = Setting.MULTI_CLASS
     shots: int = 0                        # few-shot: normal images sampled per category (seed = train.seed)
-    # super-multi-class: several datasets in one run, [{"name", "dataset", "root"}, ...]; when set,
+    # super-multi-class: several datasets in one run, ({"name", "dataset", "root"}, ...); when set,
     # ``dataset``/``root`` are unused and categories are named "<name>/<category>" (inp_former/settings.py)
-    sources: list[dict[str, str]] = field(default_factory=list)
+    sources: tuple[dict[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        _tuple(self, "categories")
+        _tuple(self, "sources")
+        object.__setattr__(self, "root", str(self.root))
+        object.__setattr__(self, "setting", choice(Setting, self.setting, "setting"))
+        _positive(self, "shots", minimum=0)
 
 
-@dataclass
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a model is evaluated (not saved with the model: every evaluation may choose anew)."""
+    batch_size: int = 16
+    precision: Precision | None = None    # None: fp32, or bf16 on the fast path on CUDA
+    map_mode: MapMode = MapMode.DECODER
+    exact_pixels: int = 1 << 24           # pixel metrics exact up to this many pixels per category, then binned
+    num_workers: int | None = None        # None: chosen for the device (runtime.py)
+    fast: bool = False                    # CUDA: the fused, graph-captured inference path (fast_path.py)
+
+    def __post_init__(self) -> None:
+        if self.precision is not None:
+            object.__setattr__(self, "precision", choice(Precision, self.precision, "precision"))
+        object.__setattr__(self, "map_mode", choice(MapMode, self.map_mode, "map_mode"))
+        _positive(self, "batch_size")
+
+    def precision_on(self, device: Any) -> Precision:
+        """The precision used on ``device``: the one given, else bf16 for the fast path on CUDA, else fp32."""
+        if self.precision is not None:
+            return self.precision
+        return Precision.BF16 if self.fast and str(device).startswith("cuda") else Precision.FP32
+        _positive(self, "exact_pixels", "num_workers", minimum=0)
+
+
+Section = TypeVar("Section")
+
+
+def overlay(section: Section, **given: Any) -> Section:
+    """``section`` with the values that were given (not None) put over it: a front end passes every
+    option it has, defaulting to None for 'not given', and the dataclass's defaults stand."""
+    changes = {k: v for k, v in given.items() if v is not None}
+    return dataclasses.replace(section, **changes) if changes else section
+
+
+def plain(value: Any) -> Any:
+    """JSON- and weights_only-friendly values: enums as strings, tuples as lists."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
+    def updated(self, model: dict[str, Any] | None = None, train: dict[str, Any] | None = None,
+                data: dict[str, Any] | None = None) -> "RunConfig":
+        """A copy with some fields of some sections changed: ``cfg.updated(train={"iters": 10})``."""
+        return RunConfig(model=dataclasses.replace(self.model, **(model or {})),
+                         train=dataclasses.replace(self.train, **(train or {})),
+                         data=dataclasses.replace(self.data, **(data or {})))
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {name: {f.name: plain(getattr(getattr(self, name), f.name))
+                       for f in dataclasses.fields(getattr(self, name))} for name in ("model", "train", "data")}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
@@ -80,10 +223,7 @@ class RunConfig:
             names = {f.name for f in dataclasses.fields(kind)}
             unknown = set(values) - names
             if unknown:
-                raise ValueError(f"unknown {kind.__name__} fields in config: {sorted(unknown)}")
-            values = dict(values)
-            if "betas" in values:
-                values["betas"] = tuple(values["betas"])
+                raise ConfigError(f"config: unknown {kind.__name__} fields {sorted(unknown)}", arg="config")
             return kind(**values)
 
         return cls(model=build(ModelConfig, raw.get("model", {})),
@@ -94,3 +234,20 @@ class RunConfig:
         from inp_former.io import atomic_write_text
 
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def resolve_device(device: Any = "auto") -> "torch.device":  # noqa: F821 - torch imported lazily
+    """``auto`` (CUDA when there is one), ``cpu``, ``cuda`` or ``cuda:N`` as a torch.device."""
+    import torch
+
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {device!r}: expected auto, cpu, cuda or cuda:N", arg="device") from None
+    if chosen.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device!r}: expected auto, cpu, cuda or cuda:N", arg="device")
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device}: no CUDA GPU is available here", arg="device")
+    return chosen

@@ -8,10 +8,9 @@ pipeline.
 """
 from __future__ import annotations
 
-from inp_former.cnn_encoder import LITE0_PACKAGE, lite0_package_file
+from inp_former.encoders import LITE0_PACKAGE, lite0_package_file, pretrained_available
 from inp_former.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from inp_former.data.demo import ensure_demo_dataset
-from inp_former.encoders import pretrained_available
 
 
 def demo_config(seed: int = 1) -> tuple[RunConfig, str]:

@@ -11,17 +11,18 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader
 
-from inp_former.config import RunConfig
+from inp_former.config import MapMode, Precision, RunConfig
 from inp_former.data import AnomalyDataset, image_transform, mask_transform, masks_for_metrics
 from inp_former.io import atomic_write_text
 from inp_former.metrics import PIXEL_KEYS, PixelMetricAccumulator, image_metrics, mean_metrics
 from inp_former.settings import category_samples
 from inp_former.model import INPFormer, INPFormerOutput
+from inp_former.runtime import loader_kwargs
 from inp_former.train import autocast
 from kernels.scoring import anomaly_maps_and_scores, upsample_token_map
 
 METRIC_KEYS = ("i_auroc", "i_ap", "i_f1max", "p_auroc", "p_ap", "p_f1max", "aupro")
-MAP_MODES = ("decoder", "prototype")  # reconstruction error (the method) | distance to nearest INP (zero-shot)
+MAP_MODES = tuple(m.value for m in MapMode)  # reconstruction error (the method) | distance to nearest INP
 # Pixel metrics are exact while a category has at most EXACT_PIXELS pixels (256 maps of 256x256, about
 # 26 bytes per pixel at the peak: ~440 MB); beyond, they come from PIXEL_BINS-bin histograms over
 # PIXEL_RANGE (every map value is a mean of 1 - cos, so it lies there) with a guaranteed error bound.
@@ -52,12 +53,20 @@ class EvalResult:
         atomic_write_text(out_dir / "scores.csv", buffer.getvalue())
 
 
-def score_batch(model: INPFormer, images: torch.Tensor, cfg: RunConfig, precision: str = "fp32",
-                map_mode: str = "decoder") -> tuple[torch.Tensor, torch.Tensor, INPFormerOutput]:
-    """Anomaly maps (B, map_size, map_size) and image scores (B,) of preprocessed images."""
+Scorer = Callable[[torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]   # images -> (maps, scores)
+
+
+def score_batch(model: INPFormer, images: torch.Tensor, cfg: RunConfig, precision: Precision | str = "fp32",
+                map_mode: MapMode | str = "decoder",
+                autocast_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor, INPFormerOutput]:
+    """Anomaly maps (B, map_size, map_size) and image scores (B,) of preprocessed images.
+
+    ``autocast_cache=False`` for CUDA-graph capture (inp_former/fast_path.py)."""
     mc = cfg.model
-    with torch.no_grad(), autocast(images.device, precision):
-        out = model(images)
+    map_mode = MapMode(map_mode)
+    with torch.no_grad():
+        with autocast(images.device, precision, cache=autocast_cache):
+            out = model(images)
     if map_mode == "decoder":
         maps, scores = anomaly_maps_and_scores(
             out.encoder_groups, out.decoder_groups, image_size=images.shape[-1], out_size=mc.map_size,
@@ -67,8 +76,6 @@ def score_batch(model: INPFormer, images: torch.Tensor, cfg: RunConfig, precisio
                                   kernel_size=mc.blur_kernel, sigma=mc.blur_sigma)
         k = max(1, int(maps[0].numel() * mc.top_fraction))
         scores = maps.flatten(1).topk(k, dim=1).values.mean(1)
-    else:
-        raise ValueError(f"--map {map_mode!r}: expected one of {', '.join(MAP_MODES)}")
     return maps, scores, out
 
 
@@ -135,9 +142,10 @@ class CategoryStream:
 
 def evaluate(model: INPFormer, cfg: RunConfig, categories: list[str], device: torch.device | str,
              batch_size: int = 16, precision: str = "fp32", map_mode: str = "decoder",
-             on_batch: Callable[[str, int, int], None] | None = None, num_workers: int = 0,
+             on_batch: Callable[[str, int, int], None] | None = None, num_workers: int | None = None,
              on_category: Callable[[str, dict[str, Any]], None] | None = None,
-             exact_pixels: int = EXACT_PIXELS, pixel_bins: int = PIXEL_BINS) -> EvalResult:
+             exact_pixels: int = EXACT_PIXELS, pixel_bins: int = PIXEL_BINS,
+             scorer: Scorer | None = None) -> EvalResult:
     """Evaluate on the test split of each category of ``cfg.data``; metrics per category and mean.
 
     Streams: memory does not grow with the number of test images (see :class:`CategoryStream`).
@@ -147,7 +155,9 @@ def evaluate(model: INPFormer, cfg: RunConfig, categories: list[str], device: to
     ``on_category(category, outputs)``, if given, sees each category's outputs once they are complete:
     ``labels`` (n,), ``scores`` (n,), ``paths``, and ``pixel_histogram`` (a
     :class:`inp_former.thresholds.PixelHistogram` of the maps against the masks) -- never the full maps
-    (e.g. :class:`inp_former.thresholds.Calibrator` computes thresholds from them)."""
+    (e.g. :class:`inp_former.thresholds.Calibrator` computes thresholds from them).
+
+    ``scorer`` (images -> maps, scores) replaces :func:`score_batch`, e.g. the CUDA fast path."""
     device = torch.device(device)
     mc = cfg.model
     model.eval().to(device)
@@ -157,10 +167,14 @@ def evaluate(model: INPFormer, cfg: RunConfig, categories: list[str], device: to
     for category in categories:
         samples = category_samples(cfg.data, category, "test")  # also "<dataset>/<category>" of several datasets
         dataset = AnomalyDataset(samples, image_transform(mc.resize, mc.crop), mask_transform(mc.resize, mc.crop))
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, **loader_kwargs(device, num_workers))
         stream = CategoryStream(exact_pixels, pixel_bins)
         for batch in loader:
-            image_maps, image_scores, _ = score_batch(model, batch["image"].to(device), cfg, precision, map_mode)
+            images = batch["image"].to(device, non_blocking=True)
+            if scorer is not None:
+                image_maps, image_scores = scorer(images)
+            else:
+                image_maps, image_scores, _ = score_batch(model, images, cfg, precision, map_mode)
             stream.update(batch["label"], image_scores, masks_for_metrics(batch["mask"], mc.map_size), image_maps)
             for path, label, score in zip(batch["path"], batch["label"], image_scores.tolist()):
                 rows.append({"path": path, "category": category, "label": int(label), "score": score})
@@ -175,7 +189,7 @@ def evaluate(model: INPFormer, cfg: RunConfig, categories: list[str], device: to
                                    "paths": [s.path for s in samples]})
         del stream
     return EvalResult(per_category, mean_metrics(per_category), rows,
-                      {"map_mode": map_mode, "precision": precision, "device": str(device),
+                      {"map_mode": str(map_mode), "precision": str(precision), "device": str(device),
                        "dataset": cfg.data.dataset, "data_root": str(cfg.data.root),
                        "pixel_metrics": pixel_metrics_meta(bounds, exact_pixels, pixel_bins)})
 

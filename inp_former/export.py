@@ -33,12 +33,12 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from inp_former.errors import ConfigError
 from inp_former.config import RunConfig
 from inp_former.model import INPFormer
 
 EXPORTERS = ("torchscript", "dynamo")
 DEFAULT_OPSET = 17
-COS_EPS = 1e-8
 
 
 class ExportableINPFormer(nn.Module):
@@ -49,7 +49,7 @@ class ExportableINPFormer(nn.Module):
         from kernels.scoring import scoring_matrix, top_k_count
 
         if map_mode not in ("decoder", "prototype"):
-            raise ValueError(f"--map {map_mode!r}: expected decoder or prototype")
+            raise ConfigError(f"map_mode {map_mode!r}: expected decoder or prototype", arg="map_mode")
         mc = cfg.model
         self.model = model.eval()
         self.map_mode = map_mode
@@ -60,22 +60,18 @@ class ExportableINPFormer(nn.Module):
         self.k = top_k_count(mc.map_size * mc.map_size, mc.top_fraction)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # the same cosine and G A G^T as the library's matrix path, so the graph cannot drift from it
+        from kernels.scoring import apply_scoring_matrix, cosine_distance
+
         out = self.model(images)
         if self.map_mode == "decoder":
-            a = torch.stack([_cosine_distance(e.float(), d.float())
+            a = torch.stack([cosine_distance(e.float(), d.float())
                              for e, d in zip(out.encoder_groups, out.decoder_groups)]).mean(0)
         else:
             a = out.prototype_distance.float()
-        a = a.reshape(-1, self.grid, self.grid)
-        maps = torch.matmul(torch.matmul(self.matrix, a), self.matrix.transpose(0, 1))
+        maps = apply_scoring_matrix(a.reshape(-1, self.grid, self.grid), self.matrix)
         scores = torch.topk(maps.flatten(1), self.k, dim=1).values.mean(1)
         return maps, scores
-
-
-def _cosine_distance(e: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """1 - cos per token with each norm clamped to eps, as F.cosine_similarity does."""
-    dot = (e * d).sum(-1)
-    return 1 - dot / (e.norm(dim=-1).clamp_min(COS_EPS) * d.norm(dim=-1).clamp_min(COS_EPS))
 
 
 @contextlib.contextmanager
@@ -153,7 +149,7 @@ def export_onnx(model: INPFormer, cfg: RunConfig, path: Path, map_mode: str = "d
     from inp_former.io import atomic_write_text
 
     if exporter not in EXPORTERS:
-        raise ValueError(f"--exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
+        raise ConfigError(f"exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}", arg="exporter")
     try:
         import onnx  # noqa: F401  (torch.onnx.export writes through it)
     except ImportError as exc:
@@ -176,8 +172,8 @@ def export_onnx(model: INPFormer, cfg: RunConfig, path: Path, map_mode: str = "d
             try:
                 import onnxscript  # noqa: F401
             except ImportError as exc:
-                raise ValueError("--exporter dynamo needs the onnxscript package (pip install onnxscript); "
-                                 "or use --exporter torchscript") from exc
+                raise ConfigError("exporter dynamo needs the onnxscript package (pip install onnxscript); "
+                                  "or use the exporter torchscript", arg="exporter") from exc
             program = torch.onnx.export(wrapper, (example,), input_names=["image"], output_names=["map", "score"],
                                         dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
                                         opset_version=max(opset, 18), dynamo=True, external_data=False)

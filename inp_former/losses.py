@@ -1,4 +1,4 @@
-"""INP coherence loss and soft mining loss (SPEC.md, 'Losses')."""
+"""INP coherence loss and soft mining loss (docs/behaviour.md, 'Losses')."""
 from __future__ import annotations
 
 from typing import Sequence

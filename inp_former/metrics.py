@@ -1,4 +1,4 @@
-"""The paper's seven metrics (SPEC.md, 'Metrics'), in torch on any device: sort once, cumulative sums.
+"""The paper's seven metrics (docs/behaviour.md, 'Metrics'), in torch on any device: sort once, cumulative sums.
 
 Image: I-AUROC, I-AP, I-F1max. Pixel: P-AUROC, P-AP, P-F1max, AUPRO (FPR 0 to 0.3, divided by 0.3).
 

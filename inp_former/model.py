@@ -1,7 +1,7 @@
 """INP-Former: bottleneck, INP extractor and INP-guided decoder on a frozen encoder.
 
 Shapes: B images, N = grid * grid patch tokens, C channels, M prototypes (INPs), H heads.
-Behaviour follows the authors' implementation exactly (SPEC.md); comments mark where it differs
+Behaviour follows the authors' implementation exactly (docs/behaviour.md); comments mark where it differs
 from a textbook transformer.
 """
 from __future__ import annotations
@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from inp_former.config import ModelConfig
-from inp_former.encoders import FrozenEncoder, build_encoder
+from inp_former.encoders.base import FrozenEncoder, state_mismatch
+from inp_former.encoders.registry import build_encoder
 from kernels.relu_attention import relu_attention
 
 LAYER_NORM_EPS = 1e-8  # the authors' value for every LayerNorm outside the encoder
@@ -117,10 +118,19 @@ class INPFormerOutput:
 
 
 class INPFormer(nn.Module):
+    """The trainable INP-Former on a frozen encoder.
+
+    ``cfg`` is never changed; ``self.cfg`` is the config completed with the encoder's own choices
+    (a CNN's default stages, for example), the one to save with the weights. A prebuilt ``encoder``
+    (shared by several models) must be the one ``cfg`` describes, completed.
+    """
+
     def __init__(self, cfg: ModelConfig, encoder: FrozenEncoder | None = None) -> None:
         super().__init__()
+        if encoder is None:
+            encoder, cfg = build_encoder(cfg)
         self.cfg = cfg
-        self.encoder = encoder if encoder is not None else build_encoder(cfg)
+        self.encoder = encoder
         dim, heads = self.encoder.embed_dim, self.encoder.num_heads
         self.prototypes = nn.Parameter(torch.randn(cfg.num_prototypes, dim))  # N(0, 1) init
         self.bottleneck = Mlp(dim, int(dim * cfg.mlp_ratio))
@@ -135,12 +145,9 @@ class INPFormer(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        own = self.trainable_state_dict()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-        if missing or unexpected or wrong:
-            raise ValueError(f"checkpoint does not fit this model: missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]}, shape mismatch {wrong[:3]}")
+        problem = state_mismatch(self.trainable_state_dict(), state)
+        if problem:
+            raise ValueError(f"the weights do not fit this model ({problem})")
         self.load_state_dict(state, strict=False)
 
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from inp_former.config import RunConfig
+from inp_former.config import MapMode, RunConfig, choice, resolve_device
 from inp_former.model import INPFormer
 from inp_former.thresholds import Calibration, normalize_score, read_calibration
 
@@ -62,12 +62,6 @@ def map_statistics(anomaly_map: np.ndarray, pixel_threshold: float | None = None
             "anomalous_area": None if pixel_threshold is None else float((flat >= pixel_threshold).mean())}
 
 
-def pick_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def to_pil(image: ImageLike) -> Image.Image:
     """A path, PIL image or array as an 8-bit RGB PIL image (raises DatasetError/ValueError if it cannot)."""
     from inp_former.data import load_rgb
@@ -101,16 +95,17 @@ class Predictor:
 
     def __init__(self, model: INPFormer, cfg: RunConfig, calibration: Calibration | None = None,
                  threshold: float | None = None, device: str | torch.device | None = "auto",
-                 map_mode: str = "decoder", precision: str = "fp32", category: str | None = None,
-                 batch_size: int = 16) -> None:
+                 map_mode: str = "decoder", precision: str | None = None, category: str | None = None,
+                 batch_size: int = 16, fast: bool = False) -> None:
         from inp_former.data import image_transform
-        from inp_former.evaluate import MAP_MODES
+        from inp_former.fast_path import scoring_function
 
-        if map_mode not in MAP_MODES:
-            raise ValueError(f"map_mode {map_mode!r}: expected one of {', '.join(MAP_MODES)}")
-        self.device = pick_device(device)
+        map_mode = choice(MapMode, map_mode, "map_mode")
+        self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.cfg = cfg
+        # None: fp32, or bf16 on the fast path on CUDA
+        precision = precision or ("bf16" if fast and self.device.type == "cuda" else "fp32")
         self.map_mode, self.precision, self.batch_size = map_mode, precision, batch_size
         self.calibration = calibration
         self.transform = image_transform(cfg.model.resize, cfg.model.crop)
@@ -126,19 +121,27 @@ class Predictor:
             pixel = (calibration.categories.get(category, {}).get("pixel_threshold") if category
                      else calibration.pixel_threshold)
         self.pixel_threshold: float | None = pixel
+        # images -> (maps, scores): eager, or on CUDA with ``fast`` the graph-captured fast path
+        self.scorer = scoring_function(self.model, cfg, map_mode, precision, fast, self.device)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = "auto",
-                        threshold: float | None = None, map_mode: str = "decoder", precision: str = "fp32",
+                        threshold: float | None = None, map_mode: str = "decoder", precision: str | None = None,
                         encoder_weights: str | None = None, category: str | None = None,
-                        batch_size: int = 16) -> "Predictor":
-        """Load an inpctl checkpoint (or the authors' ``model.pth``) with its stored calibration."""
+                        batch_size: int = 16, allow_encoder_mismatch: bool = False,
+                        fast: bool = False) -> "Predictor":
+        """Load an inpctl checkpoint (or the authors' ``model.pth``) with its stored calibration.
+
+        The encoder must be the one the model was trained with (see
+        :func:`inp_former.checkpoint.load_checkpoint`); ``meta`` keeps the checkpoint's metadata."""
         from inp_former.checkpoint import load_checkpoint
 
-        chosen = pick_device(device)
-        model, cfg, meta = load_checkpoint(Path(path), chosen, encoder_weights)
-        return cls(model, cfg, read_calibration(meta, map_mode), threshold, chosen, map_mode, precision, category,
-                   batch_size)
+        chosen = resolve_device(device)
+        model, cfg, meta = load_checkpoint(Path(path), chosen, encoder_weights, allow_encoder_mismatch)
+        predictor = cls(model, cfg, read_calibration(meta, str(map_mode)), threshold, chosen, map_mode, precision,
+                        category, batch_size, fast)
+        predictor.meta = meta
+        return predictor
 
     # -- inputs
     @property
@@ -182,7 +185,9 @@ class Predictor:
 
     def predict_tensor(self, images: torch.Tensor, paths: Sequence[str | None] | None = None) -> list[Prediction]:
         """Predictions for preprocessed images (B, 3, crop, crop) or (3, crop, crop)."""
-        maps, scores, _ = self.score_tensor(images)
+        if images.dim() == 3:
+            images = images.unsqueeze(0)
+        maps, scores = self.scorer(images.to(self.device))
         return self.predictions(maps, scores, paths)
 
     def predictions(self, maps: torch.Tensor, scores: torch.Tensor,

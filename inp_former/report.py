@@ -208,6 +208,26 @@ def _sample_table(figures: list[SampleFigures]) -> str:
             + "".join(cells) + "</table>")
 
 
+def meta_text(key: str, value: Any) -> str:
+    """A metadata value as a person reads it: yes/no, lists and small dicts inline, the pixel-metrics
+    block as one sentence."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if key == "pixel_metrics" and isinstance(value, dict):
+        binned = value.get("binned_categories") or {}
+        if not binned:
+            return f"exact (every category within {value.get('exact_pixel_limit'):,} pixels)"
+        worst = ", ".join(f"{k} ±{100 * v:.2g} points" for k, v in (value.get("max_error_bounds") or {}).items())
+        return f"binned for {', '.join(binned)} ({value.get('bins'):,} bins; at most {worst})"
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {meta_text(str(k), v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(meta_text(key, v) for v in value)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
 def build_report_html(result: Any, calibration: Calibration | None, calibrator: Calibrator | None,
                       figures: list[SampleFigures], title: str = "INP-Former evaluation report",
                       info: dict[str, Any] | None = None) -> str:
@@ -219,7 +239,7 @@ def build_report_html(result: Any, calibration: Calibration | None, calibrator: 
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
+    rows = "".join(f"<tr><td>{html.escape(str(k).replace('_', ' '))}</td><td>{html.escape(meta_text(k, v))}</td></tr>"
                    for k, v in meta.items() if v not in (None, ""))
     parts.append(f'<table class="meta"><tr><td>written</td><td>{when}</td></tr>{rows}</table>')
     if meta.get("random_encoder"):
@@ -228,7 +248,7 @@ def build_report_html(result: Any, calibration: Calibration | None, calibrator: 
     parts.append("<h2>Metrics per category (%)</h2>" + metrics_table_html(result.categories, result.mean))
     scales = figures[0].scales if figures else None
     if calibration is not None:
-        parts.append("<h2>Decision thresholds (F1-maximising, stored in the checkpoint)</h2>"
+        parts.append("<h2>Decision thresholds (F1-maximising; in thresholds.json)</h2>"
                      + thresholds_table_html(calibration)
                      + "<p>An image is labelled anomalous when its score ≥ the image threshold; a pixel when its map "
                        "value ≥ the pixel threshold (white contours in the anomaly maps).</p>")

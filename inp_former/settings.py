@@ -1,10 +1,10 @@
-"""The paper's settings as data choices for the one training loop (SPEC.md, 'Training').
+"""The paper's settings as data choices for the one training loop (docs/behaviour.md, 'Training').
 
 - multi-class: one model on every chosen category of one dataset (the default);
 - single-class: one model per category; :func:`single_class_configs` splits a run config into one per
   category (the CLI trains them one after the other into ``RUN_DIR/<category>/``);
 - few-shot: ``shots`` normal images sampled per category with the seed, each expanded to the 22
-  augmented images of SPEC.md (:class:`FewShotDataset`); one model for all categories;
+  augmented images of docs/behaviour.md (:class:`FewShotDataset`); one model for all categories;
 - super-multi-class: several datasets (``DataConfig.sources``) in one run; their categories are
   named ``<source>/<category>`` so that they never collide;
 - zero-shot is an evaluation, not a training setting: a model trained on one dataset evaluated on
@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import random
 from dataclasses import dataclass
@@ -22,12 +21,13 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from inp_former.config import DataConfig, RunConfig
+from inp_former.config import DataConfig, RunConfig, Setting
+from inp_former.errors import ConfigError
 from inp_former.data import (LAYOUTS, AnomalyDataset, Sample, build_samples, image_transform, list_categories,
                              load_rgb)
 from inp_former.data.transforms import FEW_SHOT_COUNT, few_shot_augmentation
 
-SETTINGS = ("multi-class", "single-class", "few-shot", "super-multi-class")
+SETTINGS = tuple(s.value for s in Setting)
 FEW_SHOTS = (1, 2, 4)   # the paper's; other positive values are allowed
 
 
@@ -39,32 +39,31 @@ class Source:
 
 
 def parse_source(text: str) -> Source:
-    """``DATASET=ROOT`` or ``NAME:DATASET=ROOT`` (``--source`` on the command line)."""
+    """``DATASET=ROOT`` or ``NAME:DATASET=ROOT`` (the command line's ``--source``)."""
     head, sep, root = text.partition("=")
     name, _, dataset = head.rpartition(":")
     dataset = dataset.strip()
     name = name.strip() or dataset
     if not sep or not dataset or not root.strip():
-        raise ValueError(f"--source {text!r}: expected DATASET=ROOT (e.g. visa=/data/VisA_pytorch/1cls) "
-                         f"or NAME:DATASET=ROOT")
+        raise ConfigError(f"source {text!r}: expected DATASET=ROOT (e.g. visa=/data/VisA_pytorch/1cls) "
+                          f"or NAME:DATASET=ROOT", arg="source")
     if dataset not in LAYOUTS:
-        raise ValueError(f"--source {text!r}: dataset {dataset!r}: expected one of {', '.join(sorted(LAYOUTS))}")
+        raise ConfigError(f"source {text!r}: dataset {dataset!r}: expected one of {', '.join(sorted(LAYOUTS))}",
+                          arg="source")
     if "/" in name:
-        raise ValueError(f"--source {text!r}: the name {name!r} must not contain '/'")
+        raise ConfigError(f"source {text!r}: the name {name!r} must not contain '/'", arg="source")
     return Source(name, dataset, root.strip())
 
 
-def set_sources(data: DataConfig, sources: list[Source]) -> None:
-    """Store ``sources`` in ``data`` (names made unique: visa, visa-2, ...)."""
+def with_sources(data: DataConfig, sources: list[Source]) -> DataConfig:
+    """``data`` reading ``sources`` (names made unique: visa, visa-2, ...)."""
     seen: dict[str, int] = {}
     stored = []
     for source in sources:
         seen[source.name] = seen.get(source.name, 0) + 1
         name = source.name if seen[source.name] == 1 else f"{source.name}-{seen[source.name]}"
         stored.append({"name": name, "dataset": source.dataset, "root": str(source.root)})
-    data.sources = stored
-    data.dataset = "+".join(s["dataset"] for s in stored)
-    data.root = ""
+    return dataclasses.replace(data, sources=tuple(stored), dataset="+".join(s["dataset"] for s in stored), root="")
 
 
 def sources(data: DataConfig) -> list[Source]:
@@ -97,7 +96,8 @@ def resolve_categories(data: DataConfig) -> list[str]:
             chosen += [c for c in available if c.startswith(name + "/")]
         else:
             where = ", ".join(f"{s.name}={s.root}" for s in sources(data)) if _prefixed(data) else data.root
-            raise ValueError(f"--categories: {name} not under {where} (available: {', '.join(available)})")
+            raise ConfigError(f"categories: {name} not under {where} (available: {', '.join(available)})",
+                              arg="categories")
     return list(dict.fromkeys(chosen))
 
 
@@ -108,8 +108,8 @@ def _split_category(data: DataConfig, category: str) -> tuple[Source, str]:
     for source in sources(data):
         if sep and source.name == name:
             return source, raw
-    raise ValueError(f"category {category!r}: expected <source>/<category> with a source among "
-                     f"{', '.join(s.name for s in sources(data))}")
+    raise ConfigError(f"category {category!r}: expected <source>/<category> with a source among "
+                      f"{', '.join(s.name for s in sources(data))}", arg="category")
 
 
 def category_samples(data: DataConfig, category: str, split: str) -> list[Sample]:
@@ -126,19 +126,20 @@ def category_samples(data: DataConfig, category: str, split: str) -> list[Sample
 def few_shot_selection(data: DataConfig, categories: list[str], shots: int, seed: int) -> dict[str, list[Sample]]:
     """``shots`` training images per category, sampled with ``seed`` (the same for the same files)."""
     if shots < 1:
-        raise ValueError(f"--shots {shots}: expected a positive number (the paper uses 1, 2 or 4)")
+        raise ConfigError(f"shots {shots}: expected a positive number (the paper uses 1, 2 or 4)", arg="shots")
     chosen = {}
     for category in categories:
         samples = sorted(category_samples(data, category, "train"), key=lambda s: s.path)
         if len(samples) < shots:
-            raise ValueError(f"--shots {shots}: category {category} has only {len(samples)} training images")
+            raise ConfigError(f"shots {shots}: category {category} has only {len(samples)} training images",
+                              arg="shots")
         rng = random.Random(f"{seed}:{category}")
         chosen[category] = sorted(rng.sample(samples, shots), key=lambda s: s.path)
     return chosen
 
 
 class FewShotDataset(Dataset):
-    """Each few-shot image as its 22 augmented versions (SPEC.md), computed lazily.
+    """Each few-shot image as its 22 augmented versions (docs/behaviour.md), computed lazily.
 
     The image is first resized to ``resize x resize`` (as the preprocessing does), then augmented,
     then preprocessed (the resize is then a no-op): the augmentations act on the image as the model
@@ -202,22 +203,30 @@ def category_dirname(category: str) -> Path:
 
 def single_class_configs(cfg: RunConfig, categories: list[str]) -> list[tuple[str, RunConfig]]:
     """One config per category: the same run, trained on that category only."""
-    out = []
-    for category in categories:
-        one = copy.deepcopy(cfg)
-        one.data.categories = [category]
-        one.data.setting = "single-class"
-        out.append((category, one))
-    return out
+    return [(category, cfg.updated(data={"categories": (category,), "setting": Setting.SINGLE_CLASS}))
+            for category in categories]
 
 
 def check_setting(data: DataConfig) -> None:
     """Refuse inconsistent setting fields with a message naming the flag."""
-    if data.setting not in SETTINGS:
-        raise ValueError(f"--setting {data.setting!r}: expected one of {', '.join(SETTINGS)}")
-    if data.setting == "few-shot" and data.shots < 1:
-        raise ValueError("--setting few-shot: needs --shots N (the paper uses 1, 2 or 4)")
-    if data.shots and data.setting != "few-shot":
-        raise ValueError(f"--shots {data.shots}: only with the few-shot setting (got --setting {data.setting})")
-    if data.setting == "super-multi-class" and len(data.sources) < 1:
-        raise ValueError("--setting super-multi-class: give the datasets with --source DATASET=ROOT (repeated)")
+    if data.setting == Setting.FEW_SHOT and data.shots < 1:
+        raise ConfigError("setting few-shot: needs a number of shots (the paper uses 1, 2 or 4)", arg="setting")
+    if data.shots and data.setting != Setting.FEW_SHOT:
+        raise ConfigError(f"shots {data.shots}: only with the few-shot setting (got setting {data.setting})",
+                          arg="shots")
+    if data.setting == Setting.SUPER_MULTI_CLASS and len(data.sources) < 1:
+        raise ConfigError("setting super-multi-class: give the datasets as sources (DATASET=ROOT, several)",
+                          arg="setting")
+
+
+def with_setting(data: DataConfig, setting: Setting | str | None = None, shots: int = 0,
+                 sources: list[str] | None = None) -> DataConfig:
+    """``data`` with a setting chosen: given, or inferred (``shots`` -> few-shot, ``sources`` ->
+    super-multi-class, else multi-class); ``sources`` as ``DATASET=ROOT`` texts. Checked."""
+    if sources:
+        data = with_sources(data, [parse_source(text) for text in sources])
+    if setting is None:
+        setting = Setting.FEW_SHOT if shots else Setting.SUPER_MULTI_CLASS if sources else Setting.MULTI_CLASS
+    data = dataclasses.replace(data, setting=setting, shots=shots)
+    check_setting(data)
+    return data

@@ -1,8 +1,10 @@
-"""Decision thresholds and score ranges ("calibration"), computed at evaluation, kept in the checkpoint.
+"""Decision thresholds and score ranges ("calibration"), computed at evaluation.
 
-``inpctl eval`` feeds every category's test scores and maps to a :class:`Calibrator`; its
-:class:`Calibration` is stored in the checkpoint's ``meta["calibration"][map_mode]`` so that
-``inpctl predict`` and :class:`inp_former.predictor.Predictor` label new images without the test set.
+An evaluation feeds every category's test scores and maps to a :class:`Calibrator`; its
+:class:`Calibration` goes to the evaluation's outputs (``thresholds.json``, ``metrics.json``). Only
+training, or an evaluation asked to (``save_thresholds``), stores it in the checkpoint's
+``meta["calibration"][map_mode]`` (:func:`store_calibration`, merged per category), where
+``inpctl predict`` and :class:`inp_former.predictor.Predictor` find it to label new images.
 
 What is computed (a sample is anomalous when ``value >= threshold``, as in ``metrics.f1max_threshold``):
 
@@ -31,12 +33,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from inp_former.errors import ConfigError
 
 from inp_former.metrics import f1max_threshold
 
@@ -86,7 +90,7 @@ class Calibration:
         """The image threshold of ``category`` (if stored), else the pooled one."""
         if category is not None:
             if category not in self.categories:
-                raise ValueError(f"--category {category!r}: no threshold stored for it (stored: "
+                raise ConfigError(f"category {category!r}: no threshold stored for it (stored: "
                                  f"{', '.join(sorted(self.categories)) or 'none'})")
             return self.categories[category].get("image_threshold")
         return self.image_threshold
@@ -274,8 +278,36 @@ def read_calibration(meta: dict[str, Any], map_mode: str = "decoder") -> Calibra
     return Calibration.from_dict(raw) if isinstance(raw, dict) else None
 
 
-def store_calibration(checkpoint: Path, calibration: Calibration) -> None:
-    """Write ``calibration`` into ``meta["calibration"][map_mode]`` of an inpctl checkpoint, atomically.
+def merge_calibration(stored: Calibration | None, new: Calibration) -> tuple[Calibration, list[str]]:
+    """``new`` merged into ``stored``: per category, the new thresholds replace the stored ones and
+    categories not evaluated now are kept. The pooled values (image and pixel threshold, ranges) are
+    taken from ``new`` only if it covers every stored category: a pooled threshold of some of the
+    categories must not replace the one of all of them. Returns the merge and what changed."""
+    if stored is None or stored.map_mode != new.map_mode:
+        return new, [f"stored the {new.map_mode} thresholds of {len(new.categories)} categories"]
+    changes = []
+    for name, values in new.categories.items():
+        old = stored.categories.get(name, {}).get("image_threshold")
+        if old is None:
+            changes.append(f"{name}: added (image threshold {values.get('image_threshold'):.6g})")
+        elif old != values.get("image_threshold"):
+            changes.append(f"{name}: image threshold {old:.6g} -> {values.get('image_threshold'):.6g}")
+    categories = {**stored.categories, **new.categories}
+    if set(stored.categories) <= set(new.categories):
+        merged = replace(new, categories=categories)
+        if stored.image_threshold != new.image_threshold and new.image_threshold is not None:
+            old = "none" if stored.image_threshold is None else f"{stored.image_threshold:.6g}"
+            changes.append(f"pooled image threshold {old} -> {new.image_threshold:.6g}")
+    else:
+        merged = replace(stored, categories=categories)
+        changes.append(f"pooled thresholds kept (this evaluation covered {len(new.categories)} of "
+                       f"{len(categories)} categories)")
+    return merged, changes or ["nothing changed"]
+
+
+def store_calibration(checkpoint: Path, calibration: Calibration) -> list[str]:
+    """Merge ``calibration`` into ``meta["calibration"][map_mode]`` of an inpctl checkpoint, atomically
+    (:func:`merge_calibration`); returns what changed.
 
     Everything else in the file is kept as it is; the other map mode's calibration too.
     """
@@ -284,8 +316,10 @@ def store_calibration(checkpoint: Path, calibration: Calibration) -> None:
 
     payload = read_checkpoint(Path(checkpoint))
     meta = dict(payload.get("meta") or {})
+    merged, changes = merge_calibration(read_calibration(meta, calibration.map_mode), calibration)
     stored = dict(meta.get(CALIBRATION_KEY) or {})
-    stored[calibration.map_mode] = calibration.to_dict()
+    stored[calibration.map_mode] = merged.to_dict()
     meta[CALIBRATION_KEY] = stored
     payload["meta"] = meta
     atomic_torch_save(payload, Path(checkpoint))
+    return changes

@@ -3,14 +3,17 @@
 Also: resumable training states (``last.pt``: model, optimiser, schedule, RNG, data position,
 written atomically every ``checkpoint_every`` iterations, removed once ``checkpoint.pt`` is written)
 and multi-process training with PyTorch's DistributedDataParallel when launched by ``torchrun``
-(``--batch-size`` is the global batch, split evenly over the processes; see the README, "Scale and reliability").
-A resumed run on CPU ends with exactly the weights of an uninterrupted one.
+(the batch size is the global batch, split evenly over the processes; docs/reliability.md).
+A resumed run on CPU ends with exactly the weights of an uninterrupted one. SIGINT/SIGTERM stop a
+run at the next iteration boundary with a resumable state saved (:class:`StopOnSignal`).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,20 +22,17 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from inp_former.checkpoint import save_checkpoint
-from inp_former.config import RunConfig
+from inp_former.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from inp_former.config import Precision, RunConfig
+from inp_former.errors import ConfigError, TrainingError, TrainingInterrupted
 from inp_former.io import atomic_torch_save
 from inp_former.losses import coherence_loss, soft_mining_loss
 from inp_former.model import INPFormer
 from inp_former.optim import StableAdamW, WarmCosineSchedule
 
 TRAINING_STATE = "last.pt"   # resumable state inside the run directory
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, no data, ...); the message says why."""
 
 
 @dataclass
@@ -47,6 +47,8 @@ class StepInfo:
 
 @dataclass
 class TrainResult:
+    config: RunConfig          # the run's config as resolved (categories, iterations, encoder design)
+    model: INPFormer
     checkpoint: Path
     iterations: int
     seconds: float
@@ -67,17 +69,10 @@ def resolve_categories(cfg: RunConfig) -> list[str]:
     return resolve(cfg.data)
 
 
-def training_samples(cfg: RunConfig, categories: list[str]) -> list:
-    from inp_former.settings import category_samples
-
-    return [s for c in categories for s in category_samples(cfg.data, c, "train")]
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision != "fp32":
-        raise ValueError(f"--precision {precision!r}: expected fp32 or bf16")
+def autocast(device: torch.device, precision: Precision | str, cache: bool = True):
+    """bf16 autocast, or none; ``cache=False`` recasts weights at every use (CUDA-graph capture)."""
+    if Precision(precision) == Precision.BF16:
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
     return torch.autocast(device.type, enabled=False)
 
 
@@ -98,7 +93,7 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def __init__(self, size: int, batch_size: int, seed: int, world: int = 1, rank: int = 0) -> None:
         if batch_size % world:
-            raise ValueError(f"--batch-size {batch_size}: must be divisible by the {world} processes")
+            raise ConfigError(f"batch_size {batch_size}: must be divisible by the {world} processes", arg="batch_size")
         self.size, self.batch_size, self.seed, self.world, self.rank = size, batch_size, seed, world, rank
         self.epoch, self.start_batch = 0, 0
 
@@ -155,9 +150,9 @@ def _nonfinite_message(what: str, iteration: int, state_path: Path) -> str:
             kept = "its last save"
         saved = f"the last good state {state_path} ({kept}) is kept"
     else:
-        saved = "no training state was saved yet (see --checkpoint-every)"
-    return (f"{what} at iteration {iteration}: training stopped; {saved}. Try --eps 1e-6 (a known fix) or "
-            f"--on-nonfinite skip")
+        saved = "no training state was saved yet (see checkpoint_every)"
+    return (f"{what} at iteration {iteration}: training stopped; {saved}. Try eps 1e-6 (a known fix) or "
+            f"on_nonfinite skip")
 
 
 def save_training_state(path: Path, model: INPFormer, optimizer: torch.optim.Optimizer, schedule: Any,
@@ -175,10 +170,73 @@ def load_training_state(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise TrainingError(f"--resume: {path} is not a readable training state ({exc.__class__.__name__})") from exc
+        raise TrainingError(f"resume {path}: not a readable training state ({exc.__class__.__name__})",
+                            arg="resume") from exc
     if not isinstance(state, dict) or state.get("format") != "inpctl-training-state":
-        raise TrainingError(f"--resume: {path} is not an inpctl training state")
+        raise TrainingError(f"resume {path}: not an inpctl training state", arg="resume")
     return state
+
+
+class StopOnSignal:
+    """SIGINT/SIGTERM during training ask for a stop at the next iteration boundary (where a
+    resumable state is written) instead of killing the run; a second signal aborts at once.
+
+    Installed only in the main thread (Python delivers signals there); elsewhere it does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for number in self.SIGNALS:
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, number: int, frame: Any) -> None:
+        if self.received is not None:  # the second one: the user means it
+            raise KeyboardInterrupt
+        self.received = number
+
+    def stop_requested(self, world: int) -> bool:
+        """Whether any process got a signal (all processes stop at the same iteration)."""
+        flag = self.received is not None
+        if world > 1:
+            value = torch.tensor([float(flag)])
+            dist.all_reduce(value, op=dist.ReduceOp.MAX)
+            flag = bool(value.item())
+        return flag
+
+
+def _ignore_interrupts(worker_id: int) -> None:
+    """DataLoader workers ignore Ctrl-C (the terminal sends it to them too): the main process
+    decides, finishes the iteration with their batches, and saves the state."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def prepare_run(cfg: RunConfig) -> tuple[RunConfig, Dataset]:
+    """The config with what the data decides resolved (categories, iterations), and the training
+    set; checks the setting and the batch size first."""
+    from inp_former.settings import check_setting, training_dataset  # the setting picks the images
+
+    check_setting(cfg.data)
+    categories = resolve_categories(cfg)
+    dataset = training_dataset(cfg, categories)
+    tc = cfg.train
+    if len(dataset) < tc.batch_size:
+        raise ConfigError(f"batch_size {tc.batch_size}: larger than the {len(dataset)} training images",
+                          arg="batch_size")
+    total = tc.iters if tc.iters is not None else tc.epochs * (len(dataset) // tc.batch_size)
+    if total < 1:
+        raise ConfigError("iters: training needs at least one iteration", arg="iters")
+    return cfg.updated(data={"categories": tuple(categories)}, train={"iters": total}), dataset
 
 
 def train(cfg: RunConfig, run_dir: Path, device: torch.device | str | None = None,
@@ -188,43 +246,40 @@ def train(cfg: RunConfig, run_dir: Path, device: torch.device | str | None = Non
 
     Writes ``run_dir/config.json``, ``run_dir/last.pt`` every ``checkpoint_every`` iterations and
     ``run_dir/checkpoint.pt`` at the end (rank 0 only). ``resume=True`` continues from ``last.pt``.
+    SIGINT/SIGTERM write ``last.pt`` at the next iteration boundary and raise
+    :class:`inp_former.errors.TrainingInterrupted`.
     """
+    from inp_former.runtime import loader_kwargs
+    from inp_former.settings import training_meta
+
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rank, world = distributed()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.train.seed)
+    cfg, dataset = prepare_run(cfg)
     tc = cfg.train
-    seed_everything(tc.seed)
-    categories = resolve_categories(cfg)
-    cfg.data.categories = categories
-    from inp_former.settings import check_setting, training_dataset, training_meta  # the setting picks the images
-
-    check_setting(cfg.data)
-    dataset = training_dataset(cfg, categories)
-    if len(dataset) < tc.batch_size:
-        raise ValueError(f"--batch-size {tc.batch_size}: larger than the {len(dataset)} training images")
+    categories = list(cfg.data.categories)
     sampler = EpochBatchSampler(len(dataset), tc.batch_size, tc.seed, world, rank)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=tc.num_workers,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(dataset, batch_sampler=sampler, worker_init_fn=_ignore_interrupts,
+                        **loader_kwargs(device, tc.num_workers))
     batches_per_epoch = len(dataset) // tc.batch_size
-    total = tc.iters if tc.iters is not None else tc.epochs * batches_per_epoch
-    if total < 1:
-        raise ValueError("--iters/--epochs: training needs at least one iteration")
-    cfg.train.iters = total
+    total = tc.iters
 
     model = (model or INPFormer(cfg.model)).to(device)
+    cfg = cfg.updated(model=dataclasses.asdict(model.cfg))  # the encoder's own choices (a CNN's stages)
     params = model.trainable_parameters()
     optimizer = StableAdamW(params, lr=tc.lr, betas=tc.betas, eps=tc.eps, weight_decay=tc.weight_decay, amsgrad=True)
     schedule = WarmCosineSchedule(optimizer, tc.lr, tc.final_lr, total, warmup=tc.warmup_iters)
     iteration, epoch, skipped, losses = 0, 0, 0, []
     state_path = run_dir / TRAINING_STATE
     if rank == 0:  # half-written files of a killed run (the atomic writes' temporaries) are garbage
-        for name in (TRAINING_STATE, "checkpoint.pt"):
+        for name in (TRAINING_STATE, CHECKPOINT_NAME):
             for stale in run_dir.glob(f".{name}.*.tmp"):
                 stale.unlink(missing_ok=True)
     if resume:
         if not state_path.is_file():
-            raise TrainingError(f"--resume {run_dir}: no {TRAINING_STATE} to resume from")
+            raise TrainingError(f"resume {run_dir}: no {TRAINING_STATE} to resume from", arg="resume")
         state = load_training_state(state_path)
         model.load_trainable_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -241,48 +296,56 @@ def train(cfg: RunConfig, run_dir: Path, device: torch.device | str | None = Non
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     model.train()
     started = time.perf_counter()
-    while iteration < total:
-        batch_in_epoch = sampler.start_batch
-        for batch in loader:
-            batch_in_epoch += 1
-            images = batch["image"].to(device, non_blocking=True)
-            with autocast(device, tc.precision):
-                out = net(images)
-                mining = soft_mining_loss(out.encoder_groups, out.decoder_groups, tc.mining_gamma)
-                coherence = coherence_loss(out.prototype_distance)
-                loss = mining + tc.coherence_weight * coherence
-            optimizer.zero_grad(set_to_none=True)
-            value = _global_loss(loss.detach(), world)  # every process takes the same skip/stop decision
-            bad = None if math.isfinite(value) else f"loss is {value}"
-            if bad is None:
-                loss.backward()
-                norm = float(torch.nn.utils.clip_grad_norm_(params, tc.grad_clip))  # same on every process
-                if math.isfinite(norm):
-                    optimizer.step()
-                    losses.append(value)
-                else:
-                    bad = f"gradient norm is {norm}"
-                    optimizer.zero_grad(set_to_none=True)
-            if bad is not None:
-                if tc.on_nonfinite != "skip":
-                    raise TrainingError(_nonfinite_message(bad, iteration + 1, state_path))
-                skipped += 1  # the step is dropped (weights and optimiser untouched), the schedule moves on
-            schedule.step()
-            iteration += 1
-            if on_step is not None and rank == 0:
-                on_step(StepInfo(iteration, total, value, float(mining.detach()), float(coherence.detach()),
-                                 optimizer.param_groups[0]["lr"]))
-            at_epoch_end = batch_in_epoch == batches_per_epoch
-            if tc.checkpoint_every and iteration % tc.checkpoint_every == 0 and iteration < total and rank == 0:
-                save_training_state(state_path, model, optimizer, schedule, cfg, iteration,
-                                    epoch + at_epoch_end, 0 if at_epoch_end else batch_in_epoch, skipped)
-            if iteration >= total:
-                break
-        else:
-            epoch += 1
-            sampler.set_position(epoch, 0)
+    with StopOnSignal() as stop:
+        while iteration < total:
+            batch_in_epoch = sampler.start_batch
+            for batch in loader:
+                batch_in_epoch += 1
+                images = batch["image"].to(device, non_blocking=True)
+                with autocast(device, tc.precision):
+                    out = net(images)
+                    mining = soft_mining_loss(out.encoder_groups, out.decoder_groups, tc.mining_gamma)
+                    coherence = coherence_loss(out.prototype_distance)
+                    loss = mining + tc.coherence_weight * coherence
+                optimizer.zero_grad(set_to_none=True)
+                value = _global_loss(loss.detach(), world)  # every process takes the same skip/stop decision
+                bad = None if math.isfinite(value) else f"loss is {value}"
+                if bad is None:
+                    loss.backward()
+                    norm = float(torch.nn.utils.clip_grad_norm_(params, tc.grad_clip))  # same on every process
+                    if math.isfinite(norm):
+                        optimizer.step()
+                        losses.append(value)
+                    else:
+                        bad = f"gradient norm is {norm}"
+                        optimizer.zero_grad(set_to_none=True)
+                if bad is not None:
+                    if tc.on_nonfinite != "skip":
+                        raise TrainingError(_nonfinite_message(bad, iteration + 1, state_path),
+                                            others=("eps", "on_nonfinite", "checkpoint_every"))
+                    skipped += 1  # the step is dropped (weights and optimiser untouched), the schedule moves on
+                schedule.step()
+                iteration += 1
+                if on_step is not None and rank == 0:
+                    on_step(StepInfo(iteration, total, value, float(mining.detach()), float(coherence.detach()),
+                                     optimizer.param_groups[0]["lr"]))
+                at_epoch_end = batch_in_epoch == batches_per_epoch
+                position = (epoch + at_epoch_end, 0 if at_epoch_end else batch_in_epoch)
+                interrupted = iteration < total and stop.stop_requested(world)
+                periodic = tc.checkpoint_every and iteration % tc.checkpoint_every == 0 and iteration < total
+                if (periodic or interrupted) and rank == 0:
+                    save_training_state(state_path, model, optimizer, schedule, cfg, iteration, *position, skipped)
+                if interrupted:
+                    raise TrainingInterrupted(
+                        f"interrupted at iteration {iteration} of {total}: the training state is saved in "
+                        f"{state_path}", stop.received or signal.SIGINT, str(state_path))
+                if iteration >= total:
+                    break
+            else:
+                epoch += 1
+                sampler.set_position(epoch, 0)
     seconds = time.perf_counter() - started
-    checkpoint = run_dir / "checkpoint.pt"
+    checkpoint = run_dir / CHECKPOINT_NAME
     if rank == 0:
         save_checkpoint(checkpoint, model, cfg, meta={
             "iterations": iteration, "train_seconds": round(seconds, 2), "dataset": cfg.data.dataset,
@@ -291,4 +354,5 @@ def train(cfg: RunConfig, run_dir: Path, device: torch.device | str | None = Non
             **training_meta(cfg, dataset),
         })
         state_path.unlink(missing_ok=True)  # complete: checkpoint.pt holds the result, nothing left to resume
-    return TrainResult(checkpoint, iteration, seconds, losses[-1] if losses else float("nan"), skipped, losses)
+    return TrainResult(cfg, model, checkpoint, iteration, seconds, losses[-1] if losses else float("nan"), skipped,
+                       losses)

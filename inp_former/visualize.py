@@ -248,7 +248,8 @@ def density_svg(density: dict[str, list[float]], title: str = "", threshold: flo
     for i in range(5):
         x = x0 + (x1 - x0) * i / 4
         parts.append(f'<line x1="{sx(x):.1f}" y1="{top + ph}" x2="{sx(x):.1f}" y2="{top + ph + 4}" stroke="#444"/>')
-        parts.append(f'<text x="{sx(x):.1f}" y="{top + ph + 16}" text-anchor="middle">{_fmt(x)}</text>')
+        anchor = "end" if i == 4 else "middle"  # the last label would run past the right edge
+        parts.append(f'<text x="{sx(x):.1f}" y="{top + ph + 16}" text-anchor="{anchor}">{_fmt(x)}</text>')
     parts.append(f'<text x="{left + pw / 2}" y="{height - 3}" text-anchor="middle">anomaly score (map value)</text>')
     parts.append(f'<text x="12" y="{top + ph / 2}" text-anchor="middle" '
                  f'transform="rotate(-90 12 {top + ph / 2})">density</text>')

@@ -1,9 +1,13 @@
 """Choose between a Triton kernel and its PyTorch reference.
 
-``auto`` (the default) uses the kernel when every tensor is on CUDA and Triton imports;
-``reference`` always uses the reference; ``triton`` always uses the kernel (on CPU that
-needs ``TRITON_INTERPRET=1`` set before :mod:`kernels` is imported). The mode comes from the
-``INPCTL_KERNELS`` environment variable, and :func:`kernel_mode` overrides it in a block.
+Modes (``INPCTL_KERNELS``, overridden in a block by :func:`kernel_mode`):
+
+* ``auto`` (default): the kernel only where :mod:`kernels.evidence` holds a recorded GPU
+  measurement showing it faster than the reference for this kernel, device class (``sm90``, ...)
+  and dtype, with every tensor on CUDA; everything unmeasured uses the reference;
+* ``reference``: always the reference;
+* ``triton``: always the kernel (on CPU that needs ``TRITON_INTERPRET=1`` set before
+  :mod:`kernels` is imported).
 """
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import os
 from typing import Iterator
 
 import torch
+
+from kernels.evidence import kernel_is_faster
 
 MODES = ("auto", "reference", "triton")
 _override: list[str] = []
@@ -48,11 +54,27 @@ def triton_available() -> bool:
 
 
 def interpreting() -> bool:
+    """True under ``TRITON_INTERPRET=1`` (Triton's CPU interpreter). The only place that reads it."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def use_kernel(*tensors: torch.Tensor) -> bool:
-    """True when the Triton kernel should run on these tensors."""
+@torch.compiler.assume_constant_result  # a constant while tracing: no graph break in compiled models
+def _cuda_device_class(index: int) -> str:
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"sm{major}{minor}"
+
+
+def device_class(device: torch.device | str) -> str:
+    """'sm90' (H100, H200), 'sm80' (A100), ... for a CUDA device; the device type otherwise."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device.type
+    return _cuda_device_class(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def use_kernel(kernel: str, *tensors: torch.Tensor, training: bool = False) -> bool:
+    """True when the Triton ``kernel`` ('relu_attention', 'scoring', 'token_map') should run on
+    these tensors; ``training``: a backward pass will follow (picks the forward + backward evidence)."""
     mode = current_mode()
     if mode == "reference":
         return False
@@ -62,4 +84,9 @@ def use_kernel(*tensors: torch.Tensor) -> bool:
         if not all(t.is_cuda for t in tensors) and not interpreting():
             raise RuntimeError("INPCTL_KERNELS=triton on CPU tensors needs TRITON_INTERPRET=1")
         return True
-    return triton_available() and all(t.is_cuda for t in tensors)
+    if not tensors or not triton_available() or not all(t.is_cuda for t in tensors):
+        return False
+    return kernel_is_faster(kernel, device_class(tensors[0].device), tensors[0].dtype, training)
+
+
+__all__ = ["MODES", "current_mode", "kernel_mode", "triton_available", "interpreting", "device_class", "use_kernel"]

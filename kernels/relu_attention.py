@@ -2,7 +2,7 @@
 
 q: (B, N, C) image tokens; k, v: (B, M, C) from the M INPs (M small: 1..32); s: H learnable
 per-head scales (the model stores them as (H, 1, 1)); H heads of size D = C / H, merged back to
-(B, N, C) with head h in channels [h*D, (h+1)*D). No softmax, no row normalisation (SPEC.md,
+(B, N, C) with head h in channels [h*D, (h+1)*D). No softmax, no row normalisation (docs/behaviour.md,
 "INP-Guided Decoder"). normalize(x) = x / max(||x||, 1e-12), as F.normalize.
 
 Roofline, B=16, N=784, M=6, C=768, H=12, bf16 (H100 SXM: ~3.35 TB/s, ~990 dense bf16 TFLOP/s)
@@ -44,12 +44,11 @@ memory budget of ~120).
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import torch.nn.functional as F
 
-from kernels.dispatch import current_mode, use_kernel
+from kernels.dispatch import current_mode, interpreting, use_kernel
 
 try:
     import triton
@@ -106,17 +105,16 @@ def kernel_unsupported(q: torch.Tensor, k: torch.Tensor, num_heads: int) -> str 
 
 # ----------------------------------------------------------------------------- Triton kernels
 if triton is not None:
-    _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-    # Configs that do not spill at D=64 on sm_90 and sm_80 (ptxas -v on the compiled PTX).
+    # Every config autotune may pick on a GPU; inp_former.benchmarks.compile compiles each of them for
+    # sm_80 and sm_90 and tests/test_compile_evidence.py fails on spills or dots off tensor cores.
     # Forward: no loop, so stages do not matter; block and warps trade occupancy for registers.
-    _FWD_CONFIGS = ([triton.Config({"BLOCK_N": 32}, num_warps=4)] if _INTERPRET else
-                    [triton.Config({"BLOCK_N": bn}, num_warps=w)
-                     for bn, w in ((32, 2), (32, 4), (32, 8), (64, 4), (64, 8), (128, 8))])
+    FWD_CONFIGS = [triton.Config({"BLOCK_N": bn}, num_warps=w)
+                   for bn, w in ((32, 2), (32, 4), (32, 8), (64, 4), (64, 8), (128, 8))]
     # Backward: a loop over token blocks, so pipelining (num_stages) can hide the q/dout loads.
-    _BWD_CONFIGS = ([triton.Config({"BLOCK_N": 32}, num_warps=4)] if _INTERPRET else
-                    [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
-                     for bn, w in ((16, 4), (16, 8), (32, 4), (32, 8), (64, 8)) for s in (2, 3)])
+    BWD_CONFIGS = [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
+                   for bn, w in ((16, 4), (16, 8), (32, 4), (32, 8), (64, 8)) for s in (2, 3)]
+    # The interpreter would run every config to "autotune": one is enough there.
+    _INTERPRETER_CONFIGS = [triton.Config({"BLOCK_N": 32}, num_warps=4)]
 
     @triton.jit
     def _load_head_keys(K, V, S, b, h, M, stride_kb, stride_km, stride_vb, stride_vm,
@@ -135,7 +133,7 @@ if triton is not None:
         k_hat = k * inv_norm[:, None]
         return k_hat * s_h, k_hat, inv_norm, norm <= EPS, v, s_h
 
-    @triton.autotune(configs=_FWD_CONFIGS, key=["N", "D", "M_PAD"])
+    @triton.autotune(configs=_INTERPRETER_CONFIGS if interpreting() else FWD_CONFIGS, key=["N", "D", "M_PAD"])
     @triton.jit
     def _relu_attention_fwd(Q, K, V, S, Out, N, M,
                             stride_qb, stride_qn, stride_kb, stride_km, stride_vb, stride_vm,
@@ -160,7 +158,8 @@ if triton is not None:
         out = tl.dot(p.to(dt), v.to(dt), input_precision=PRECISION)                         # (BLOCK_N, D)
         tl.store(Out + b * stride_ob + rows[:, None] * stride_on + h * D + cols[None, :], out.to(dt), mask=row_ok)
 
-    @triton.autotune(configs=_BWD_CONFIGS, key=["N", "D", "M_PAD", "SPLIT"])
+    @triton.autotune(configs=_INTERPRETER_CONFIGS if interpreting() else BWD_CONFIGS,
+                     key=["N", "D", "M_PAD", "SPLIT"])
     @triton.jit
     def _relu_attention_bwd(Q, K, V, S, DO, DQ, DKV, DS, N, M, SPLIT,
                             stride_qb, stride_qn, stride_kb, stride_km, stride_vb, stride_vm,
@@ -305,12 +304,11 @@ class ReLUAttentionFunction(torch.autograd.Function):
 
 
 # ----------------------------------------------------------------------------- public API
-def relu_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor,
-                          num_heads: int) -> torch.Tensor:
-    """The fused Triton path (CUDA, or CPU under TRITON_INTERPRET=1 in fp32); differentiable."""
+def _triton_path(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor,
+                 num_heads: int) -> torch.Tensor:
+    """The fused path on inputs already validated by :func:`_check`."""
     if triton is None:
         raise RuntimeError("Triton is not installed")
-    _check(q, k, v, scale, num_heads)
     reason = kernel_unsupported(q, k, num_heads)
     if reason:
         raise ValueError(reason)
@@ -319,16 +317,27 @@ def relu_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     return ReLUAttentionFunction.apply(q, k, v, scale, num_heads)
 
 
+def relu_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor,
+                          num_heads: int) -> torch.Tensor:
+    """The fused Triton path (CUDA, or CPU under TRITON_INTERPRET=1 in fp32); differentiable."""
+    _check(q, k, v, scale, num_heads)
+    return _triton_path(q, k, v, scale, num_heads)
+
+
 def relu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor,
                    num_heads: int) -> torch.Tensor:
-    """Dispatching entry point: the fused kernel when :func:`use_kernel` says so, else the reference.
+    """Dispatching entry point: the fused kernel when :func:`kernels.dispatch.use_kernel` says so
+    (in ``auto``: CUDA, and a recorded measurement shows the kernel faster for this device class,
+    dtype and pass), else the reference.
 
     In ``auto`` mode shapes or dtypes the kernel does not take (M > 32, D not in 16..128, fp64)
     quietly use the reference; in forced ``triton`` mode they raise ValueError.
     """
-    _check(q, k, v, scale, num_heads)
-    if use_kernel(q, k, v, scale) and (current_mode() == "triton" or kernel_unsupported(q, k, num_heads) is None):
-        return relu_attention_triton(q, k, v, scale, num_heads)
+    _check(q, k, v, scale, num_heads)  # once per call: the kernel path below does not repeat it
+    training = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, scale))
+    if use_kernel("relu_attention", q, k, v, scale, training=training) and \
+            (current_mode() == "triton" or kernel_unsupported(q, k, num_heads) is None):
+        return _triton_path(q, k, v, scale, num_heads)
     return relu_attention_reference(q, k, v, scale, num_heads)
 
 

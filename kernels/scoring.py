@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from kernels.dispatch import use_kernel
+from kernels.dispatch import interpreting, use_kernel
 
 try:
     import triton
@@ -38,7 +37,7 @@ MAX_GROUPS_PER_LAUNCH = 4   # the cosine kernel takes up to 4 (enc, dec) pairs; 
 __all__ = [
     "anomaly_map_reference", "image_score_reference", "scoring_matrix", "anomaly_map_matrix",
     "anomaly_maps_and_scores", "upsample_token_map", "upsample_token_map_reference",
-    "mean_cosine_distance", "top_k_count", "top_k_mean",
+    "mean_cosine_distance", "top_k_count", "top_k_mean", "cosine_distance", "apply_scoring_matrix",
 ]
 
 
@@ -189,9 +188,10 @@ def scoring_matrix(grid: int, image_size: int, out_size: int = 256, kernel_size:
                                   str(torch.device(device)), dtype_name)
 
 
-def _cosine_distance_torch(e: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """1 - cos per token in float32 (float64 kept), with F.cosine_similarity's per-norm eps clamp.
-    einsum + vector_norm never materialise the normalised features (F.cosine_similarity does)."""
+def cosine_distance(e: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """1 - cos per token (B, N, C) -> (B, N) in float32 (float64 kept), with F.cosine_similarity's
+    per-norm eps clamp. einsum + vector_norm never materialise the normalised features (F.cosine_similarity
+    does). Also the ONNX export's cosine (:mod:`inp_former.export`)."""
     dtype = _map_dtype(e.dtype)
     e, d = e.to(dtype), d.to(dtype)
     dot = torch.einsum("bnc,bnc->bn", e, d)
@@ -200,8 +200,8 @@ def _cosine_distance_torch(e: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     return 1 - dot / (ne * nd)
 
 
-def _apply_matrix(a: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-    """(B, grid, grid) -> (B, out, out): Gm @ A @ Gm^T."""
+def apply_scoring_matrix(a: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """(B, grid, grid) -> (B, out, out): Gm @ A @ Gm^T with Gm from :func:`scoring_matrix`."""
     return torch.matmul(torch.matmul(matrix, a), matrix.T)
 
 
@@ -211,26 +211,31 @@ def anomaly_map_matrix(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor],
     The fast CPU path (on CUDA, TF32 matmuls would round it if they are switched on)."""
     _check_sizes(image_size, out_size, kernel_size, sigma)
     batch, _, _, grid = _check_features(enc, dec)
-    a = sum(_cosine_distance_torch(e, d) for e, d in zip(enc, dec)) / len(enc)
+    a = sum(cosine_distance(e, d) for e, d in zip(enc, dec)) / len(enc)
     matrix = scoring_matrix(grid, image_size, out_size, kernel_size, sigma, a.device, a.dtype)
-    return _apply_matrix(a.reshape(batch, grid, grid), matrix)
+    return apply_scoring_matrix(a.reshape(batch, grid, grid), matrix)
 
 
 # --------------------------------------------------------------------------------------------
 # Triton kernels
 # --------------------------------------------------------------------------------------------
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
+# The map kernel's fixed tile (BLOCK_I, BLOCK_J) and warps: the fastest of 32..128 x 64..128 on an
+# H100 (~8 us at B=16, 256x256). No autotuner on the call path: its Python overhead would exceed
+# this kernel's run time. The interpreter takes a smaller tile.
+MAP_TILE = (64, 128)
+MAP_WARPS = 4
 
 if triton is not None:
+    # Every config autotune may pick on a GPU (inp_former.benchmarks.compile compiles each of them).
+    COS_CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_C": c}, num_warps=w)
+                   for n, c, w in ((1, 256, 2), (1, 512, 4), (2, 256, 2), (2, 256, 4), (4, 128, 4), (4, 256, 4),
+                                   (8, 128, 4), (8, 256, 8), (16, 64, 4), (16, 128, 8), (32, 64, 8))]
+
     def _cos_configs() -> list:
-        if _interpreting():  # one config: the interpreter would otherwise "autotune" for minutes
+        if interpreting():  # one config: the interpreter would otherwise "autotune" for minutes
             return [triton.Config({"BLOCK_N": 64, "BLOCK_C": 128}, num_warps=4)]
-        return [triton.Config({"BLOCK_N": n, "BLOCK_C": c}, num_warps=w)
-                for n, c, w in ((1, 256, 2), (1, 512, 4), (2, 256, 2), (2, 256, 4), (4, 128, 4), (4, 256, 4),
-                                (8, 128, 4), (8, 256, 8), (16, 64, 4), (16, 128, 8), (32, 64, 8))]
+        return COS_CONFIGS
 
     @triton.jit
     def _one_minus_cos(enc_ptr, dec_ptr, row_off, row_mask, stride_c, eps, C: tl.constexpr,
@@ -258,10 +263,25 @@ if triton is not None:
         ny = tl.maximum(tl.sqrt(tl.sum(syy, axis=1)), eps)
         return 1.0 - tl.sum(dot, axis=1) / (nx * ny)
 
+    # The channel loop is unrolled (C is a constexpr), so every chunk's loads are in flight at once:
+    # 2 tensors x C x BLOCK_N / threads values per thread, in 32-bit registers. At C=768 in fp32 the
+    # 16x64/4-warp and 32x64/8-warp tiles needed 237-254 of the 255 registers (ptxas, sm_80/sm_90,
+    # Triton 3.6 and 3.8: one register from spilling, 12% occupancy; inp_former.benchmarks.compile);
+    # the tiles within this budget use at most 128 registers in fp32 and 167 in bf16/fp16.
+    MAX_IN_FLIGHT_REGS = 128
+
     def _prune_cos_configs(configs, named_args, **kwargs):
-        """No channel block wider than the channels (rounded up to a power of two)."""
-        widest = max(16, triton.next_power_of_2(named_args["C"] if "C" in named_args else kwargs["C"]))
-        kept = [c for c in configs if c.kwargs["BLOCK_C"] <= widest]
+        """No channel block wider than the channels (rounded up to a power of two), and no tile whose
+        unrolled loads need more than MAX_IN_FLIGHT_REGS registers per thread."""
+        channels = named_args["C"] if "C" in named_args else kwargs["C"]
+        feature = named_args.get("e0")
+        elem = feature.element_size() if hasattr(feature, "element_size") else 4
+        widest = max(16, triton.next_power_of_2(channels))
+
+        def in_flight_regs(c) -> float:
+            return 2 * channels * c.kwargs["BLOCK_N"] * elem / 4 / (32 * c.num_warps)
+
+        kept = [c for c in configs if c.kwargs["BLOCK_C"] <= widest and in_flight_regs(c) <= MAX_IN_FLIGHT_REGS]
         return kept or configs[:1]
 
     # ROWS_LOG2 (unused in the body) retunes per power-of-two band of B*N: B=16 and B=64 prefer
@@ -340,12 +360,10 @@ def _token_map_to_image_triton(a: torch.Tensor, matrix: torch.Tensor) -> torch.T
     out_size = matrix.shape[0]
     maps = torch.empty(batch, out_size, out_size, device=a.device, dtype=torch.float32)
     grid_p = max(16, triton.next_power_of_2(grid))           # tl.dot needs every dimension >= 16
-    # A fixed tile (the fastest of 32..128 x 64..128 on an H100: ~8 us at B=16, 256x256): no autotuner
-    # on the call path, whose Python overhead would exceed this kernel's run time.
-    block_i, block_j = (64, 64) if _interpreting() else (64, 128)
+    block_i, block_j = (64, 64) if interpreting() else MAP_TILE
     launch = (triton.cdiv(out_size, block_i), triton.cdiv(out_size, block_j), batch)
     _token_map_to_image_kernel[launch](a, matrix, maps, grid, out_size, GRID_P=grid_p, BLOCK_I=block_i,
-                                       BLOCK_J=block_j, num_warps=4)
+                                       BLOCK_J=block_j, num_warps=MAP_WARPS)
     return maps
 
 
@@ -353,9 +371,9 @@ def mean_cosine_distance(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor
     """A = mean over groups of 1 - cos(enc_g, dec_g) per token -> (B, grid, grid) float32.
     The Triton kernel when :func:`kernels.dispatch.use_kernel` says so, else PyTorch."""
     batch, _, _, grid = _check_features(enc, dec)
-    if use_kernel(*enc, *dec):
+    if use_kernel("scoring", *enc, *dec):
         return _mean_cosine_distance_triton(enc, dec)
-    a = sum(_cosine_distance_torch(e, d) for e, d in zip(enc, dec)) / len(enc)
+    a = sum(cosine_distance(e, d) for e, d in zip(enc, dec)) / len(enc)
     return a.reshape(batch, grid, grid)
 
 
@@ -376,10 +394,11 @@ def anomaly_maps_and_scores(enc: Sequence[torch.Tensor], dec: Sequence[torch.Ten
                             top_fraction: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
     """Anomaly maps (B, out_size, out_size) float32 and image scores (B,).
 
-    The fused Triton path when ``use_kernel`` selects it (CUDA tensors by default), else the reference."""
+    The fused Triton path when ``use_kernel`` selects it (in ``auto``: CUDA, and a recorded measurement
+    shows it faster for this device class and dtype, see :mod:`kernels.evidence`), else the reference."""
     _check_sizes(image_size, out_size, kernel_size, sigma)
     k = top_k_count(out_size * out_size, top_fraction)
-    if use_kernel(*enc, *dec):
+    if use_kernel("scoring", *enc, *dec):
         a = _mean_cosine_distance_triton(enc, dec)                  # validates enc/dec
         grid = a.shape[-1]
         matrix = scoring_matrix(grid, image_size, out_size, kernel_size, sigma, a.device, torch.float32)
@@ -397,7 +416,7 @@ def upsample_token_map(token_map: torch.Tensor, image_size: int, out_size: int =
     ``use_kernel`` selects it, else the reference."""
     _check_sizes(image_size, out_size, kernel_size, sigma)
     grid = _check_token_map(token_map)
-    if use_kernel(token_map):
+    if use_kernel("token_map", token_map):  # never measured alone: auto keeps the reference
         matrix = scoring_matrix(grid, image_size, out_size, kernel_size, sigma, token_map.device, torch.float32)
         return _token_map_to_image_triton(token_map.reshape(-1, grid, grid), matrix)
     return upsample_token_map_reference(token_map, image_size, out_size, kernel_size, sigma)

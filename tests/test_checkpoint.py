@@ -34,7 +34,7 @@ def test_a_different_encoder_is_detected(tmp_path):
 
 
 def authors_state_dict(model) -> dict:
-    """The authors' model.pth layout (SPEC.md), built from one of our models + a full 12-block ViT-S."""
+    """The authors' model.pth layout (docs/behaviour.md), built from one of our models + a full 12-block ViT-S."""
     ours_to_theirs = {"prototypes": "prototype_token", "bottleneck.": "bottleneck.0.", "extractor.": "aggregation.0."}
     state = {}
     for key, value in model.trainable_state_dict().items():
@@ -54,7 +54,7 @@ def test_authors_checkpoint_imports_with_identical_outputs(tmp_path):
     model = tiny_model(seed=5).eval()
     torch.nn.init.normal_(model.decoder[3].attn.scale)
     state = authors_state_dict(model)
-    assert len(state) == 315  # SPEC: 315 tensors for ViT-S
+    assert len(state) == 315  # the authors' model: 315 tensors for ViT-S
     assert state["prototype_token"].shape == (6, 384) and state["encoder.pos_embed"].shape == (1, 1 + 37 * 37, 384)
     torch.save(state, tmp_path / "model.pth")
     imported, cfg, meta = load_checkpoint(tmp_path / "model.pth")

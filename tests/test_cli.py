@@ -105,12 +105,12 @@ def test_not_our_checkpoint_is_refused(tmp_path):
 
 def test_an_unexpected_error_is_one_line_with_the_traceback_saved(trained, tmp_path, monkeypatch):
     root, run_dir, _ = trained
-    import inp_former.evaluate
+    import inp_former.workflow
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated bug\nsecond line")
 
-    monkeypatch.setattr(inp_former.evaluate, "evaluate", broken)
+    monkeypatch.setattr(inp_former.workflow, "evaluate", broken)
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     result = runner.invoke(app, ["eval", "--ckpt", str(run_dir / "checkpoint.pt"), "--out", str(tmp_path / "e"),
                                  "--device", "cpu"])

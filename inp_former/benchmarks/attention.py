@@ -3,19 +3,23 @@
 Timed rows, all at the same B, N, C, H: vanilla multi-head self-attention written out in PyTorch
 (eager) and through F.scaled_dot_product_attention (SDPA), the INP-guided reference, and the fused
 Triton kernel; forward, and forward + backward. Each row gives its median time, peak memory (CUDA),
-speed-up over the INP-guided reference of the same pass, and its largest error relative to its
+speed-up over the INP-guided reference of the same pass, its largest error relative to its
 own formula evaluated in fp32 (vanilla rows against eager vanilla, INP rows against the INP
-reference; for forward + backward, the worst of the input gradients).
+reference; for forward + backward, the worst of the input gradients), and its roofline position:
+the minimum bytes its formula must move (:mod:`inp_former.benchmarks.roofline`), the bandwidth
+that achieves and, on CUDA, that bandwidth as a share of the device's measured copy bandwidth.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from inp_former.benchmarks.roofline import (bandwidth_columns, copy_bandwidth, inp_attention_counts,
+                                            vanilla_attention_counts)
 from inp_former.benchmarks.timing import measure
+from kernels.dispatch import interpreting, triton_available
 from kernels.relu_attention import relu_attention_reference, relu_attention_triton
 
 MB = 2**20
@@ -70,11 +74,9 @@ def vanilla_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, nu
 
 def fused_skip_reason(device: torch.device) -> str | None:
     """None if the fused kernel can run on ``device``, else why its rows are skipped."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
+    if not triton_available():
         return "skipped: Triton is not installed"
-    if device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+    if device.type == "cuda" or interpreting():
         return None
     return "skipped on CPU: set TRITON_INTERPRET=1 to run the kernel in Triton's interpreter (slow)"
 
@@ -84,9 +86,18 @@ def _rel_err(got: Sequence[torch.Tensor], want: Sequence[torch.Tensor]) -> float
     return max(((g.float() - w).abs().max() / w.abs().max().clamp_min(1e-30)).item() for g, w in zip(got, want))
 
 
+def _short(value: float | None, digits: int) -> float | None:
+    """Round for the terminal table (full precision stays in ``detail``)."""
+    return None if value is None else float(f"{value:.{digits}g}")
+
+
 def run_attention_bench(n: int, m: int, c: int, heads: int, batch: int, dtype: torch.dtype,
                         device: torch.device | str, repeats: int = 20, max_seconds: float = 10.0) -> dict[str, Any]:
-    """Time the four attentions (forward, forward + backward) at one size; JSON-serialisable result."""
+    """Time the four attentions (forward, forward + backward) at one size; JSON-serialisable result.
+
+    ``rows`` holds short keys for an 80-column table (``path``, ``pass``, ``ms``, ``x ref``,
+    ``min MB``, ``GB/s``, ``%bw`` on CUDA, ``max err``, ``peak MB``); ``detail`` the same rows with
+    full names and full precision; ``columns`` says what each short key means."""
     if c % heads:
         raise ValueError(f"c = {c} is not divisible by heads = {heads}")
     device = torch.device(device)
@@ -113,18 +124,21 @@ def run_attention_bench(n: int, m: int, c: int, heads: int, batch: int, dtype: t
     fused_skip = fused_skip_reason(device)
     interpreter = device.type == "cpu" and fused_skip is None
     elem = q.element_size()
-    fused_bytes = (2 * q.numel() + k.numel() + v.numel()) * elem   # q read, out written, k and v read
-    fused_flops = 2 * 2 * batch * n * m * c                         # Q K^T and P V, unpadded
+    counts = {(formula, pass_name): (inp_attention_counts(batch, n, m, c, heads, elem, backward)
+                                     if formula == "inp" else vanilla_attention_counts(batch, n, c, elem, backward))
+              for formula in ("inp", "vanilla") for pass_name, backward in (("forward", False),
+                                                                            ("forward+backward", True))}
+    peak_gbps = copy_bandwidth(device)
 
-    rows: list[dict[str, Any]] = []
+    detail: list[dict[str, Any]] = []
     truths: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}
     for name, fn, inputs, formula in cases:
         if name == FUSED and fused_skip:
             for pass_name in ("forward", "forward+backward"):
-                rows.append({"name": name, "pass": pass_name, "median_ms": None, "peak_mem_mb": None,
-                             "speedup": None, "max_rel_err": None, "gb_per_s": None, "note": fused_skip})
+                detail.append({"name": name, "pass": pass_name, "formula": formula, "median_ms": None,
+                               "peak_mem_mb": None, "max_rel_err": None, "note": fused_skip})
             continue
-        note = "interpreter" if name == FUSED and interpreter else ""
+        note = INTERPRETER_NOTE if name == FUSED and interpreter else None
         leaves = [t.detach().clone().requires_grad_() for t in inputs]
         if formula not in truths:  # the row's own formula in fp32 on the same (rounded) inputs
             truth_fn, truth_inputs = truth_fns[formula]
@@ -145,27 +159,57 @@ def run_attention_bench(n: int, m: int, c: int, heads: int, batch: int, dtype: t
         for pass_name, body in (("forward", forward), ("forward+backward", forward_backward)):
             timing = measure(body, device, warmup=0 if note else 3, repeats=1 if note else repeats,
                              max_seconds=max_seconds)
-            gb_per_s = None
-            if name in (REFERENCE, FUSED) and pass_name == "forward" and not note:  # at the fused minimum bytes
-                gb_per_s = fused_bytes / (timing.median_ms * 1e-3) / 1e9
-            rows.append({"name": name, "pass": pass_name, "median_ms": timing.median_ms,
-                         "peak_mem_mb": timing.peak_mem_mb, "speedup": None, "max_rel_err": errors[pass_name],
-                         "gb_per_s": gb_per_s, "note": note})
-    _add_speedups(rows)
-    return {"rows": rows, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            detail.append({"name": name, "pass": pass_name, "formula": formula, "median_ms": timing.median_ms,
+                           "peak_mem_mb": timing.peak_mem_mb, "max_rel_err": errors[pass_name], "note": note})
+    for row in detail:
+        row_counts = counts[(row["formula"], row["pass"])]
+        row["min_bytes"], row["flops"] = row_counts.bytes, row_counts.flops
+        timed = row["median_ms"] is not None and row["note"] is None   # interpreter times are not GPU times
+        bw = bandwidth_columns(row_counts.bytes, row["median_ms"] if timed else None, peak_gbps)
+        row["gb_per_s"], row["pct_of_copy_bw"] = bw["GB/s"], bw.get("%bw")
+    _add_speedups(detail)
+    rows = [_table_row(row, peak_gbps is not None) for row in detail]
+    fused_fwd = counts[("inp", "forward")]
+    return {"rows": rows, "detail": detail,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "dtype": str(dtype).replace("torch.", ""), "batch": batch, "n": n, "m": m, "c": c, "heads": heads,
-            "torch": str(torch.__version__),
-            "fused_forward": {"bytes": fused_bytes, "flops": fused_flops, "flops_per_byte": fused_flops / fused_bytes},
-            "speedup_is": f"{REFERENCE} median / row median, same pass",
-            "max_rel_err_is": "vs the row's own formula in fp32 (vanilla: eager; INP: reference); "
-                              "forward+backward: worst input gradient"}
+            "torch": str(torch.__version__), "copy_gb_per_s": peak_gbps,
+            "fused_forward": {"bytes": fused_fwd.bytes, "flops": fused_fwd.flops,
+                              "flops_per_byte": fused_fwd.intensity},
+            "columns": {"path": "eager / SDPA: vanilla self-attention (eager, F.scaled_dot_product_attention); "
+                                "ref / fused: INP-guided reference and fused Triton kernel",
+                        "x ref": f"{REFERENCE} median / row median, same pass",
+                        "min MB": "bytes the row's attention must move at minimum (inputs read and outputs "
+                                  "written once), 1e6 bytes",
+                        "GB/s": "min MB / median time", "%bw": "GB/s as % of the measured copy bandwidth "
+                                                                 "(CUDA only)",
+                        "max err": "vs the row's own formula in fp32 (vanilla: eager; INP: reference), relative "
+                                   "to max |value|; forward+backward: worst input gradient"}}
+
+
+INTERPRETER_NOTE = "fused rows ran in Triton's CPU interpreter: their times are not GPU times"
+_PATHS = {VANILLA_EAGER: "eager", VANILLA_SDPA: "SDPA", REFERENCE: "ref", FUSED: "fused"}
+
+
+def _table_row(row: dict[str, Any], on_cuda: bool) -> dict[str, Any]:
+    """The short-key row the CLI prints (every key becomes a column: keep it under 80 columns)."""
+    out = {"path": _PATHS[row["name"]], "pass": "fwd" if row["pass"] == "forward" else "fwd+bwd",
+           "ms": _short(row["median_ms"], 3), "x ref": _short(row["speedup"], 3),
+           "min MB": _short(row["min_bytes"] / 1e6, 3), "GB/s": _short(row["gb_per_s"], 3)}
+    if on_cuda:
+        out["%bw"] = _short(row["pct_of_copy_bw"], 2)
+    out.update({"max err": _short(row["max_rel_err"], 2), "peak MB": _short(row["peak_mem_mb"], 3)})
+    if row["note"]:  # long notes print below the table, so no column is spent on them
+        out["note"] = row["note"]
+    return out
 
 
 def _add_speedups(rows: list[dict[str, Any]]) -> None:
-    """speedup = INP-guided reference time / row time, per pass (interpreter rows get none)."""
+    """speedup = INP-guided reference time / row time, per pass (interpreter and skipped rows get none)."""
     for row in rows:
+        row["speedup"] = None
         base = next((r for r in rows if r["name"] == REFERENCE and r["pass"] == row["pass"]), None)
-        if base and row["median_ms"] and row["note"] != "interpreter" and not str(row["note"]).startswith("skipped"):
+        if base and base["median_ms"] and row["median_ms"] and row["note"] is None:
             row["speedup"] = base["median_ms"] / row["median_ms"]
 
 

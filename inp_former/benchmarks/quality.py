@@ -1,7 +1,17 @@
-"""Detection quality on one dataset: INP-Former before and after training, and a nearest-neighbour baseline.
+"""Detection quality on any dataset: INP-Former before and after training, and a nearest-neighbour baseline.
 
-The three rows use the same frozen encoder, data, preprocessing and scoring (upsampling, blur,
-top-1% image score), so they differ only in how a token's anomaly score is obtained:
+    from inp_former.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from inp_former.benchmarks.quality import run_quality, format_table
+    cfg = RunConfig(model=ModelConfig(encoder="efficientnet_lite0", resize=224, crop=224, token_stride=16),
+                    train=TrainConfig(iters=200, batch_size=8, warmup_iters=20),
+                    data=DataConfig(dataset="mvtec", root="/path/to/data", categories=["kolektor"]))
+    result = run_quality(cfg, "cpu")          # JSON-serialisable dict
+    print(format_table(result))
+
+The dataset is whatever ``cfg.data`` names (layout, root, categories, several sources), as for
+``inpctl train``. The three rows use the same frozen encoder, data, preprocessing and scoring
+(upsampling, blur, top-1% image score), so they differ only in how a token's anomaly score is
+obtained:
 
 - ``untrained``: INP-Former with its initial weights (decoder maps, as evaluated after training);
 - ``trained``: the same model after training;
@@ -10,31 +20,43 @@ top-1% image score), so they differ only in how a token's anomaly score is obtai
   the cosine distance to its nearest bank token (PatchCore without coreset: a random subsample
   of the bank when it is large). One bank for all categories, like the one multi-class model.
 
-Used by ``bench/quality_demo.py`` and ``tests/test_cnn_encoder.py``.
+Besides the metrics, the result holds the training loss curve's summary (:func:`loss_summary`:
+first/last loss, loss at 25/50/75% of the run, and whether it was still falling, significantly,
+over the last 20%)
+and the training time, so that "is it trained long enough?" is answered by the same call.
+
+Used by ``bench/quality_demo.py``, ``bench/quality/run_recipe.py``, ``inpctl bench quality`` and
+the tests.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from inp_former.config import RunConfig
-from inp_former.data import AnomalyDataset, build_samples, image_transform, mask_transform, masks_for_metrics
+from inp_former.data import AnomalyDataset, image_transform, mask_transform, masks_for_metrics
 from inp_former.evaluate import evaluate
 from inp_former.metrics import category_metrics, mean_metrics
 from inp_former.model import INPFormer
+from inp_former.settings import category_samples
 from inp_former.train import StepInfo, resolve_categories, seed_everything, train
 from kernels.scoring import top_k_count, upsample_token_map
 
 BANK_LIMIT = 32768      # tokens kept in the nearest-neighbour bank (random subsample beyond)
 QUERY_CHUNK = 4096      # test tokens per distance matrix (bounds memory)
 REPORTED = ("i_auroc", "p_auroc")
+METHODS = ("untrained", "trained", "nearest-neighbour")   # the rows, in report order
+TAIL_FRACTION = 0.2     # loss_summary: "still falling" looks at the last 20% of the iterations
+FALLING_THRESHOLD = 0.01  # ... and means a fitted drop of more than 1% of the tail's mean loss
 
 
 @torch.no_grad()
@@ -45,14 +67,17 @@ def _fused_tokens(model: INPFormer, images: torch.Tensor) -> torch.Tensor:
 
 def nearest_neighbour_eval(model: INPFormer, cfg: RunConfig, categories: list[str], device: torch.device,
                            batch_size: int = 16, bank_limit: int = BANK_LIMIT, seed: int = 0) -> dict[str, Any]:
-    """Nearest-neighbour patch baseline on ``model.encoder``: metrics per category and their mean."""
+    """Nearest-neighbour patch baseline on ``model.encoder``: metrics per category and their mean.
+
+    The images are those of ``cfg.data`` (any layout, or several sources), read as evaluation reads them.
+    """
     mc = cfg.model
     model.encoder.to(device).eval()
     transform = image_transform(mc.resize, mc.crop)
     bank_parts = []
     for category in categories:
-        loader = DataLoader(AnomalyDataset(build_samples(cfg.data.dataset, cfg.data.root, category, "train"),
-                                           transform), batch_size=batch_size)
+        loader = DataLoader(AnomalyDataset(category_samples(cfg.data, category, "train"), transform),
+                            batch_size=batch_size)
         for batch in loader:
             tokens = _fused_tokens(model, batch["image"].to(device))
             bank_parts.append(F.normalize(tokens.flatten(0, 1).float(), dim=-1))
@@ -62,7 +87,7 @@ def nearest_neighbour_eval(model: INPFormer, cfg: RunConfig, categories: list[st
         bank = bank[keep.to(bank.device)]
     per_category = {}
     for category in categories:
-        samples = build_samples(cfg.data.dataset, cfg.data.root, category, "test")
+        samples = category_samples(cfg.data, category, "test")
         loader = DataLoader(AnomalyDataset(samples, transform, mask_transform(mc.resize, mc.crop)),
                             batch_size=batch_size)
         labels, scores, maps, masks = [], [], [], []
@@ -85,52 +110,152 @@ def nearest_neighbour_eval(model: INPFormer, cfg: RunConfig, categories: list[st
     return {"categories": per_category, "mean": mean_metrics(per_category), "bank_tokens": len(bank)}
 
 
-def run_quality(cfg: RunConfig, device: torch.device | str = "cpu", run_dir: Path | None = None,
-                on_step: Callable[[StepInfo], None] | None = None, batch_size: int = 16) -> dict[str, Any]:
-    """Train ``cfg`` once; returns {"rows": {method: metrics mean}, "categories": ..., "meta": ...}."""
-    device = torch.device(device)
+def loss_summary(losses: Sequence[float], tail_fraction: float = TAIL_FRACTION,
+                 threshold: float = FALLING_THRESHOLD) -> dict[str, Any]:
+    """What a training loss curve did, in a few numbers (all plain floats/ints/bools; JSON-ready).
+
+    ``first``/``last``: the first and last recorded loss; ``at_25``/``at_50``/``at_75``: the loss at
+    that fraction of the run (index ``round(q * (n - 1))``); ``min``; ``mean_first_10pct`` /
+    ``mean_last_10pct``; ``tail_change``: the relative change of a least-squares line fitted to the
+    last ``tail_fraction`` of the losses, from its start to its end (negative = falling), and
+    ``tail_t`` its slope's t-statistic (clamped to +-1e6; batch-to-batch noise makes a short tail's
+    slope unreliable);
+    ``still_falling``: the fitted line dropped by more than ``threshold`` (1%) of the tail's mean
+    AND the drop is significant (``tail_t < -2``): more iterations would probably still lower the
+    loss. An empty curve gives ``steps = 0`` and NaN/None values.
+    """
+    values = [float(v) for v in losses]
+    n = len(values)
+    if n == 0:
+        nan = math.nan
+        return {"steps": 0, "first": nan, "last": nan, "at_25": nan, "at_50": nan, "at_75": nan, "min": nan,
+                "mean_first_10pct": nan, "mean_last_10pct": nan, "tail_change": nan, "tail_t": nan,
+                "still_falling": None}
+
+    def at(q: float) -> float:
+        return values[int(round(q * (n - 1)))]
+
+    tenth = max(1, n // 10)
+    tail = values[n - max(2, int(math.ceil(tail_fraction * n))):] if n >= 2 else values
+    m = len(tail)
+    change, t_stat = 0.0, 0.0
+    if m >= 2:
+        xs = [i - (m - 1) / 2 for i in range(m)]
+        sxx = sum(x * x for x in xs)
+        mean = sum(tail) / m
+        slope = sum(x * (y - mean) for x, y in zip(xs, tail)) / sxx
+        change = slope * (m - 1) / abs(mean) if mean != 0 else 0.0
+        if m > 2:
+            residual = sum((y - mean - slope * x) ** 2 for x, y in zip(xs, tail)) / (m - 2)
+            se = math.sqrt(residual / sxx)
+            t_stat = slope / se if se > 0 else (math.copysign(math.inf, slope) if slope else 0.0)
+        else:
+            t_stat = math.copysign(math.inf, slope) if slope else 0.0
+    return {"steps": n, "first": values[0], "last": values[-1], "at_25": at(0.25), "at_50": at(0.5),
+            "at_75": at(0.75), "min": min(values), "mean_first_10pct": sum(values[:tenth]) / tenth,
+            "mean_last_10pct": sum(values[-tenth:]) / tenth, "tail_change": float(change),
+            "tail_t": max(-1e6, min(1e6, float(t_stat))), "still_falling": bool(change < -threshold and t_stat < -2.0)}
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready copy: tensors and numpy scalars become floats/lists, tuples lists, paths strings."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):   # numpy scalars
+        return value.item()
+    return value
+
+
+def _with_categories(cfg: RunConfig, categories: list[str]) -> RunConfig:
+    """A private copy of ``cfg`` naming its categories (never mutates ``cfg``, frozen or not)."""
     cfg = copy.deepcopy(cfg)
-    categories = resolve_categories(cfg)
-    cfg.data.categories = categories
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, categories=list(categories)))
+
+
+def run_quality(cfg: RunConfig, device: torch.device | str = "cpu", *, run_dir: Path | None = None,
+                on_step: Callable[[StepInfo], None] | None = None, batch_size: int = 16,
+                methods: Sequence[str] = METHODS, encoder: torch.nn.Module | None = None,
+                bank_limit: int = BANK_LIMIT) -> dict[str, Any]:
+    """Untrained vs trained INP-Former vs a nearest-neighbour baseline on the data ``cfg.data`` names.
+
+    ``cfg`` is never modified (a copy is used). ``methods`` picks the rows (any of :data:`METHODS`;
+    ``trained`` trains ``cfg.train.iters`` iterations). ``encoder`` replaces the encoder ``cfg.model``
+    would build (a :class:`inp_former.encoders.FrozenEncoder`, e.g. a wrapper for experiments);
+    ``run_dir`` keeps the training run (config and checkpoint), else a temporary folder is used;
+    ``batch_size`` is the evaluation batch (training uses ``cfg.train.batch_size``).
+
+    Returns a JSON-serialisable dict: ``rows`` {method: mean metrics over categories}, ``categories``
+    {method: {category: metrics}}, ``loss`` (:func:`loss_summary` of the training losses; absent
+    without ``trained``), ``losses`` (the per-iteration training losses), ``meta`` (encoder,
+    data, sizes, ``train_seconds``, ``eval_seconds`` per row, ``final_loss``, ``bank_tokens``, ...)
+    and ``config`` (the run config as trained, with the encoder's filled-in fields).
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"methods {list(methods)}: expected some of {', '.join(METHODS)}")
+    device = torch.device(device)
+    cfg = _with_categories(cfg, resolve_categories(cfg))
+    categories = list(cfg.data.categories)
     seed_everything(cfg.train.seed)   # the model's initial weights are those train() would start from
-    model = INPFormer(cfg.model).to(device)
+    model = INPFormer(cfg.model, encoder=encoder).to(device)
     rows: dict[str, dict[str, float]] = {}
     per_category: dict[str, dict[str, dict[str, float]]] = {}
     seconds: dict[str, float] = {}
+    extra: dict[str, Any] = {}
 
     def record(name: str, started: float, result_categories: dict, mean: dict) -> None:
         rows[name] = dict(mean)
         per_category[name] = result_categories
         seconds[name] = round(time.perf_counter() - started, 2)
 
-    started = time.perf_counter()
-    before = evaluate(model, cfg, categories, device, batch_size=batch_size)
-    record("untrained", started, before.categories, before.mean)
+    if "untrained" in methods:
+        started = time.perf_counter()
+        before = evaluate(model, cfg, categories, device, batch_size=batch_size)
+        record("untrained", started, before.categories, before.mean)
 
-    started = time.perf_counter()
-    nn_result = nearest_neighbour_eval(model, cfg, categories, device, batch_size=batch_size)
-    record("nearest-neighbour", started, nn_result["categories"], nn_result["mean"])
+    if "nearest-neighbour" in methods:
+        started = time.perf_counter()
+        nn_result = nearest_neighbour_eval(model, cfg, categories, device, batch_size=batch_size,
+                                           bank_limit=bank_limit)
+        record("nearest-neighbour", started, nn_result["categories"], nn_result["mean"])
+        extra["bank_tokens"] = nn_result["bank_tokens"]
 
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="inpctl-quality-") as scratch:
-        target = Path(run_dir) if run_dir is not None else Path(scratch)
-        # the very model of the "untrained" row (evaluation changed nothing in it)
-        result = train(cfg, target, device, on_step=on_step, model=model)
-    train_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    after = evaluate(model, cfg, categories, device, batch_size=batch_size)
-    record("trained", started, after.categories, after.mean)
-    return {
-        "rows": {name: rows[name] for name in ("untrained", "trained", "nearest-neighbour")},
-        "categories": per_category,
-        "meta": {"encoder": cfg.model.encoder, "encoder_source": model.encoder.weights_source,
+    if "trained" in methods:
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="inpctl-quality-") as scratch:
+            target = Path(run_dir) if run_dir is not None else Path(scratch)
+            # the very model of the "untrained" row (evaluation changed nothing in it)
+            result = train(cfg, target, device, on_step=on_step, model=model)
+        extra["train_seconds"] = round(time.perf_counter() - started, 1)
+        extra.update(iterations=result.iterations, final_loss=result.final_loss,
+                     skipped_steps=result.skipped_steps)
+        extra["losses"] = [float(v) for v in result.losses]
+        started = time.perf_counter()
+        after = evaluate(model, cfg, categories, device, batch_size=batch_size)
+        record("trained", started, after.categories, after.mean)
+
+    losses = extra.pop("losses", None)
+    out: dict[str, Any] = {
+        "rows": {name: rows[name] for name in METHODS if name in rows},
+        "categories": {name: per_category[name] for name in METHODS if name in per_category},
+        "meta": {"encoder": cfg.model.encoder, "encoder_source": getattr(model.encoder, "weights_source", ""),
                  "encoder_design": getattr(model.encoder, "describe", lambda: cfg.model.encoder)(),
-                 "data_root": str(cfg.data.root), "categories": categories, "iterations": result.iterations,
-                 "batch_size": cfg.train.batch_size, "resize": cfg.model.resize, "crop": cfg.model.crop,
-                 "train_seconds": round(train_seconds, 1), "eval_seconds": seconds,
-                 "bank_tokens": nn_result["bank_tokens"], "device": str(device),
-                 "final_loss": result.final_loss},
+                 "dataset": cfg.data.dataset, "data_root": str(cfg.data.root), "categories": categories,
+                 "batch_size": cfg.train.batch_size, "lr": cfg.train.lr, "resize": cfg.model.resize,
+                 "crop": cfg.model.crop, "token_stride": cfg.model.token_stride, "device": str(device),
+                 "eval_seconds": seconds, **extra},
+        "config": cfg.to_dict(),
     }
+    if losses is not None:
+        out["loss"] = loss_summary(losses)
+        out["losses"] = losses
+    return _plain(out)
 
 
 def format_table(result: dict[str, Any], keys: tuple[str, ...] = REPORTED) -> str:

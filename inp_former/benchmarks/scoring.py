@@ -4,6 +4,9 @@ reference: the authors' operations (F.cosine_similarity, two F.interpolate, F.co
 matrix:    cosine per token in PyTorch, then map = Gm @ A @ Gm^T (plain PyTorch).
 fused:     one Triton pass over the features for A, a Triton kernel for Gm A Gm^T, exact topk mean.
            On CPU it runs only under TRITON_INTERPRET=1 (far slower than anything real: marked).
+
+Each path is also placed on the roofline: the minimum bytes of the job (features read once, maps
+written once), the bandwidth that achieves, and on CUDA its share of the measured copy bandwidth.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from typing import Any, Callable
 
 import torch
 
+from inp_former.benchmarks.roofline import bandwidth_columns, copy_bandwidth, scoring_counts
 from inp_former.benchmarks.timing import measure
 from kernels.dispatch import interpreting, kernel_mode, triton_available
 from kernels.scoring import (anomaly_map_matrix, anomaly_map_reference, anomaly_maps_and_scores,
@@ -42,11 +46,21 @@ def _triton_version() -> str | None:
     return triton.__version__
 
 
+def _short(value: float | None, digits: int) -> float | None:
+    return None if value is None else float(f"{value:.{digits}g}")
+
+
+INTERPRETER_NOTE = "fused ran in Triton's CPU interpreter: its time is not a GPU time"
+
+
 def run_scoring_bench(batch: int, grid: int, channels: int, image_size: int, out_size: int,
                       dtype: torch.dtype, device: torch.device | str, repeats: int = 20, groups: int = 2,
                       max_seconds: float = 10.0) -> dict[str, Any]:
     """Time the three paths on random features. Errors: max |path - reference| over maps and scores, and
-    the same against the reference run in float64 (on CUDA the reference's conv2d is TF32 by default)."""
+    the same against the reference run in float64 (on CUDA the reference's conv2d is TF32 by default).
+
+    ``rows`` holds short keys for an 80-column table (``path``, ``ms``, ``x ref``, ``min MB``,
+    ``GB/s``, ``%bw`` on CUDA, ``map err``, ``sc err``, ``peak MB``); ``detail`` the full rows."""
     device = torch.device(device)
     enc, dec = _features(batch, grid, channels, dtype, device, groups)
 
@@ -62,18 +76,19 @@ def run_scoring_bench(batch: int, grid: int, channels: int, image_size: int, out
         with kernel_mode("triton"):
             return anomaly_maps_and_scores(enc, dec, image_size, out_size)
 
-    feature_bytes = sum(t.numel() * t.element_size() for t in enc + dec)
-    map_bytes = batch * out_size * out_size * 4
+    counts = scoring_counts(batch, groups, grid * grid, channels, out_size, enc[0].element_size())
+    peak_gbps = copy_bandwidth(device)
     ref_maps, ref_scores = reference()
     ref64_maps = anomaly_map_reference([e.double() for e in enc], [d.double() for d in dec], image_size, out_size)
     ref64_scores = image_score_reference(ref64_maps)
     paths: list[tuple[str, Callable[[], tuple[torch.Tensor, torch.Tensor]], str | None]] = [
         ("reference", reference, None), ("matrix", matrix, None), ("fused", fused, _fused_skip_reason(device))]
-    rows: list[dict[str, Any]] = []
+    detail: list[dict[str, Any]] = []
     for name, fn, skip in paths:
         row: dict[str, Any] = {"name": name, "median_ms": None, "peak_mem_mb": None, "speedup": None,
                                "max_abs_err_map": None, "max_abs_err_score": None, "max_abs_err_map_fp64": None,
-                               "max_abs_err_score_fp64": None, "gb_per_s": None, "note": skip}
+                               "max_abs_err_score_fp64": None, "min_bytes": counts.bytes, "flops": counts.flops,
+                               "gb_per_s": None, "pct_of_copy_bw": None, "note": skip}
         if skip is None:
             slow = name == "fused" and device.type != "cuda"   # the interpreter: a few calls are enough
             maps, scores = fn()
@@ -83,25 +98,48 @@ def run_scoring_bench(batch: int, grid: int, channels: int, image_size: int, out
                        max_abs_err_map=(maps.float() - ref_maps.float()).abs().max().item(),
                        max_abs_err_score=(scores.float() - ref_scores.float()).abs().max().item(),
                        max_abs_err_map_fp64=(maps.double() - ref64_maps).abs().max().item(),
-                       max_abs_err_score_fp64=(scores.double() - ref64_scores).abs().max().item())
-            if name == "fused":
-                row["gb_per_s"] = (feature_bytes + map_bytes) / (timing.median_ms * 1e-3) / 1e9
-                row["note"] = "interpreter" if slow else None
-        rows.append(row)
-    base = rows[0]["median_ms"]
-    for row in rows:
-        if row["median_ms"] is not None:
+                       max_abs_err_score_fp64=(scores.double() - ref64_scores).abs().max().item(),
+                       note=INTERPRETER_NOTE if slow else None)
+            if not slow:  # every path at the same minimum bytes: its effective bandwidth
+                bw = bandwidth_columns(counts.bytes, timing.median_ms, peak_gbps)
+                row.update(gb_per_s=bw["GB/s"], pct_of_copy_bw=bw.get("%bw"))
+        detail.append(row)
+    base = detail[0]["median_ms"]
+    for row in detail:
+        if row["median_ms"] is not None and row["note"] is None:
             row["speedup"] = base / row["median_ms"]
     return {
-        "rows": rows,
+        "rows": [_table_row(row, peak_gbps is not None) for row in detail],
+        "detail": detail,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "triton": _triton_version(),
         "shape": f"G={groups} x (B={batch}, N={grid * grid}, C={channels}) {str(dtype).removeprefix('torch.')}",
         "image_size": image_size,
         "out_size": out_size,
-        "bytes_fused_mb": (feature_bytes + map_bytes) / 1e6,
+        "copy_gb_per_s": peak_gbps,
+        "roofline": counts.as_dict(),
+        "columns": {"x ref": "reference median / row median",
+                    "min MB": "features read once + maps written once (1e6 bytes), the same for every path",
+                    "GB/s": "min MB / median time", "%bw": "GB/s as % of the measured copy bandwidth (CUDA only)",
+                    "map err / sc err": "max |path - reference in float64| over maps / scores"},
     }
+
+
+_PATHS = {"reference": "ref", "matrix": "matrix", "fused": "fused"}
+
+
+def _table_row(row: dict[str, Any], on_cuda: bool) -> dict[str, Any]:
+    """The short-key row the CLI prints (every key becomes a column: keep it under 80 columns)."""
+    out = {"path": _PATHS[row["name"]], "ms": _short(row["median_ms"], 3), "x ref": _short(row["speedup"], 3),
+           "min MB": _short(row["min_bytes"] / 1e6, 3), "GB/s": _short(row["gb_per_s"], 3)}
+    if on_cuda:
+        out["%bw"] = _short(row["pct_of_copy_bw"], 2)
+    out.update({"map err": _short(row["max_abs_err_map_fp64"], 2), "sc err": _short(row["max_abs_err_score_fp64"], 2),
+                "peak MB": _short(row["peak_mem_mb"], 3)})
+    if row["note"]:
+        out["note"] = row["note"]
+    return out
 
 
 __all__ = ["run_scoring_bench"]

@@ -8,17 +8,10 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
+from inp_former.data.transforms import load_mask, load_rgb, mask_transform as make_mask_transform
+from inp_former.errors import DatasetError  # re-exported as inp_former.data.DatasetError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-
-class DatasetError(ValueError):
-    """A dataset folder or file does not match the expected layout.
-
-    The message is one line that names the path and says what was expected (the CLI prints it as is).
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))  # one line, whatever the parts contained
 
 
 @dataclass(frozen=True)
@@ -51,8 +44,6 @@ class AnomalyDataset(Dataset):
 
     def __init__(self, samples: list[Sample], transform: Callable[[Any], torch.Tensor],
                  mask_transform: Callable[[Any], torch.Tensor] | None = None) -> None:
-        from inp_former.data.transforms import mask_transform as make_mask_transform
-
         self.samples = list(samples)
         self.transform = transform
         if mask_transform is None and hasattr(transform, "resize") and hasattr(transform, "crop"):
@@ -66,8 +57,6 @@ class AnomalyDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from inp_former.data.transforms import load_mask, load_rgb
-
         sample = self.samples[index]
         picture = load_rgb(sample.path)
         image = self.transform(picture)

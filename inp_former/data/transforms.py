@@ -1,4 +1,4 @@
-"""Image loading and the authors' preprocessing (SPEC.md, 'Encoder', 'Metrics', 'Few-shot')."""
+"""Image loading and the authors' preprocessing (docs/behaviour.md, 'Encoder', 'Metrics', 'Few-shot')."""
 from __future__ import annotations
 
 import math
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torchvision import transforms as T
 
-from inp_former.data.records import DatasetError
+from inp_former.errors import DatasetError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -20,7 +20,7 @@ _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # What Pillow raises on a broken file, besides OSError (truncated data, UnidentifiedImageError):
 # some plugins raise SyntaxError/EOFError/struct.error while parsing, and huge images raise
 # DecompressionBombError.
-_READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
 
 
 def _open(path: str | Path) -> Image.Image:
@@ -32,7 +32,7 @@ def _open(path: str | Path) -> Image.Image:
         with Image.open(path) as img:
             img.load()
             return img.copy()  # detached from the (now closed) file
-    except _READ_ERRORS as exc:
+    except READ_ERRORS as exc:
         reason = (str(exc).splitlines() or [exc.__class__.__name__])[0]
         raise DatasetError(f"{path}: not a readable image ({reason}); expected a PNG/JPEG/BMP/TIFF/WebP file") from exc
 
@@ -42,7 +42,19 @@ def _to_uint8(array: np.ndarray, top: float) -> np.ndarray:
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Any readable image file as an 8-bit RGB PIL image.
+    """Any readable image file as an 8-bit RGB PIL image (:func:`to_rgb`).
+
+    Raises :class:`DatasetError` naming the file when it is missing, truncated or not an image.
+    """
+    img = _open(path)
+    try:
+        return to_rgb(img)
+    except ValueError as exc:
+        raise DatasetError(f"{path}: {exc}") from exc
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """A decoded image as 8-bit RGB, the one conversion every reader of images uses.
 
     - grayscale ('L', '1') is replicated to 3 channels; palette images go through their palette;
     - alpha is DROPPED (not composited): the colour under the alpha is kept, as the authors'
@@ -50,9 +62,8 @@ def load_rgb(path: str | Path) -> Image.Image:
     - 16-bit ('I;16*', and 'I' which Pillow uses for 16-bit PNGs) is scaled by 255/65535 — a fixed
       scale, not per image, so all images of a dataset keep one brightness mapping; float ('F')
       images in [0, 1] are scaled by 255, others clipped to [0, 255].
-    Raises :class:`DatasetError` naming the file when it is missing, truncated or not an image.
+    Raises ValueError for a mode that cannot become RGB.
     """
-    img = _open(path)
     if img.mode in _SIXTEEN_BIT:
         img = Image.fromarray(_to_uint8(np.clip(np.asarray(img), 0, 65535), 65535.0))
     elif img.mode == "F":
@@ -63,7 +74,7 @@ def load_rgb(path: str | Path) -> Image.Image:
     try:
         return img.convert("RGB")
     except ValueError as exc:  # e.g. 'LAB' or a multi-channel 16-bit mode Pillow cannot convert
-        raise DatasetError(f"{path}: image mode {img.mode!r} cannot be converted to RGB") from exc
+        raise ValueError(f"image mode {img.mode!r} cannot be converted to RGB") from exc
 
 
 def load_mask(path: str | Path) -> Image.Image:
@@ -130,7 +141,7 @@ def mask_transform(resize: int = 448, crop: int = 392) -> MaskTransform:
 
 
 def masks_for_metrics(masks: torch.Tensor, out_size: int = 256) -> torch.Tensor:
-    """(B, 1, crop, crop) float masks -> (B, out, out) bool: nearest resize, then > 0.5 (SPEC 'Metrics')."""
+    """(B, 1, crop, crop) float masks -> (B, out, out) bool: nearest resize, then > 0.5 (docs/behaviour.md, 'Metrics')."""
     return F.interpolate(masks.float(), size=(out_size, out_size), mode="nearest")[:, 0] > 0.5
 
 

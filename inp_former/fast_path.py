@@ -1,0 +1,224 @@
+"""The end-to-end inference fast path: bf16 autocast, the fused kernels, and one CUDA graph per shape.
+
+Why graphs: at the paper's sizes every layer of INP-Former is launch-bound on an H100 (each row of
+``bench/results/h100-2026-11-22`` takes 150-700 µs for about 13 µs of memory traffic), so the
+hundreds of small launches of one forward + scoring, not the kernels, decide end-to-end speed.
+Capturing the whole ``images -> (maps, scores)`` computation once per input shape and replaying it
+turns those launches into one.
+
+Usage (what ``evaluate``/``predict``/``serve`` call)::
+
+    score = scoring_function(model, cfg, map_mode="decoder", precision=None, fast=True, device="cuda")
+    maps, scores = score(images)          # (B, S, S) float32, (B,) -- as score_batch's first two
+    score.mode, score.fallback_reason     # "cuda-graph" | "eager", and why not a graph (None if it is)
+
+Manual ``torch.cuda.CUDAGraph`` capture rather than ``torch.compile(mode="reduce-overhead")``: the
+fused kernels are user Triton kernels behind an autotuner and a custom autograd Function, which
+Dynamo must either trace through or break on (and a graph break splits the CUDA graph); a manual
+capture takes any kernel that does not synchronise with the host, and needs no compile time.
+Anything that cannot be captured (a host sync, a CPU tensor made during the forward, an old driver)
+makes the capture fail: the scorer then runs eager, says why once (``warnings.warn`` and
+``on_fallback``) and keeps the reason in ``fallback_reason``.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+import warnings
+from typing import Callable, Iterator
+
+import torch
+
+from inp_former.config import MapMode, Precision, RunConfig, choice
+from inp_former.evaluate import score_batch
+from inp_former.model import INPFormer
+from kernels.dispatch import kernel_mode
+
+NO_CUDA = "no CUDA device"
+DISABLED = "fast path switched off (--no-fast)"
+
+__all__ = ["FastScorer", "scoring_function"]
+
+
+class _Graph:
+    """One captured graph: static input, static outputs."""
+
+    def __init__(self, graph: "torch.cuda.CUDAGraph", images: torch.Tensor, maps: torch.Tensor,
+                 scores: torch.Tensor) -> None:
+        self.graph, self.images, self.maps, self.scores = graph, images, maps, scores
+
+
+class FastScorer:
+    """``images -> (maps, scores)`` through a CUDA graph per input shape, or eager.
+
+    - ``mode``: ``"cuda-graph"`` while graphs are used, ``"eager"`` otherwise;
+      ``fallback_reason`` says why not a graph (None while graphs are used).
+    - A batch smaller than a captured one of the same image size (the ragged last batch) is padded
+      into that graph instead of capturing another (``pad_batches``); images are independent
+      through the whole model, so the real rows are unchanged (to cuBLAS's algorithm choice).
+    - At most ``max_graphs`` shapes are captured (each keeps its activations' memory); other
+      shapes run eager, without changing ``mode``.
+    - ``verify``: the first replay of each new graph is compared with the eager result of the same
+      input (computed during warm-up anyway); a mismatch means the capture missed something, and
+      the scorer falls back to eager.
+    - ``kernels``: a :func:`kernels.dispatch.kernel_mode` forced around every run (None: the
+      dispatcher's own choice, i.e. ``INPCTL_KERNELS`` or ``auto``).
+
+    Thread-safe: replays share static buffers, so calls are serialised by a lock.
+    """
+
+    def __init__(self, model: INPFormer, cfg: RunConfig, map_mode: str = "decoder", precision: str = "bf16",
+                 device: torch.device | str | None = None, *, use_graphs: bool = True,
+                 kernels: str | None = None, max_graphs: int = 8, pad_batches: bool = True,
+                 warmup: int = 3, verify: bool = True,
+                 on_fallback: Callable[[str], None] | None = None) -> None:
+        map_mode = str(choice(MapMode, map_mode, "map_mode"))
+        precision = str(choice(Precision, precision, "precision"))
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.eval().to(self.device)
+        self.cfg, self.map_mode, self.precision, self.kernels = cfg, map_mode, precision, kernels
+        self.max_graphs, self.pad_batches, self.warmup, self.verify = max_graphs, pad_batches, max(1, warmup), verify
+        self.on_fallback = on_fallback
+        self.graphs: dict[tuple[int, ...], _Graph] = {}
+        self._lock = threading.Lock()
+        self._pool = None  # one memory pool shared by this scorer's graphs (graphs never run concurrently)
+        self.fallback_reason: str | None = None
+        if not use_graphs:
+            self.fallback_reason = DISABLED
+        elif self.device.type != "cuda" or not torch.cuda.is_available():
+            self.fallback_reason = NO_CUDA
+        self.mode = "eager" if self.fallback_reason else "cuda-graph"
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Maps (B, map_size, map_size) float32 and scores (B,) of preprocessed images (B, 3, H, W)."""
+        if images.dim() != 4:
+            raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+        with self._lock:
+            if self.mode == "cuda-graph":
+                result = self._graphed(images)
+                if result is not None:
+                    return result
+            return self._eager(images.to(self.device, non_blocking=True))
+
+    def describe(self) -> str:
+        """One line for logs and metrics meta: which path runs and, if eager, why."""
+        text = f"{self.mode}, {self.precision}, map {self.map_mode}"
+        return text + (f" (eager because: {self.fallback_reason})" if self.fallback_reason else
+                       f", {len(self.graphs)} graph(s) captured")
+
+    # -- internals ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _kernels(self) -> Iterator[None]:
+        if self.kernels is None:
+            yield
+        else:
+            with kernel_mode(self.kernels):
+                yield
+
+    def _run(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._kernels():
+            # no autocast weight cache: inside a capture a cached cast would outlive it in the graph's pool
+            maps, scores, _ = score_batch(self.model, images, self.cfg, self.precision, self.map_mode,
+                                          autocast_cache=False)
+        return maps, scores
+
+    def _eager(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._run(images)
+
+    def _fall_back(self, reason: str) -> None:
+        self.mode, self.fallback_reason = "eager", reason
+        self.graphs.clear()  # frees the captured graphs' memory
+        self._pool = None
+        message = f"inference fast path: CUDA graph disabled, running eager ({reason})"
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        if self.on_fallback is not None:
+            self.on_fallback(message)
+
+    def _graphed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The graph's result, or None when this call should run eager."""
+        batch, rest = images.shape[0], tuple(images.shape[1:])
+        key = (batch, *rest)
+        entry = self.graphs.get(key)
+        if entry is None and self.pad_batches:
+            larger = [k for k in self.graphs if k[1:] == rest and k[0] > batch]
+            if larger:
+                entry = self.graphs[min(larger)]
+        if entry is None:
+            if len(self.graphs) >= self.max_graphs:
+                return None
+            entry = self._capture(images.to(self.device))
+            if entry is None:
+                return None
+            self.graphs[key] = entry
+        # Copy into the static input (host -> device included), zero any padding rows, replay.
+        entry.images[:batch].copy_(images, non_blocking=True)
+        if entry.images.shape[0] > batch:
+            entry.images[batch:].zero_()
+        entry.graph.replay()
+        return entry.maps[:batch].clone(), entry.scores[:batch].clone()
+
+    def _capture(self, images: torch.Tensor) -> _Graph | None:
+        """Warm up on a side stream (Triton compiles and autotunes, caches fill), capture, verify."""
+        static_images = images.clone()
+        try:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):
+                    eager_maps, eager_scores = self._run(static_images)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            torch.cuda.synchronize(self.device)
+            graph = torch.cuda.CUDAGraph()
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            # thread_local: other threads (a server's) may use CUDA while this one captures
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                maps, scores = self._run(static_images)
+            graph.replay()
+            torch.cuda.synchronize(self.device)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not capturable here": say why
+            self._fall_back(f"capture failed for shape {tuple(images.shape)}: "
+                            f"{exc.__class__.__name__}: {_first_line(exc)}")
+            return None
+        if self.verify and not _close(maps, eager_maps, self.precision):
+            self._fall_back(f"graph replay differs from eager for shape {tuple(images.shape)} "
+                            f"(max |diff| {float((maps - eager_maps).abs().max()):.3g})")
+            return None
+        return _Graph(graph, static_images, maps, scores)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, precision: str) -> bool:
+    """Replay vs eager on the same input: the same kernels, so equal up to nondeterministic
+    reductions (atomics, split-K); 1e-3 of the map range in bf16, 1e-5 in fp32 leaves room for
+    those and none for a missed computation (stale or uninitialised buffers differ by O(1))."""
+    if a.shape != b.shape or not bool(torch.isfinite(a).all() == torch.isfinite(b).all()):
+        return False
+    scale = float(b.abs().max().clamp_min(1e-6))
+    tol = (1e-3 if precision == "bf16" else 1e-5) * scale
+    return bool(((a - b).abs().nan_to_num(0.0) <= tol).all())
+
+
+def scoring_function(model: INPFormer, cfg: RunConfig, map_mode: str = "decoder", precision: str | None = None,
+                     fast: bool = True, device: torch.device | str | None = None,
+                     on_fallback: Callable[[str], None] | None = None) -> FastScorer:
+    """The scorer the CLI's ``--fast/--no-fast`` switch picks; call it as ``maps, scores = f(images)``.
+
+    ``fast=True``: CUDA graphs on CUDA (eager elsewhere, ``fallback_reason`` "no CUDA device") and
+    bf16 autocast on CUDA unless ``precision`` says otherwise (fp32 on CPU: bf16 autocast is allowed
+    there but is slower than fp32 on CPUs without bf16 matrix units).
+    ``fast=False``: eager, fp32 unless ``precision`` says otherwise.
+    Both use the dispatcher's kernels: a fused kernel where a recorded measurement shows it faster
+    on this GPU and dtype (kernels/evidence.py), the PyTorch reference elsewhere; ``INPCTL_KERNELS``
+    forces either.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if precision is None:
+        precision = "bf16" if fast and device.type == "cuda" else "fp32"
+    return FastScorer(model, cfg, map_mode, precision, device, use_graphs=fast, on_fallback=on_fallback)

@@ -1,0 +1,469 @@
+"""The jobs ``inpctl`` runs, as library functions: train a run, evaluate and calibrate, predict, export.
+
+Each takes a validated config (frozen dataclasses from :mod:`inp_former.config`) or plain
+arguments, does the whole job, and returns what it produced; a front end only builds the config,
+calls one of these and shows the result. Progress and notices go to a :class:`Reporter` (silent by
+default); errors are the typed errors of :mod:`inp_former.errors`.
+
+>>> from inp_former.config import RunConfig, DataConfig
+>>> from inp_former.workflow import train_run, evaluate_checkpoint        # doctest: +SKIP
+>>> run = train_run(RunConfig(data=DataConfig(root="/data/mvtec")), "runs/mvtec")   # doctest: +SKIP
+>>> run.evaluation.result.mean["i_auroc"]                                  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from inp_former.checkpoint import CHECKPOINT_NAME, load_checkpoint, read_checkpoint
+from inp_former.config import EvalConfig, MapMode, RunConfig, Setting, resolve_device
+from inp_former.errors import CheckpointError, ConfigError
+from inp_former.evaluate import EvalResult, bound_heap_growth, evaluate
+from inp_former.io import atomic_write_text
+from inp_former.metrics import mean_metrics
+from inp_former.model import INPFormer
+from inp_former.settings import category_dirname, category_samples, single_class_configs
+from inp_former.thresholds import Calibration, Calibrator, store_calibration
+from inp_former.train import (TRAINING_STATE, StepInfo, TrainResult, load_training_state, resolve_categories,
+                              seed_everything, train)
+
+THRESHOLDS_FILE = "thresholds.json"
+
+
+# --- progress and notices ---------------------------------------------------------------------
+
+class Reporter:
+    """Where a job's progress and notices go. This base class is silent; a front end overrides
+    what it shows (the command line draws progress bars and prints the notices)."""
+
+    def message(self, text: str) -> None:
+        """A notice for a person (which encoder, what was written, ...)."""
+
+    @contextlib.contextmanager
+    def training(self, label: str) -> Iterator[Callable[[StepInfo], None]]:
+        """A training of ``label`` runs inside; the yielded callback sees every step."""
+        yield lambda step: None
+
+    @contextlib.contextmanager
+    def evaluating(self, label: str) -> Iterator[Callable[[str, int, int], None]]:
+        """An evaluation runs inside; the callback sees (category, images done now, category size)."""
+        yield lambda category, count, size: None
+
+    @contextlib.contextmanager
+    def counting(self, label: str, total: int) -> Iterator[Callable[[int, int, str], None]]:
+        """A job of ``total`` items; the callback sees (done, total, current item's name)."""
+        yield lambda done, total, name: None
+
+
+SILENT = Reporter()
+
+
+# --- results ----------------------------------------------------------------------------------
+
+@dataclass
+class Evaluation:
+    """One evaluation: the metrics, the calibrated thresholds and the files written."""
+    result: EvalResult
+    calibration: Calibration
+    out_dir: Path | None
+    stored_in: Path | None = None                   # the checkpoint the thresholds were merged into
+    stored_changes: list[str] = field(default_factory=list)
+    report: Path | None = None
+
+    @property
+    def random_encoder(self) -> bool:
+        return bool(self.result.meta.get("random_encoder"))
+
+
+@dataclass
+class RunOutcome:
+    """A training run: one trained model (several with the single-class setting) and its evaluation."""
+    run_dir: Path
+    config: RunConfig
+    trained: dict[str, TrainResult]              # one entry ("" for the whole run), or one per category
+    evaluation: Evaluation | None
+
+
+# --- evaluation -------------------------------------------------------------------------------
+
+def evaluate_and_calibrate(model: INPFormer, cfg: RunConfig, device: torch.device | str = "cpu",
+                           evaluation: EvalConfig = EvalConfig(), out_dir: Path | None = None,
+                           categories: list[str] | None = None, meta: dict[str, Any] | None = None,
+                           store_in: Path | None = None, report_samples: int | None = None,
+                           reporter: Reporter = SILENT) -> Evaluation:
+    """Evaluate ``model`` on the test split of ``categories`` (default: the config's), compute the
+    F1-max thresholds, and write ``metrics.json``, ``scores.csv`` and ``thresholds.json`` into
+    ``out_dir`` (if given), plus ``report.html`` when ``report_samples`` is set.
+
+    The thresholds are merged into the checkpoint ``store_in`` only if it is given (training does
+    so; an evaluation only when asked): evaluating never changes what a later prediction does.
+    """
+    from inp_former.fast_path import scoring_function
+
+    device = torch.device(device)
+    categories = list(categories or resolve_categories(cfg))
+    bound_heap_growth()  # memory stays flat however many test images stream through
+    calibrator = Calibrator(str(evaluation.map_mode))
+    precision = evaluation.precision_on(device)
+    scorer = scoring_function(model, cfg, evaluation.map_mode, precision, evaluation.fast, device)
+    with reporter.evaluating("eval") as on_batch:
+        result = evaluate(model, cfg, categories, device, evaluation.batch_size, precision,
+                          evaluation.map_mode, on_batch=on_batch, num_workers=evaluation.num_workers,
+                          on_category=calibrator.update, exact_pixels=evaluation.exact_pixels, scorer=scorer)
+    result.meta.update({"encoder": cfg.model.encoder, "encoder_source": model.encoder.weights_source,
+                        "random_encoder": model.encoder.is_random, "fast_path": getattr(scorer, "mode", "eager"),
+                        **(meta or {})})
+    calibration = calibrator.result({"dataset": result.meta.get("dataset"), "data_root": result.meta.get("data_root"),
+                                     "precision": result.meta.get("precision")})
+    result.meta["calibration"] = calibration.to_dict()
+    outcome = Evaluation(result, calibration, out_dir)
+    if out_dir is not None:
+        write_evaluation(outcome)
+    if store_in is not None:
+        outcome.stored_in, outcome.stored_changes = store_in, store_calibration(store_in, calibration)
+    if report_samples is not None and out_dir is not None:
+        outcome.report = _write_report(model, cfg, outcome, calibrator, device, evaluation, report_samples, reporter)
+    return outcome
+
+
+def write_evaluation(outcome: Evaluation) -> None:
+    """``metrics.json``, ``scores.csv`` and ``thresholds.json`` of an evaluation, atomically."""
+    outcome.result.write(outcome.out_dir)
+    atomic_write_text(outcome.out_dir / THRESHOLDS_FILE, json.dumps(outcome.calibration.to_dict(), indent=2) + "\n")
+
+
+def _write_report(model: INPFormer, cfg: RunConfig, outcome: Evaluation, calibrator: Calibrator, device: torch.device,
+                  evaluation: EvalConfig, samples: int, reporter: Reporter) -> Path:
+    from inp_former.report import choose_samples, write_report
+
+    result = outcome.result
+    total = sum(len(choose_samples([r for r in result.rows if r["category"] == c], samples)) for c in result.categories)
+    with reporter.counting("report", total) as on_sample:
+        done = iter(range(1, total + 1))
+        return write_report(outcome.out_dir / "report.html", model, cfg, result, outcome.calibration, calibrator,
+                            device, str(evaluation.map_mode), str(evaluation.precision_on(device)), samples,
+                            on_sample=lambda: on_sample(next(done, total), total, ""))
+
+
+def combine_evaluations(evaluations: dict[str, Evaluation], out_dir: Path, meta: dict[str, Any]) -> Evaluation:
+    """One table of several single-category evaluations (the single-class setting): written to
+    ``out_dir`` like any evaluation; each category keeps its own thresholds."""
+    per_category = {c: e.result.categories[c] for c, e in evaluations.items()}
+    rows = [row for e in evaluations.values() for row in e.result.rows]
+    calibration = Calibration(map_mode=str(meta.get("map_mode", "decoder")),
+                              categories={c: e.calibration.categories[c] for c, e in evaluations.items()},
+                              source={"combined_from": {c: str(e.out_dir) for c, e in evaluations.items()}})
+    meta = {**meta, "random_encoder": any(e.random_encoder for e in evaluations.values())}
+    combined = Evaluation(EvalResult(per_category, mean_metrics(per_category), rows, meta), calibration, out_dir)
+    write_evaluation(combined)
+    return combined
+
+
+@dataclass(frozen=True)
+class DataOverride:
+    """Evaluate on other data than the checkpoint names (None: as at training time)."""
+    root: str | None = None
+    dataset: str | None = None
+    categories: tuple[str, ...] = ()
+    resize: int | None = None
+    crop: int | None = None
+
+    def apply(self, cfg: RunConfig) -> RunConfig:
+        data: dict[str, Any] = {}
+        if self.root is not None:
+            if not Path(self.root).is_dir():
+                raise ConfigError(f"data {self.root}: no such directory", arg="data")
+            data = {"root": str(self.root), "sources": (), "categories": self.categories}  # e.g. zero-shot
+        elif self.categories:
+            data = {"categories": self.categories}
+        if self.dataset is not None:
+            data["dataset"] = self.dataset
+        model = {k: v for k, v in (("resize", self.resize), ("crop", self.crop)) if v is not None}
+        cfg = cfg.updated(model=model, data=data)
+        if not cfg.data.root and not cfg.data.sources:
+            raise ConfigError("data: the checkpoint does not say which data it was trained on; give the data root",
+                              arg="data")
+        return cfg
+
+
+def single_class_checkpoints(run_dir: Path) -> dict[str, Path]:
+    """``{category: checkpoint}`` of a single-class run directory (from each checkpoint's config)."""
+    found = {}
+    for path in sorted(Path(run_dir).rglob(CHECKPOINT_NAME)):
+        if path.parent == Path(run_dir):
+            continue
+        categories = read_checkpoint(path)["config"]["data"].get("categories") or []
+        if len(categories) == 1:
+            found[categories[0]] = path
+    return found
+
+
+def evaluate_checkpoint(checkpoint: Path | str, data: DataOverride = DataOverride(),
+                        evaluation: EvalConfig = EvalConfig(), out_dir: Path | None = None,
+                        device: torch.device | str = "auto", encoder_weights: str | None = None,
+                        allow_encoder_mismatch: bool = False, save_thresholds: bool = False,
+                        report_samples: int | None = None, reporter: Reporter = SILENT) -> Evaluation:
+    """Evaluate a checkpoint file, a run directory (its ``checkpoint.pt``, or every category's of a
+    single-class run) or the authors' ``model.pth``. Results go to ``out_dir`` (default: beside the
+    checkpoint). The checkpoint is left byte for byte as it was unless ``save_thresholds``; the
+    authors' file is never written."""
+    checkpoint, device = Path(checkpoint), resolve_device(device)
+    if checkpoint.is_dir():
+        if (checkpoint / CHECKPOINT_NAME).is_file():
+            checkpoint = checkpoint / CHECKPOINT_NAME
+        else:
+            return _evaluate_single_class_run(checkpoint, data, evaluation, out_dir, device, encoder_weights,
+                                              allow_encoder_mismatch, save_thresholds, reporter)
+    model, cfg, loaded = load_checkpoint(checkpoint, device, encoder_weights, allow_encoder_mismatch)
+    authors = "imported_from" in loaded
+    if authors and save_thresholds:
+        raise ConfigError(f"save_thresholds: {checkpoint} is the authors' file, which is never modified; the "
+                          f"thresholds are in the evaluation's {THRESHOLDS_FILE}", arg="save_thresholds")
+    cfg = data.apply(cfg)
+    meta = {"checkpoint": str(checkpoint),
+            **{key: loaded[key] for key in ("encoder_mismatch", "imported_from") if key in loaded}}
+    return evaluate_and_calibrate(model, cfg, device, evaluation, out_dir or checkpoint.parent, meta=meta,
+                                  store_in=checkpoint if save_thresholds else None, report_samples=report_samples,
+                                  reporter=reporter)
+
+
+def _evaluate_single_class_run(run_dir: Path, data: DataOverride, evaluation: EvalConfig, out_dir: Path | None,
+                               device: torch.device, encoder_weights: str | None, allow_encoder_mismatch: bool,
+                               save_thresholds: bool, reporter: Reporter) -> Evaluation:
+    checkpoints = single_class_checkpoints(run_dir)
+    if not checkpoints:
+        raise CheckpointError(f"checkpoint {run_dir}: a directory without {CHECKPOINT_NAME} or per-category "
+                              f"<category>/{CHECKPOINT_NAME} files (expected a run directory of inpctl train)",
+                              arg="checkpoint")
+    if data.categories:
+        unknown = [c for c in data.categories if c not in checkpoints]
+        if unknown:
+            raise ConfigError(f"categories: {', '.join(unknown)} have no checkpoint in {run_dir} "
+                              f"(available: {', '.join(checkpoints)})", arg="categories")
+        checkpoints = {c: checkpoints[c] for c in data.categories}
+    evaluations = {}
+    for category, path in checkpoints.items():
+        model, cfg, _ = load_checkpoint(path, device, encoder_weights, allow_encoder_mismatch)
+        one = dataclasses.replace(data, categories=())
+        cfg = one.apply(cfg)
+        name = category.rsplit("/", 1)[-1] if data.root is not None else category  # other data: plain names
+        evaluations[name] = evaluate_and_calibrate(model, cfg, device, evaluation, None, [name],
+                                                   meta={"setting": "single-class", "checkpoint": str(path)},
+                                                   store_in=path if save_thresholds else None, reporter=reporter)
+    meta = {"setting": "single-class", "map_mode": str(evaluation.map_mode),
+            "precision": str(evaluation.precision_on(device)), "device": str(device),
+            "checkpoints": {c: str(p) for c, p in checkpoints.items()}}
+    combined = combine_evaluations(evaluations, out_dir or run_dir, meta)
+    combined.stored_changes = [f"{c}: {change}" for c, e in evaluations.items() for change in e.stored_changes]
+    return combined
+
+
+# --- training ---------------------------------------------------------------------------------
+
+def check_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse a run directory that already holds a run, unless ``overwrite``."""
+    if overwrite:
+        return
+    for name in (CHECKPOINT_NAME, TRAINING_STATE):
+        held = sorted(Path(run_dir).rglob(name)) if Path(run_dir).is_dir() else []
+        if held:
+            raise ConfigError(f"run_dir {run_dir}: already holds a run ({held[0]}); choose another directory, pass "
+                              f"overwrite, or continue it with resume {run_dir}", arg="run_dir",
+                              others=("overwrite", "resume"))
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device | str) -> Iterator[tuple[torch.device, int]]:
+    """Under ``torchrun``: join the process group for the block; yields (this process's device, rank)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield resolve_device(device), 0
+        return
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and str(device) != "cpu"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    try:
+        yield (torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")), dist.get_rank()
+    finally:
+        dist.destroy_process_group()
+
+
+def train_run(cfg: RunConfig, run_dir: Path | str, device: torch.device | str = "auto",
+              evaluation: EvalConfig | None = EvalConfig(), overwrite: bool = False, resume: bool = False,
+              reporter: Reporter = SILENT) -> RunOutcome:
+    """Train the run ``cfg`` describes into ``run_dir``, then evaluate it (unless ``evaluation`` is
+    None) and store the calibrated thresholds in its checkpoint. The single-class setting trains one
+    model per category into ``run_dir/<category>/``. Under ``torchrun`` every process calls this;
+    only rank 0 writes and evaluates."""
+    run_dir = Path(run_dir)
+    if not resume:
+        check_run_dir(run_dir, overwrite)
+    if cfg.data.setting == Setting.SINGLE_CLASS:
+        return _train_single_class(cfg, run_dir, device, evaluation, reporter)
+    if evaluation is not None:  # a category without test images fails now, not after hours of training
+        for category in resolve_categories(cfg):
+            category_samples(cfg.data, category, "test")
+    with process_group(device) as (device, rank):
+        seed_everything(cfg.train.seed)  # the decoder's initialisation follows the seed (bit-for-bit reruns)
+        model = INPFormer(cfg.model)
+        if rank == 0:
+            reporter.message(f"Encoder: {model.cfg.encoder} ({model.encoder.weights_source}); device {device}")
+        with reporter.training("train") as on_step:
+            trained = train(cfg, run_dir, device, on_step=on_step if rank == 0 else None, model=model, resume=resume)
+    if rank != 0:
+        return RunOutcome(run_dir, trained.config, {"": trained}, None)
+    reporter.message(f"Trained {trained.iterations} iterations in {trained.seconds:.1f}s; checkpoint "
+                     f"{trained.checkpoint}")
+    outcome = None
+    if evaluation is not None:
+        outcome = evaluate_and_calibrate(model, trained.config, device, evaluation, run_dir,
+                                         meta={"checkpoint": str(trained.checkpoint)}, store_in=trained.checkpoint,
+                                         reporter=reporter)
+    return RunOutcome(run_dir, trained.config, {"": trained}, outcome)
+
+
+def resume_run(run_dir: Path | str, device: torch.device | str = "auto",
+               evaluation: EvalConfig | None = EvalConfig(), reporter: Reporter = SILENT) -> RunOutcome:
+    """Continue the run in ``run_dir`` from its ``last.pt`` with its saved config."""
+    run_dir = Path(run_dir)
+    state_path = run_dir / TRAINING_STATE
+    if not run_dir.is_dir():
+        raise ConfigError(f"resume {run_dir}: no such run directory", arg="resume")
+    if not state_path.is_file():
+        if (run_dir / CHECKPOINT_NAME).is_file():
+            raise ConfigError(f"resume {run_dir}: the run is complete ({CHECKPOINT_NAME} is written, no "
+                              f"{TRAINING_STATE} left); evaluate {run_dir / CHECKPOINT_NAME} instead", arg="resume")
+        raise ConfigError(f"resume {run_dir}: no {TRAINING_STATE} there (nothing to resume; expected the directory "
+                          f"of an interrupted training run)", arg="resume")
+    state = load_training_state(state_path)
+    try:
+        cfg = RunConfig.from_dict(state["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"resume {state_path}: its run config is not readable ({exc})", arg="resume") from exc
+    if int(os.environ.get("RANK", "0")) == 0:
+        reporter.message(f"Resuming {run_dir} at iteration {state['iteration']} of {cfg.train.iters}")
+    del state
+    return train_run(cfg, run_dir, device, evaluation, resume=True, reporter=reporter)
+
+
+def _train_single_class(cfg: RunConfig, run_dir: Path, device: torch.device | str, evaluation: EvalConfig | None,
+                        reporter: Reporter) -> RunOutcome:
+    """One model per category, trained (and evaluated) one after the other; one table at the end."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("setting single-class: not supported under torchrun; run one process per GPU with "
+                          "a category each instead", arg="setting")
+    device = resolve_device(device)
+    categories = resolve_categories(cfg)
+    cfg = cfg.updated(data={"categories": tuple(categories)})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save_json(run_dir / "config.json")
+    encoder, trained, evaluations = None, {}, {}
+    jobs = single_class_configs(cfg, categories)
+    for number, (category, one) in enumerate(jobs, start=1):
+        seed_everything(one.train.seed)  # each category's model starts from the same initialisation rule
+        model = INPFormer(one.model, encoder=encoder)
+        if encoder is None:
+            encoder = model.encoder  # frozen: shared by every category's model
+            one = dataclasses.replace(one, model=model.cfg)
+            reporter.message(f"Encoder: {model.cfg.encoder} ({encoder.weights_source}); device {device}; "
+                             f"single-class: {len(jobs)} models")
+        sub = run_dir / category_dirname(category)
+        with reporter.training(f"{category} ({number}/{len(jobs)})") as on_step:
+            trained[category] = train(one, sub, device, on_step=on_step, model=model)
+        result = trained[category]
+        reporter.message(f"{category}: trained {result.iterations} iterations in {result.seconds:.1f}s; checkpoint "
+                         f"{result.checkpoint}")
+        if evaluation is not None:
+            evaluations[category] = evaluate_and_calibrate(
+                model, result.config, device, evaluation, sub, [category],
+                meta={"setting": "single-class", "checkpoint": str(result.checkpoint)}, store_in=result.checkpoint,
+                reporter=reporter)
+    combined = None
+    if evaluation is not None:
+        meta = {"setting": "single-class", "map_mode": str(evaluation.map_mode),
+                "precision": str(evaluation.precision_on(device)), "device": str(device), "dataset": cfg.data.dataset, "data_root": str(cfg.data.root),
+                "encoder": cfg.model.encoder,
+                "checkpoints": {c: str(r.checkpoint) for c, r in trained.items()}}
+        combined = combine_evaluations(evaluations, run_dir, meta)
+    return RunOutcome(run_dir, cfg, trained, combined)
+
+
+# --- prediction and export ----------------------------------------------------------------------
+
+def default_output_dir(prefix: str) -> Path:
+    return Path(f"{prefix}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    threshold: float | None = None        # None: the checkpoint's stored one (of ``category`` if given)
+    category: str | None = None
+    map_mode: MapMode = MapMode.DECODER
+    precision: str | None = None          # None: fp32, or bf16 on the fast path on CUDA
+    batch_size: int = 16
+    overlays: bool = True
+    save_maps: bool = False
+    fast: bool = False
+
+
+def predict_images(checkpoint: Path | str, inputs: list[Path], out_dir: Path, options: PredictOptions = PredictOptions(),
+                   device: torch.device | str = "auto", encoder_weights: str | None = None,
+                   allow_encoder_mismatch: bool = False, reporter: Reporter = SILENT) -> dict[str, Any]:
+    """Score every image in ``inputs`` (files and folders) with a checkpoint; writes
+    predictions.csv/.json, overlays and maps into ``out_dir`` (:mod:`inp_former.batch_predict`);
+    returns the summary written to predictions.json."""
+    from inp_former.batch_predict import collect_inputs, predict_files
+    from inp_former.data import IMAGE_EXTENSIONS
+    from inp_former.errors import DatasetError
+    from inp_former.predictor import Predictor
+
+    files, missing = collect_inputs(inputs)
+    if not files:
+        if missing:
+            raise DatasetError(f"{missing[0]['path']}: no such file or directory")
+        raise DatasetError(f"{', '.join(map(str, inputs))}: no images found (extensions: "
+                           f"{', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)})")
+    predictor = Predictor.from_checkpoint(checkpoint, device, options.threshold, options.map_mode, options.precision,
+                                          encoder_weights, options.category, options.batch_size,
+                                          allow_encoder_mismatch=allow_encoder_mismatch, fast=options.fast)
+    if predictor.threshold is None:
+        reporter.message("warning: no threshold: the checkpoint holds none (evaluate it with save_thresholds, or "
+                         "train it with evaluation) and none was given, so images are scored but not labelled")
+    with reporter.counting("predict", len(files)) as on_progress:
+        summary = predict_files(predictor, inputs, Path(out_dir), options.overlays, options.save_maps,
+                                options.batch_size, str(checkpoint), on_progress=on_progress)
+    summary["threshold_source"] = predictor.threshold_source
+    return summary
+
+
+def export_model(checkpoint: Path | str, target: Path, map_mode: MapMode = MapMode.DECODER,
+                 exporter: str = "torchscript", opset: int = 17, check: bool = True,
+                 encoder_weights: str | None = None, allow_encoder_mismatch: bool = False,
+                 reporter: Reporter = SILENT) -> dict[str, Any]:
+    """Export a checkpoint's whole inference graph as ONNX (:mod:`inp_former.export`); with ``check``,
+    compare onnxruntime with torch. Returns what was written and the check's largest differences."""
+    from inp_former.export import check_onnx, export_metadata, export_onnx, onnxruntime_available
+    from inp_former.thresholds import read_calibration
+
+    model, cfg, meta = load_checkpoint(Path(checkpoint), "cpu", encoder_weights, allow_encoder_mismatch)
+    calibration = read_calibration(meta, str(map_mode))
+    metadata = export_metadata(cfg, str(map_mode), calibration.to_dict() if calibration else None, str(checkpoint))
+    with reporter.counting(f"export ({exporter})", 1) as done:
+        info = export_onnx(model, cfg, Path(target), str(map_mode), exporter, opset, metadata=metadata)
+        done(1, 1, "")
+    outcome: dict[str, Any] = {"info": info, "config": cfg, "calibration": calibration, "check": None,
+                               "checked": False}
+    if check and onnxruntime_available():
+        outcome["check"], outcome["checked"] = check_onnx(info.path, model, cfg, str(map_mode)), True
+    return outcome

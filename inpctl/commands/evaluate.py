@@ -1,0 +1,56 @@
+"""``inpctl eval``: flags -> :func:`inp_former.workflow.evaluate_checkpoint` -> the table."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from inpctl.helpers import RichReporter, choices, default, parse_categories, print_evaluation, run
+
+
+def eval_command(
+    ckpt: Path = typer.Option(..., "--ckpt", help="A checkpoint.pt, a run directory (also of a single-class "
+                              "run), or the authors' model.pth."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root [default: the training data]."),
+    dataset: Optional[str] = typer.Option(None, help="Layout of --data [default: the checkpoint's]."),
+    categories: Optional[str] = typer.Option(None, help="Comma-separated categories [default: all]."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: beside --ckpt]."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Images per batch." + default("eval", "batch_size")),
+    precision: Optional[str] = typer.Option(None, metavar=choices("Precision"), help="bf16: autocast [default: "
+                                            "fp32; bf16 with --fast on CUDA]."),
+    map_mode: Optional[str] = typer.Option(None, "--map", metavar=choices("MapMode"), help="prototype: the "
+                                           "zero-shot map." + default("eval", "map_mode")),
+    fast: bool = typer.Option(False, "--fast/--no-fast", help="CUDA: bf16, fused kernels, CUDA graphs."),
+    encoder_weights: Optional[str] = typer.Option(None, help="Encoder weights, if not as at training."),
+    allow_encoder_mismatch: bool = typer.Option(False, "--allow-encoder-mismatch", help="Evaluate even if the "
+                                                "encoder is not the trained one (marked in metrics.json)."),
+    resize: Optional[int] = typer.Option(None, min=14, help="Resize [default: the checkpoint's; model.pth: 448]."),
+    crop: Optional[int] = typer.Option(None, min=14, help="Centre crop [default: the checkpoint's; model.pth: 392]."),
+    save_thresholds: bool = typer.Option(False, "--save-thresholds", help="Merge the calibrated thresholds into "
+                                         "the checkpoint (per category), for inpctl predict."),
+    report: bool = typer.Option(False, "--report", help="Also write report.html (metrics, figures)."),
+    report_samples: int = typer.Option(3, min=0, help="Sample images per category in --report."),
+    exact_pixels: Optional[int] = typer.Option(None, min=0, help="Exact pixel metrics up to this many pixels "
+                                               "per category, then binned (docs/reliability.md)."
+                                               + default("eval", "exact_pixels")),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Evaluate a checkpoint: a table per category + mean, metrics.json, scores.csv, thresholds.json.
+
+    The checkpoint is not modified unless --save-thresholds.
+    """
+    from inp_former.config import EvalConfig, overlay
+    from inp_former.workflow import DataOverride, evaluate_checkpoint
+
+    def job():
+        evaluation = overlay(EvalConfig(), batch_size=batch_size, precision=precision, map_mode=map_mode,
+                             exact_pixels=exact_pixels, fast=fast or None)
+        override = DataOverride(root=str(data) if data is not None else None, dataset=dataset,
+                                categories=tuple(parse_categories(categories)), resize=resize, crop=crop)
+        return evaluate_checkpoint(ckpt, override, evaluation, out, device, encoder_weights, allow_encoder_mismatch,
+                                   save_thresholds, report_samples if report else None, RichReporter())
+
+    outcome = run(job)
+    setting = "single-class " if outcome.result.meta.get("setting") == "single-class" else ""
+    print_evaluation(outcome, f"INP-Former {setting}({outcome.result.meta.get('map_mode')} maps), %")

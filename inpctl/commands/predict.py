@@ -1,0 +1,61 @@
+"""``inpctl predict``: flags -> :func:`inp_former.workflow.predict_images` -> a summary."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from inpctl.helpers import RichReporter, choices, console, err_console, fail, run
+
+
+def predict_command(
+    inputs: list[Path] = typer.Argument(..., help="Images and/or folders (searched recursively)."),
+    ckpt: Path = typer.Option(..., "--ckpt", help="A checkpoint.pt written by inpctl train."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: predictions-<time>]."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Anomalous when score >= it [default: "
+                                              "the one stored in --ckpt]."),
+    category: Optional[str] = typer.Option(None, "--category", help="Use this category's stored threshold."),
+    save_maps: bool = typer.Option(False, "--save-maps", help="Also write each raw map (float32 .npy)."),
+    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="A heatmap overlay PNG per image."),
+    batch_size: int = typer.Option(16, min=1, help="Images per batch."),
+    map_mode: str = typer.Option("decoder", "--map", metavar=choices("MapMode"), help="prototype: zero-shot map."),
+    precision: Optional[str] = typer.Option(None, metavar=choices("Precision"), help="bf16: autocast [default: "
+                                            "fp32; bf16 with --fast on CUDA]."),
+    fast: bool = typer.Option(False, "--fast/--no-fast", help="CUDA: bf16, fused kernels, CUDA graphs."),
+    encoder_weights: Optional[str] = typer.Option(None, help="Encoder weights, if not as at training."),
+    allow_encoder_mismatch: bool = typer.Option(False, "--allow-encoder-mismatch", help="Score even if the "
+                                                "encoder is not the trained one."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Score new images: predictions.csv/.json, an overlay per image, raw maps on request."""
+    from inp_former.config import MapMode, Precision, choice
+    from inp_former.workflow import PredictOptions, default_output_dir, predict_images
+
+    out_dir = out or default_output_dir("predictions")
+
+    def job():
+        options = PredictOptions(threshold, category, choice(MapMode, map_mode, "map_mode"),
+                                 precision and choice(Precision, precision, "precision"), batch_size, overlays,
+                                 save_maps, fast)
+        return predict_images(ckpt, inputs, out_dir, options, device, encoder_weights, allow_encoder_mismatch,
+                              RichReporter())
+
+    summary = run(job)
+    counts, threshold_info = summary["counts"], summary["threshold"]
+    verdict = ""
+    if threshold_info["image"] is not None:
+        verdict = (f": {counts['anomalous']} anomalous, {counts['normal']} normal at threshold "
+                   f"{threshold_info['image']:.6g} ({threshold_info['source']})")
+    console.print(f"Scored {counts['scored']} images{verdict}", highlight=False)
+    for item in summary["skipped"]:
+        err_console.print(f"[yellow]skipped:[/] {escape(item['path'])}: {escape(item['error'])}",
+                          highlight=False, soft_wrap=True)
+    if counts["skipped"]:
+        console.print(f"Skipped {counts['skipped']} unreadable file(s) (listed in predictions.json)")
+    console.print(f"Wrote {out_dir / 'predictions.csv'}, {out_dir / 'predictions.json'}"
+                  + (f", {counts['scored']} overlays in {out_dir / 'overlays'}" if overlays else "")
+                  + (f", raw maps in {out_dir / 'maps'}" if save_maps else ""), highlight=False, soft_wrap=True)
+    if counts["scored"] == 0:
+        fail(f"none of the {counts['inputs']} inputs could be read", code=1)

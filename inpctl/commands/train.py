@@ -1,0 +1,138 @@
+"""``inpctl train``: flags -> RunConfig -> :func:`inp_former.workflow.train_run` -> tables."""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from inpctl.helpers import (RichReporter, choices, console, default, err_console, fail, parse_categories,
+                            print_evaluation, run)
+
+
+def train_command(
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root. Without it (and --source): the "
+                                        "built-in demo."),
+    dataset: Optional[str] = typer.Option(None, help="Layout of --data: mvtec, visa, realiad or folder "
+                                          "(docs/datasets.md)." + default("data", "dataset")),
+    setting: Optional[str] = typer.Option(None, metavar=choices("Setting"), help="Default: from --shots/--source, "
+                                          "else multi-class (docs/datasets.md)."),
+    shots: Optional[int] = typer.Option(None, min=1, help="Few-shot: normal images per category (paper: 1, 2, 4)."),
+    source: Optional[list[str]] = typer.Option(None, "--source", help="Super-multi-class: DATASET=ROOT, repeated "
+                                               "(or NAME:DATASET=ROOT); replaces --data/--dataset."),
+    categories: Optional[str] = typer.Option(None, help="Comma-separated categories (default: all)."),
+    encoder: Optional[str] = typer.Option(None, help="small|base|large (DINOv2-reg4 ViT/14), efficientnet_lite0 "
+                                          "(offline) or timm:<cnn>." + default("model", "encoder")),
+    encoder_weights: Optional[str] = typer.Option(None, help="pretrained, a weight file, or random."
+                                                  + default("model", "encoder_weights")),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Epochs (ignored with --iters)." + default("train", "epochs")),
+    iters: Optional[int] = typer.Option(None, min=1, help="Total iterations; overrides --epochs."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Images per step." + default("train", "batch_size")),
+    lr: Optional[float] = typer.Option(None, min=0.0, help="Peak learning rate." + default("train", "lr")),
+    final_lr: Optional[float] = typer.Option(None, min=0.0, help="Final learning rate." + default("train", "final_lr")),
+    warmup_iters: Optional[int] = typer.Option(None, min=0, help="Warm-up iterations." + default("train", "warmup_iters")),
+    weight_decay: Optional[float] = typer.Option(None, min=0.0, help="Weight decay." + default("train", "weight_decay")),
+    eps: Optional[float] = typer.Option(None, min=0.0, help="StableAdamW epsilon (1e-6 cures rare NaNs)."
+                                        + default("train", "eps")),
+    grad_clip: Optional[float] = typer.Option(None, min=0.0, help="Gradient-norm clip." + default("train", "grad_clip")),
+    coherence_weight: Optional[float] = typer.Option(None, min=0.0, help="INP coherence loss weight."
+                                                     + default("train", "coherence_weight")),
+    gamma: Optional[float] = typer.Option(None, min=0.0, help="Soft-mining exponent." + default("train", "mining_gamma")),
+    num_prototypes: Optional[int] = typer.Option(None, min=1, help="INPs (M)." + default("model", "num_prototypes")),
+    resize: Optional[int] = typer.Option(None, min=14, help="Resize images to this square..." + default("model", "resize")),
+    crop: Optional[int] = typer.Option(None, min=14, help="...then centre-crop." + default("model", "crop")),
+    token_stride: Optional[int] = typer.Option(None, min=1, help="CNN encoders: pixels per token."),
+    precision: Optional[str] = typer.Option(None, metavar=choices("Precision"), help="bf16: autocast."
+                                            + default("train", "precision")),
+    seed: Optional[int] = typer.Option(None, help="Seed (initialisation, data order)." + default("train", "seed")),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory [default: runs/<dataset>-<encoder>-<time>]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Allow --out to hold a run already."),
+    no_eval: bool = typer.Option(False, "--no-eval", help="Do not evaluate after training."),
+    eval_batch_size: Optional[int] = typer.Option(None, min=1, help="Evaluation batch." + default("eval", "batch_size")),
+    num_workers: Optional[int] = typer.Option(None, min=0, help="Data-loading processes [default: by device]."),
+    on_nonfinite: Optional[str] = typer.Option(None, metavar=choices("OnNonfinite"), help="What a NaN/inf loss does."
+                                               + default("train", "on_nonfinite")),
+    checkpoint_every: Optional[int] = typer.Option(None, min=0, help="Write last.pt every N iterations; 0: never."
+                                                   + default("train", "checkpoint_every")),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its "
+                                          "last.pt, with its saved config."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Train one model on all chosen categories, then evaluate it (without --data: a demo).
+
+    Several GPUs: torchrun --nproc-per-node N -m inpctl train ... (--batch-size is global).
+    """
+    given = {name: value for name, value in locals().items() if value not in (None, False, [])}
+    from inp_former.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig, overlay
+    from inp_former.settings import with_setting
+    from inp_former.workflow import resume_run, train_run
+
+    evaluation = None if no_eval else overlay(EvalConfig(), batch_size=eval_batch_size)
+    reporter = RichReporter(rank_zero_only=True)
+    if resume is not None:
+        ignored = sorted(set(given) - {"resume", "device", "no_eval", "eval_batch_size"})
+        if ignored:
+            fail(f"--resume {resume}: the run continues with its saved config; these flags cannot change it: "
+                 + ", ".join("--" + name.replace("_", "-") for name in ignored))
+        outcome = run(lambda: resume_run(resume, device, evaluation, reporter), on_interrupt=_interrupted)
+        _show(outcome, reporter)
+        return
+
+    if data is not None and not data.is_dir():
+        fail(f"--data {data}: no such directory")
+    if data is not None and source:
+        fail("--data and --source: give one dataset with --data, or several with --source (not both)")
+    demo = data is None and not source
+    if demo and dataset is not None:
+        fail("--dataset: names the layout of --data; the demo has its own data (give --data too)")
+
+    def build() -> RunConfig:
+        if demo:
+            from inp_former.demo import demo_config
+
+            base, notice = demo_config()
+            console.print(notice, highlight=False)
+        else:
+            base = RunConfig(data=DataConfig(root=str(data or "")))
+        model = overlay(base.model, encoder_weights=encoder_weights, num_prototypes=num_prototypes, resize=resize,
+                        crop=crop, token_stride=token_stride)
+        if encoder is not None and encoder != base.model.encoder:  # another encoder: its own design defaults
+            model = overlay(ModelConfig(resize=model.resize, crop=model.crop), encoder=encoder,
+                            encoder_weights=encoder_weights, num_prototypes=num_prototypes, token_stride=token_stride)
+        train = overlay(base.train, iters=iters, epochs=epochs, batch_size=batch_size, lr=lr, final_lr=final_lr,
+                        warmup_iters=warmup_iters, weight_decay=weight_decay, eps=eps, grad_clip=grad_clip,
+                        coherence_weight=coherence_weight, mining_gamma=gamma, seed=seed, num_workers=num_workers,
+                        on_nonfinite=on_nonfinite, precision=precision, checkpoint_every=checkpoint_every)
+        if iters is not None and warmup_iters is None and train.warmup_iters >= iters:
+            train = overlay(train, warmup_iters=iters // 10)  # a short run still decays its learning rate
+        data_cfg = overlay(base.data, dataset=dataset, categories=tuple(parse_categories(categories)) or None)
+        data_cfg = with_setting(data_cfg, setting, shots or 0, source or None)
+        return RunConfig(model=model, train=train, data=data_cfg)
+
+    cfg = run(build)
+    if out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        fail("--out: required under torchrun, so that every process writes to the same run directory")
+    from inp_former.workflow import default_output_dir
+
+    run_dir = out or default_output_dir(f"runs/{'demo' if demo else cfg.data.dataset}-{cfg.model.encoder}")
+    outcome = run(lambda: train_run(cfg, run_dir, device, evaluation, overwrite=overwrite, reporter=reporter),
+                  flags={"run_dir": "--out"}, on_interrupt=_interrupted)
+    _show(outcome, reporter)
+
+
+def _interrupted(exc) -> None:
+    """SIGINT/SIGTERM: the state is saved; say how to continue; exit 130 (SIGINT) or 143 (SIGTERM)."""
+    run_dir = Path(exc.state_path).parent
+    err_console.print(f"{exc}; continue with: inpctl train --resume {run_dir}", highlight=False, soft_wrap=True)
+    raise typer.Exit(128 + int(exc.signal_number or signal.SIGINT))
+
+
+def _show(outcome, reporter: RichReporter) -> None:
+    if outcome is None or outcome.evaluation is None:
+        return
+    title = "single-class " if len(outcome.trained) > 1 else ""
+    print_evaluation(outcome.evaluation, f"INP-Former {title}({outcome.evaluation.result.meta.get('map_mode', 'decoder')} "
+                                         "maps), %")
+

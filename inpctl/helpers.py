@@ -1,0 +1,337 @@
+"""What every command shares: the consoles, one-line errors, progress, tables, the device flag.
+
+Commands (``inpctl/commands/*.py``) parse flags, build a config, call one library function and
+render its result with these helpers. Nothing here computes anything a Python user would need.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+METRIC_TITLES = {"i_auroc": "I-AUROC", "i_ap": "I-AP", "i_f1max": "I-F1max", "p_auroc": "P-AUROC",
+                 "p_ap": "P-AP", "p_f1max": "P-F1max", "aupro": "AUPRO"}
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """A one-line error and a non-zero exit, never a traceback."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    raise typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an error's message; for an error re-raised by a DataLoader worker (whose
+    message is the worker's whole traceback), the original error's own message."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        marker = f"{exc.__class__.__name__}: "
+        if marker in text:
+            text = text.rsplit(marker, 1)[1]
+    lines = text.strip().splitlines()
+    return lines[0] if lines else exc.__class__.__name__
+
+
+def _write_traceback() -> Path:
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="inpctl-error-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        traceback.print_exc(file=f)
+    return Path(path)
+
+
+# The library's argument names that the command line spells otherwise (others: --name-with-dashes).
+FLAGS = {"checkpoint": "--ckpt", "map_mode": "--map", "sources": "--source", "run_dir": "--out",
+         "mining_gamma": "--gamma", "encoder_stages": "--encoder-stages"}
+
+
+def run(job: Callable[[], Any], flags: Optional[dict[str, str]] = None,
+        on_interrupt: Optional[Callable[[Any], None]] = None) -> Any:
+    """Run a command body, turning the library's expected errors into one-line messages.
+
+    ``flags`` adds to :data:`FLAGS`, which maps the library's argument names (an error's ``arg``) to
+    the flags the user typed: the library speaks of arguments, the command line of its flags.
+    ``on_interrupt`` handles a :class:`~inp_former.errors.TrainingInterrupted`.
+    """
+    import torch
+
+    from inp_former.errors import InpFormerError, TrainingInterrupted
+
+    try:
+        return job()
+    except TrainingInterrupted as exc:
+        if on_interrupt is None:
+            raise
+        on_interrupt(exc)
+    except InpFormerError as exc:
+        fail(exc.render({**FLAGS, **(flags or {})}))
+    except (ValueError, OSError) as exc:
+        fail(one_line(exc))
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)
+    except torch.cuda.OutOfMemoryError:
+        fail("the GPU ran out of memory: lower --batch-size (or --eval-batch-size)")
+    except typer.Exit:
+        raise
+    except Exception as exc:  # a bug, not bad input: one line here, the traceback in a file to report
+        log = _write_traceback()
+        fail(f"internal error ({exc.__class__.__name__}: {one_line(exc)}); please report it with the "
+             f"traceback in {log}", code=1)
+
+
+# --- flags -------------------------------------------------------------------------------------
+
+def pick_device(device: str):
+    """The ``--device`` flag as a torch.device (auto: CUDA when there is one)."""
+    from inp_former.config import resolve_device
+    from inp_former.errors import ConfigError
+
+    try:
+        return resolve_device(device)
+    except ConfigError as exc:
+        fail(exc.render())
+
+
+def choices(enum_name: str) -> str:
+    """The metavar of a choice flag, from its enum in :mod:`inp_former.config`: ``[fp32|bf16]``."""
+    import inp_former.config as config
+
+    return "[" + "|".join(m.value for m in getattr(config, enum_name)) + "]"
+
+
+def default(section: str, name: str) -> str:
+    """`` [default: X]`` for a help text, read from the config dataclass (the one place defaults live)."""
+    import dataclasses
+
+    import inp_former.config as config
+
+    kind = {"model": config.ModelConfig, "train": config.TrainConfig, "data": config.DataConfig,
+            "eval": config.EvalConfig}[section]
+    value = next(f.default for f in dataclasses.fields(kind) if f.name == name)
+    return f" [default: {value}]"
+
+
+def parse_categories(text: Optional[str]) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else []
+
+
+def write_json(path: Optional[Path], payload: dict) -> None:
+    """``--json PATH``: the machine-readable form of what was printed."""
+    if path is not None:
+        from inp_former.io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+        console.print(f"Wrote {path}", highlight=False)
+
+
+# --- progress ----------------------------------------------------------------------------------
+
+class PlainProgress:
+    """The progress of a long job as a plain line every ``every`` seconds, for logs, ``nohup`` and
+    CI, where a live bar prints nothing. Same calls as the rich bar this module builds."""
+
+    def __init__(self, every: float, fields: tuple[str, ...], stream=None) -> None:
+        self.every, self.fields, self.stream = every, fields, stream or sys.stderr
+        self.tasks: list[dict[str, Any]] = []
+
+    def __enter__(self) -> "PlainProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for task in self.tasks:
+            self._line(task, final=True)
+
+    def add_task(self, description: str, total: Optional[float] = None, **fields: Any) -> int:
+        now = time.monotonic()
+        self.tasks.append({"description": description, "total": total, "completed": 0, "fields": fields,
+                           "start": now, "last": now})
+        return len(self.tasks) - 1
+
+    def update(self, task_id: int, *, advance: float = 0, completed: Optional[float] = None,
+               total: Optional[float] = None, **fields: Any) -> None:
+        task = self.tasks[task_id]
+        if total is not None:
+            task["total"] = total
+        task["completed"] = completed if completed is not None else task["completed"] + advance
+        task["fields"].update(fields)
+        if time.monotonic() - task["last"] >= self.every:
+            self._line(task)
+
+    def advance(self, task_id: int, advance: float = 1) -> None:
+        self.update(task_id, advance=advance)
+
+    def _line(self, task: dict[str, Any], final: bool = False) -> None:
+        now = time.monotonic()
+        task["last"] = now
+        done, total, elapsed = task["completed"], task["total"], now - task["start"]
+        rate = done / elapsed if elapsed > 0 else 0.0
+        parts = [f"{task['description']}: {done:g}" + (f"/{total:g}" if total else "")]
+        parts += [str(task["fields"][name]) for name in self.fields if task["fields"].get(name)]
+        parts.append(f"{rate:.2f}/s")
+        parts.append(f"elapsed {_clock(elapsed)}")
+        if total and rate > 0 and not final:
+            parts.append(f"eta {_clock((total - done) / rate)}")
+        print("  ".join(parts), file=self.stream, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+PLAIN_PROGRESS_SECONDS = float(os.environ.get("INPCTL_PROGRESS_SECONDS", "30"))
+
+
+def progress_bar(*extra: str, disable: bool = False):
+    """A rich progress bar (count, elapsed, ETA, ``extra`` fields) on a terminal; elsewhere a plain
+    line every ``INPCTL_PROGRESS_SECONDS`` (30) seconds; nothing when ``disable``."""
+    if not disable and not console.is_terminal:
+        return PlainProgress(PLAIN_PROGRESS_SECONDS, extra)
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
+                    *(TextColumn(f"{{task.fields[{name}]}}") for name in extra),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, disable=disable)
+
+
+class RichReporter:
+    """The workflow's :class:`~inp_former.workflow.Reporter` for a person at a terminal (or a log):
+    notices printed, progress as rich bars (plain lines when not a terminal)."""
+
+    def __init__(self, rank_zero_only: bool = False) -> None:
+        quiet = rank_zero_only and int(os.environ.get("RANK", "0")) != 0
+        self.quiet = quiet
+
+    def message(self, text: str) -> None:
+        if self.quiet:
+            return
+        if text.startswith("warning: "):
+            warn(text.removeprefix("warning: "))
+        else:
+            console.print(text, highlight=False, soft_wrap=True)
+
+    @contextlib.contextmanager
+    def training(self, label: str):
+        with progress_bar("stats", disable=self.quiet) as progress:
+            task = progress.add_task(label, total=None, stats="")
+
+            def on_step(step) -> None:
+                progress.update(task, completed=step.iteration, total=step.total,
+                                stats=f"loss {step.loss:.4f}  lr {step.lr:.2e}")
+
+            yield on_step
+
+    @contextlib.contextmanager
+    def evaluating(self, label: str):
+        with progress_bar("category", disable=self.quiet) as progress:
+            task = progress.add_task(label, total=None, category="")
+            seen: set[str] = set()
+            total = [0]
+
+            def on_batch(category: str, count: int, size: int) -> None:
+                if category not in seen:
+                    seen.add(category)
+                    total[0] += size
+                    progress.update(task, total=total[0])
+                progress.update(task, advance=count, category=category)
+
+            yield on_batch
+
+    @contextlib.contextmanager
+    def counting(self, label: str, total: int):
+        with progress_bar("name", disable=self.quiet) as progress:
+            task = progress.add_task(label, total=total, name="")
+            yield lambda done, _total, name: progress.update(task, completed=done, name=name)
+
+
+def print_evaluation(evaluation: Any, title: str) -> None:
+    """An evaluation as a person reads it: the table, notes, thresholds and the files written."""
+    result = evaluation.result
+    console.print(metrics_table(result.categories, result.mean, title=title))
+    if evaluation.random_encoder:
+        console.print("[yellow]Note: the encoder has random weights, so these numbers do not measure INP-Former.")
+    mismatch = result.meta.get("encoder_mismatch")
+    if mismatch:
+        warn(f"evaluated with another encoder than the one it was trained with ({mismatch['loaded']} instead of "
+             f"{mismatch['trained_with']}): metrics.json says so (meta.encoder_mismatch)")
+    _print_pixel_error_bounds(result.meta.get("pixel_metrics") or {})
+    calibration = evaluation.calibration
+
+    def fmt(value: Optional[float], f1: Optional[float]) -> str:
+        return "—" if value is None else f"{value:.6g} (F1 {100 * f1:.1f}%)" if f1 is not None else f"{value:.6g}"
+
+    if calibration.image_threshold is not None or calibration.pixel_threshold is not None:
+        console.print(f"F1-max thresholds ({calibration.map_mode} maps): image "
+                      f"{fmt(calibration.image_threshold, calibration.image_f1)}, pixel "
+                      f"{fmt(calibration.pixel_threshold, calibration.pixel_f1)}", highlight=False)
+    if evaluation.out_dir is not None:
+        out = evaluation.out_dir
+        console.print(f"Wrote {out / 'metrics.json'}, {out / 'scores.csv'} and {out / 'thresholds.json'}",
+                      highlight=False, soft_wrap=True)
+    if evaluation.report is not None:
+        console.print(f"Wrote {evaluation.report}", highlight=False)
+    if result.meta.get("imported_from"):
+        console.print(f"The {result.meta['imported_from']} is never modified: its thresholds are in thresholds.json",
+                      highlight=False, soft_wrap=True)
+    if evaluation.stored_in is not None:
+        console.print(f"Stored the thresholds in {evaluation.stored_in} (used by inpctl predict): "
+                      + "; ".join(evaluation.stored_changes), highlight=False, soft_wrap=True)
+
+
+def _print_pixel_error_bounds(info: dict) -> None:
+    """One line saying which pixel metrics were binned and how far they can be from the exact ones."""
+    binned = info.get("binned_categories") or {}
+    if not binned:
+        return
+    names = {"p_auroc": "P-AUROC", "p_ap": "P-AP", "p_f1max": "P-F1max", "aupro": "AUPRO"}
+    worst = info.get("max_error_bounds", {})
+    bounds = ", ".join(f"{names[k]} ±{100 * v:.2g}" for k, v in worst.items() if k in names)
+    console.print(f"Pixel metrics of {len(binned)} categor{'y' if len(binned) == 1 else 'ies'} "
+                  f"({', '.join(binned)}) are binned ({info.get('bins')} bins, more than "
+                  f"{info.get('exact_pixel_limit')} pixels): at most {bounds} points from the exact values "
+                  f"(also in metrics.json meta.pixel_metrics)", highlight=False, soft_wrap=True)
+
+
+# --- tables ------------------------------------------------------------------------------------
+
+def percent(value: float) -> str:
+    return "—" if value != value else f"{100 * value:.1f}"  # nan -> dash
+
+
+def metrics_table(categories: dict[str, dict[str, float]], mean: dict[str, float], title: str) -> Table:
+    table = Table(title=title, header_style="bold")
+    table.add_column("category")
+    for title_ in METRIC_TITLES.values():
+        table.add_column(title_, justify="right")
+    for name, values in categories.items():
+        table.add_row(name, *(percent(values.get(k, float("nan"))) for k in METRIC_TITLES))
+    table.add_section()
+    table.add_row("[bold]mean", *(f"[bold]{percent(mean.get(k, float('nan')))}" for k in METRIC_TITLES))
+    return table
+
+
+def rows_table(title: str, columns: list[str], rows: Iterable[Iterable[object]]) -> Table:
+    """A table whose first column is a label and the others numbers."""
+    table = Table(title=title, header_style="bold")
+    for index, column in enumerate(columns):
+        table.add_column(column, justify="left" if index == 0 else "right")
+    for row in rows:
+        table.add_row(*(str(v) for v in row))
+    return table

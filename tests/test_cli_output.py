@@ -1,0 +1,49 @@
+"""What a person reads: plain progress lines where no terminal shows a bar, tables within 80 columns."""
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from inpctl.cli import app
+from inpctl.helpers import PlainProgress
+
+runner = CliRunner()
+
+
+def test_plain_progress_prints_iteration_fields_rate_and_eta():
+    stream = io.StringIO()
+    with PlainProgress(0.0, ("stats",), stream=stream) as progress:
+        task = progress.add_task("train", total=10, stats="")
+        for i in range(1, 4):
+            progress.update(task, completed=i, stats=f"loss {1 / i:.4f}")
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("train: 1/10  loss 1.0000") and "eta" in lines[0]
+    assert re.search(r"train: 3/10  loss 0\.3333  [\d.]+/s  elapsed 0:00:0\d", lines[-1])
+    assert "eta" not in lines[-1]   # the closing line
+
+
+def test_plain_progress_is_quiet_between_its_intervals():
+    stream = io.StringIO()
+    with PlainProgress(3600.0, (), stream=stream) as progress:
+        task = progress.add_task("eval", total=100)
+        for _ in range(100):
+            progress.advance(task)
+    assert stream.getvalue().count("\n") == 1   # only the closing line
+
+
+@pytest.mark.parametrize("command", [
+    ["bench", "attention", "--n", "49", "--m", "3", "--c", "64", "--heads", "2", "--batch", "2", "--repeats", "2",
+     "--device", "cpu"],
+    ["bench", "scoring", "--batch", "2", "--grid", "7", "--channels", "32", "--image-size", "98", "--out-size", "64",
+     "--repeats", "2", "--device", "cpu"],
+])
+def test_bench_tables_fit_80_columns(command):
+    result = runner.invoke(app, command, terminal_width=80, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    table = [line for line in result.output.splitlines() if line[:1] in "┏┃┡│└├"]
+    assert table, result.output
+    assert max(len(line) for line in table) <= 80
+    assert "…" not in result.output

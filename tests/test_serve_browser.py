@@ -1,0 +1,118 @@
+"""The page at ``GET /`` of ``inpctl serve`` in a real browser: headless Chromium (Debian's package)
+driven by selenium through /usr/bin/chromedriver.
+
+Chromium is installed here with apt-get when missing and we are root; otherwise the test is
+skipped, saying why. Nothing is fetched by the browser but the page of the local server.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("starlette")
+webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium: pip install selenium")
+
+from tests.test_serve import Server, model_files, read  # noqa: E402,F401 - model_files is a fixture
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Debian's headless Chromium and its driver, installed with apt-get when missing."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            pytest.skip("needs chromium and chromium-driver (apt-get install chromium chromium-driver): "
+                        "missing, and we are not root with apt-get to install them")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        try:
+            for command in (["apt-get", "update", "-qq"],
+                            ["apt-get", "install", "-y", "-qq", "-o", "DPkg::Lock::Timeout=300",
+                             "chromium", "chromium-driver"]):
+                subprocess.run(command, env=env, check=True, capture_output=True, timeout=1200)
+        except (subprocess.SubprocessError, OSError) as exc:
+            pytest.skip(f"could not install chromium with apt-get: {exc}")
+        if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+            pytest.skip("apt-get ran but /usr/bin/chromium or /usr/bin/chromedriver is still missing")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def served(model_files, tmp_path_factory):
+    ckpt, inputs = model_files
+    srv = Server(ckpt, tmp_path_factory.mktemp("browser-server") / "server.log")
+    yield srv, inputs
+    assert srv.stop() == 0
+
+
+@pytest.fixture
+def browser(chromium, tmp_path):
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = str(chromium)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1280,1000", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def wait_for(condition, timeout: float = 60.0, what: str = "the page"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_upload_shows_the_api_score_and_the_slider_relabels(served, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    srv, inputs = served
+    files = sorted(inputs.glob("bottle_*.png"))  # 2 good, 2 defect
+    api = {p["filename"]: p for p in httpx.post(srv.url + "/predict", files=[("files", read(f)) for f in files],
+                                                timeout=60).json()["predictions"]}
+
+    browser.get(srv.url + "/")
+    wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#category option")) == 3, what="the model info")
+    assert "encoder small" in browser.find_element(By.ID, "model").text
+    browser.find_element(By.ID, "files").send_keys("\n".join(str(f) for f in files))
+    wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, ".score[data-score]")) == len(files),
+             what="the scores")
+    wait_for(lambda: all(img.get_property("naturalWidth") > 0
+                         for img in browser.find_elements(By.CSS_SELECTOR, "img.overlay")), what="the overlays")
+    browser.save_screenshot(str(tmp_path / "page.png"))
+    assert (tmp_path / "page.png").stat().st_size > 10_000
+
+    cards = {card.find_element(By.CSS_SELECTOR, ".name").text: card
+             for card in browser.find_elements(By.CSS_SELECTOR, ".card")}
+    assert set(cards) == {f.name for f in files}
+    for name, card in cards.items():
+        shown = card.find_element(By.CSS_SELECTOR, ".score")
+        assert float(shown.get_attribute("data-score")) == api[name]["score"]         # the API's, exactly
+        assert float(shown.text) == pytest.approx(api[name]["score"], rel=1e-5)       # 6 digits shown
+        badge = card.find_element(By.CSS_SELECTOR, ".badge").text
+        assert badge == ("ANOMALOUS" if api[name]["label"] == 1 else "normal")
+        assert float(card.find_element(By.CSS_SELECTOR, ".threshold").text) == pytest.approx(
+            api[name]["threshold"], rel=1e-5)
+
+    # the slider: just below one image's score it is anomalous, just above it is normal
+    name, score = files[0].name, api[files[0].name]["score"]
+    for value, expected in ((score * 0.999, "ANOMALOUS"), (score * 1.001, "normal")):
+        browser.execute_script("const s = document.getElementById('threshold'); s.value = arguments[0];"
+                               "s.dispatchEvent(new Event('input'));", value)
+        assert cards[name].find_element(By.CSS_SELECTOR, ".badge").text == expected
+    browser.save_screenshot(str(tmp_path / "page-after-slider.png"))
