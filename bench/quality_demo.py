@@ -12,6 +12,7 @@ provenance) and, with --md, a Markdown summary.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -57,7 +58,10 @@ def markdown(result: dict) -> str:
         f"- Data: demo textures {', '.join(meta['categories'])} ({meta['data_root']}); "
         f"images {meta['resize']} px, crop {meta['crop']}",
         f"- Training: {meta['iterations']} iterations, batch {meta['batch_size']}, {meta['train_seconds']} s; "
-        f"final loss {meta['final_loss']:.4f}",
+        f"final loss {meta['final_loss']:.4f}" + (
+            f"; loss {result['loss']['first']:.3f} at the start, {result['loss']['at_50']:.3f} halfway; "
+            f"still falling over the last 20%: {'yes' if result['loss']['still_falling'] else 'no'}"
+            if result.get("loss") else ""),
         f"- Nearest-neighbour bank: {meta['bank_tokens']} tokens (all training tokens up to 32768)",
         "",
         "Mean over categories, %:",
@@ -91,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__), *(argv or sys.argv[1:])])
 
     cfg, notice = demo_config(seed=args.seed)
-    if args.iters is not None:
-        cfg.train.iters = args.iters
-        cfg.train.warmup_iters = min(cfg.train.warmup_iters, args.iters // 10)
+    if args.iters is not None:   # configs may be frozen: a modified copy, never an edit
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+            cfg.train, iters=args.iters, warmup_iters=min(cfg.train.warmup_iters, args.iters // 10)))
     console.print(notice)
     result = run_quality(cfg, args.device)
     result["provenance"] = provenance(command, args.device)

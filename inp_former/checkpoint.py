@@ -7,6 +7,7 @@ fingerprint of the encoder's weights catches a different encoder on load.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import platform
 from pathlib import Path
@@ -33,6 +34,7 @@ def encoder_fingerprint(model: INPFormer) -> float:
 
 def save_checkpoint(path: Path, model: INPFormer, cfg: RunConfig, meta: dict[str, Any] | None = None) -> None:
     """Write the checkpoint atomically (temporary file, then rename)."""
+    cfg = dataclasses.replace(cfg, model=model.cfg)  # as built: with the encoder's own choices (a CNN's stages)
     payload: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

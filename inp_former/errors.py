@@ -14,7 +14,12 @@ class InpFormerError(Exception):
     """Base class of every expected error (bad input, not a bug)."""
 
     def __init__(self, message: str, arg: str | None = None, others: tuple[str, ...] = ()) -> None:
-        super().__init__(" ".join(str(message).split()))  # one line, whatever the parts held
+        message = str(message)
+        marker = f"{type(self).__name__}: "
+        if "Original Traceback" in message and marker in message:
+            # re-raised by a DataLoader worker: the message is the worker's traceback; keep the error's own
+            message = message.rsplit(marker, 1)[1]
+        super().__init__(" ".join(message.split()))  # one line, whatever the parts held
         self.arg = arg
         self.others = others     # other arguments the message names (as words)
 

@@ -210,7 +210,8 @@ def single_class_configs(cfg: RunConfig, categories: list[str]) -> list[tuple[st
 def check_setting(data: DataConfig) -> None:
     """Refuse inconsistent setting fields with a message naming the flag."""
     if data.setting == Setting.FEW_SHOT and data.shots < 1:
-        raise ConfigError("setting few-shot: needs a number of shots (the paper uses 1, 2 or 4)", arg="setting")
+        raise ConfigError("setting few-shot: needs shots N (the paper uses 1, 2 or 4)", arg="setting",
+                          others=("shots",))
     if data.shots and data.setting != Setting.FEW_SHOT:
         raise ConfigError(f"shots {data.shots}: only with the few-shot setting (got setting {data.setting})",
                           arg="shots")

@@ -170,10 +170,10 @@ def load_training_state(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise TrainingError(f"resume {path}: not a readable training state ({exc.__class__.__name__})",
+        raise TrainingError(f"resume: {path} is not a readable training state ({exc.__class__.__name__})",
                             arg="resume") from exc
     if not isinstance(state, dict) or state.get("format") != "inpctl-training-state":
-        raise TrainingError(f"resume {path}: not an inpctl training state", arg="resume")
+        raise TrainingError(f"resume: {path} is not an inpctl training state", arg="resume")
     return state
 
 
@@ -267,7 +267,7 @@ def train(cfg: RunConfig, run_dir: Path, device: torch.device | str | None = Non
     total = tc.iters
 
     model = (model or INPFormer(cfg.model)).to(device)
-    cfg = cfg.updated(model=dataclasses.asdict(model.cfg))  # the encoder's own choices (a CNN's stages)
+    cfg = dataclasses.replace(cfg, model=model.cfg)  # with the encoder's own choices (a CNN's stages)
     params = model.trainable_parameters()
     optimizer = StableAdamW(params, lr=tc.lr, betas=tc.betas, eps=tc.eps, weight_decay=tc.weight_decay, amsgrad=True)
     schedule = WarmCosineSchedule(optimizer, tc.lr, tc.final_lr, total, warmup=tc.warmup_iters)

@@ -333,6 +333,13 @@ def train_run(cfg: RunConfig, run_dir: Path | str, device: torch.device | str = 
     return RunOutcome(run_dir, trained.config, {"": trained}, outcome)
 
 
+def finished_checkpoint(run_dir: Path | str) -> Path | None:
+    """The checkpoint of a run that has finished (nothing left to resume), or None."""
+    run_dir = Path(run_dir)
+    done = run_dir / CHECKPOINT_NAME
+    return done if done.is_file() and not (run_dir / TRAINING_STATE).is_file() else None
+
+
 def resume_run(run_dir: Path | str, device: torch.device | str = "auto",
                evaluation: EvalConfig | None = EvalConfig(), reporter: Reporter = SILENT) -> RunOutcome:
     """Continue the run in ``run_dir`` from its ``last.pt`` with its saved config."""
@@ -341,7 +348,7 @@ def resume_run(run_dir: Path | str, device: torch.device | str = "auto",
     if not run_dir.is_dir():
         raise ConfigError(f"resume {run_dir}: no such run directory", arg="resume")
     if not state_path.is_file():
-        if (run_dir / CHECKPOINT_NAME).is_file():
+        if finished_checkpoint(run_dir) is not None:
             raise ConfigError(f"resume {run_dir}: the run is complete ({CHECKPOINT_NAME} is written, no "
                               f"{TRAINING_STATE} left); evaluate {run_dir / CHECKPOINT_NAME} instead", arg="resume")
         raise ConfigError(f"resume {run_dir}: no {TRAINING_STATE} there (nothing to resume; expected the directory "

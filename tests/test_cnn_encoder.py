@@ -162,7 +162,7 @@ def test_encoder_weights_file_for_a_timm_cnn(tmp_path):
         reference = timm.create_model("resnet18", pretrained=False)
     path = tmp_path / "resnet18.pth"
     torch.save(reference.state_dict(), path)
-    encoder = build_encoder(ModelConfig(encoder="timm:resnet18", encoder_weights=str(path)))
+    encoder, _ = build_encoder(ModelConfig(encoder="timm:resnet18", encoder_weights=str(path)))
     assert encoder.weights_source == f"file {path}"
     torch.testing.assert_close(encoder.backbone.state_dict()["layer3.0.conv1.weight"],
                                reference.state_dict()["layer3.0.conv1.weight"], rtol=0, atol=0)
@@ -184,7 +184,8 @@ def test_config_records_the_design_and_a_checkpoint_restores_it(tmp_path):
     assert cfg.model.encoder_stages is None and cfg.model.encoder_dim is None
     torch.manual_seed(0)
     model = INPFormer(cfg.model).eval()
-    assert (cfg.model.encoder_stages, cfg.model.token_stride, cfg.model.encoder_dim) == ([1, 2, 3, 4], 16, 256)
+    assert cfg.model.encoder_stages is None and cfg.model.encoder_dim is None   # the given config is not changed
+    assert (list(model.cfg.encoder_stages), model.cfg.token_stride, model.cfg.encoder_dim) == ([1, 2, 3, 4], 16, 256)
     save_checkpoint(tmp_path / "ckpt.pt", model, cfg)
     restored, restored_cfg, _ = load_checkpoint(tmp_path / "ckpt.pt")
     assert list(restored_cfg.model.encoder_stages) == [1, 2, 3, 4]

@@ -83,7 +83,7 @@ def test_pretrained_offline_gives_a_clear_error(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", "/nonexistent-inpctl-test")
-    with pytest.raises(EncoderWeightsError, match="--encoder-weights"):
+    with pytest.raises(EncoderWeightsError, match="encoder_weights"):
         DinoV2Encoder("small", "pretrained")
 
 

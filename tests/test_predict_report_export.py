@@ -257,7 +257,8 @@ def test_predict_saves_raw_maps_equal_to_the_python_api(evaluated, inputs, tmp_p
         assert saved.dtype == np.float32 and saved.shape == api.map.shape == (256, 256)
         np.testing.assert_allclose(saved, api.map, rtol=0, atol=1e-6)
         assert api.score == pytest.approx(float(row["score"]), abs=1e-6)
-        assert api.label == int(row["label"])
+        if abs(api.score - api.threshold) > 1e-6:  # within the score tolerance of the threshold either label is right
+            assert api.label == int(row["label"])
 
 
 def test_predict_without_images_fails_with_one_line(evaluated, tmp_path):

@@ -164,7 +164,7 @@ def test_two_processes_train_like_one(data_root, tmp_path):
 def test_batch_size_must_split_evenly_over_processes():
     from inp_former.train import EpochBatchSampler
 
-    with pytest.raises(ValueError, match="--batch-size 5: must be divisible by the 2 processes"):
+    with pytest.raises(ValueError, match="batch_size 5: must be divisible by the 2 processes"):
         EpochBatchSampler(10, 5, seed=0, world=2, rank=0)
     one = list(EpochBatchSampler(12, 4, seed=1))
     halves = [list(EpochBatchSampler(12, 4, seed=1, world=2, rank=r)) for r in (0, 1)]

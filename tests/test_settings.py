@@ -266,7 +266,7 @@ def test_zero_shot_evaluates_a_model_on_another_dataset_with_prototype_maps(mvte
     result = metrics(tmp_path / "zs")
     assert set(result["categories"]) == {"bottle", "cable"} and result["meta"]["map_mode"] == "prototype"
     model, cfg, _ = load_checkpoint(run_dir / "checkpoint.pt")
-    cfg.data.dataset, cfg.data.root = "mvtec", str(mvtec)
+    cfg = cfg.updated(data={"dataset": "mvtec", "root": str(mvtec)})   # configs are frozen: a changed copy
     ours = evaluate(model, cfg, ["bottle", "cable"], "cpu", map_mode="prototype")
     for category, values in ours.categories.items():
         for key, value in values.items():
@@ -276,7 +276,7 @@ def test_zero_shot_evaluates_a_model_on_another_dataset_with_prototype_maps(mvte
 def test_old_configs_without_sources_still_load():
     raw = RunConfig().to_dict()
     del raw["data"]["sources"]
-    assert RunConfig.from_dict(raw).data.sources == []
+    assert RunConfig.from_dict(raw).data.sources == ()
 
 
 # --- the authors' checkpoints and Meta's weights -------------------------------------------------

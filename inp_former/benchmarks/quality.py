@@ -204,6 +204,8 @@ def run_quality(cfg: RunConfig, device: torch.device | str = "cpu", *, run_dir: 
     categories = list(cfg.data.categories)
     seed_everything(cfg.train.seed)   # the model's initial weights are those train() would start from
     model = INPFormer(cfg.model, encoder=encoder).to(device)
+    if isinstance(getattr(model, "cfg", None), type(cfg.model)):
+        cfg = dataclasses.replace(cfg, model=model.cfg)   # completed with the encoder's choices (CNN stages...)
     rows: dict[str, dict[str, float]] = {}
     per_category: dict[str, dict[str, dict[str, float]]] = {}
     seconds: dict[str, float] = {}
@@ -233,6 +235,9 @@ def run_quality(cfg: RunConfig, device: torch.device | str = "cpu", *, run_dir: 
             # the very model of the "untrained" row (evaluation changed nothing in it)
             result = train(cfg, target, device, on_step=on_step, model=model)
         extra["train_seconds"] = round(time.perf_counter() - started, 1)
+        resolved = getattr(result, "config", None)   # the config as training resolved it (iterations, ...)
+        if isinstance(resolved, RunConfig):
+            cfg = resolved
         extra.update(iterations=result.iterations, final_loss=result.final_loss,
                      skipped_steps=result.skipped_steps)
         extra["losses"] = [float(v) for v in result.losses]

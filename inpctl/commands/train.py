@@ -76,6 +76,12 @@ def train_command(
         if ignored:
             fail(f"--resume {resume}: the run continues with its saved config; these flags cannot change it: "
                  + ", ".join("--" + name.replace("_", "-") for name in ignored))
+        from inp_former.workflow import CHECKPOINT_NAME, TRAINING_STATE, finished_checkpoint
+
+        done = finished_checkpoint(resume)
+        if done is not None:
+            fail(f"--resume {resume}: the run is complete ({CHECKPOINT_NAME} is written, no {TRAINING_STATE} left); "
+                 f"evaluate it with inpctl eval --ckpt {done}")
         outcome = run(lambda: resume_run(resume, device, evaluation, reporter), on_interrupt=_interrupted)
         _show(outcome, reporter)
         return
