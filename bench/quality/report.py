@@ -23,7 +23,7 @@ def pct(value: float | None) -> str:
 
 def table(rows: list[dict]) -> list[str]:
     lines = ["| dataset | run | untrained I / P / PRO | trained I / P / PRO | NN I / P / PRO | train s | "
-             "loss first → last | still falling (last 20%) |",
+             "loss first / 25% / 50% / 75% / last | still falling (last 20%) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = []
@@ -31,7 +31,8 @@ def table(rows: list[dict]) -> list[str]:
             m = r["rows"].get(method)
             cells.append(" / ".join(pct(m[k]) for k in KEYS) if m else "—")
         loss = r.get("loss") or {}
-        curve = f"{loss['first']:.3f} → {loss['last']:.3f}" if loss else "—"
+        curve = (" / ".join(f"{loss[k]:.3f}" for k in ("first", "at_25", "at_50", "at_75", "last"))
+                 if loss else "—")
         tail = (f"{'yes' if loss['still_falling'] else 'no'} ({100 * loss['tail_change']:+.1f}%, t {loss['tail_t']:.1f})"
                 if loss else "—")
         lines.append(f"| {r['dataset']} | {r['name']} | {cells[0]} | {cells[1]} | {cells[2]} | "
@@ -44,6 +45,8 @@ def main() -> int:
     parser.add_argument("runs", type=Path)
     parser.add_argument("--json", type=Path, default=ROOT / "bench/results/quality-cnn-recipe.json")
     parser.add_argument("--md", type=Path, default=None)
+    parser.add_argument("--header", type=Path, default=None, help="Markdown put before the table")
+    parser.add_argument("--footer", type=Path, default=None, help="Markdown put after the table")
     args = parser.parse_args()
     rows = [json.loads(line) for line in args.runs.read_text().splitlines() if line.strip()]
     for row in rows:   # one definition of the summary for every row (rows may predate a refinement)
@@ -52,7 +55,8 @@ def main() -> int:
     args.json.write_text(json.dumps({"runs": rows}, indent=1) + "\n")
     print("\n".join(table(rows)))
     if args.md:
-        args.md.write_text("\n".join(table(rows)) + "\n")
+        header = args.header.read_text() if args.header else ""
+        args.md.write_text(header + "\n".join(table(rows)) + "\n" + (args.footer.read_text() if args.footer else ""))
     return 0
 
 
