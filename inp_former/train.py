@@ -43,6 +43,7 @@ class StepInfo:
     mining: float
     coherence: float
     lr: float
+    images: int = 0    # images per step (the global batch)
 
 
 @dataclass
@@ -328,7 +329,7 @@ def train(cfg: RunConfig, run_dir: Path, device: torch.device | str | None = Non
                 iteration += 1
                 if on_step is not None and rank == 0:
                     on_step(StepInfo(iteration, total, value, float(mining.detach()), float(coherence.detach()),
-                                     optimizer.param_groups[0]["lr"]))
+                                     optimizer.param_groups[0]["lr"], tc.batch_size))
                 at_epoch_end = batch_in_epoch == batches_per_epoch
                 position = (epoch + at_epoch_end, 0 if at_epoch_end else batch_in_epoch)
                 interrupted = iteration < total and stop.stop_requested(world)

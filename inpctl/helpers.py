@@ -172,6 +172,8 @@ class PlainProgress:
         if total is not None:
             task["total"] = total
         task["completed"] = completed if completed is not None else task["completed"] + advance
+        if "base" not in task:  # the rate counts from the first update (a resumed run starts part-way)
+            task["base"], task["start"] = task["completed"], time.monotonic()
         task["fields"].update(fields)
         if time.monotonic() - task["last"] >= self.every:
             self._line(task)
@@ -183,10 +185,11 @@ class PlainProgress:
         now = time.monotonic()
         task["last"] = now
         done, total, elapsed = task["completed"], task["total"], now - task["start"]
-        rate = done / elapsed if elapsed > 0 else 0.0
+        rate = (done - task.get("base", 0)) / elapsed if elapsed > 0 else 0.0
         parts = [f"{task['description']}: {done:g}" + (f"/{total:g}" if total else "")]
         parts += [str(task["fields"][name]) for name in self.fields if task["fields"].get(name)]
-        parts.append(f"{rate:.2f}/s")
+        if not any("/s" in part for part in parts):  # a field may already say the rate in its own unit
+            parts.append(f"{rate:.2f}/s")
         parts.append(f"elapsed {_clock(elapsed)}")
         if total and rate > 0 and not final:
             parts.append(f"eta {_clock((total - done) / rate)}")
@@ -231,10 +234,16 @@ class RichReporter:
     def training(self, label: str):
         with progress_bar("stats", disable=self.quiet) as progress:
             task = progress.add_task(label, total=None, stats="")
+            first: list = []   # (time, iteration) of the first step seen: img/s from there (a resume starts late)
 
             def on_step(step) -> None:
+                now = time.monotonic()
+                first[:] = first or [(now, step.iteration)]
+                (t0, i0), speed = first[0], ""
+                if now > t0 and step.images:
+                    speed = f"  {(step.iteration - i0) * step.images / (now - t0):.1f} img/s"
                 progress.update(task, completed=step.iteration, total=step.total,
-                                stats=f"loss {step.loss:.4f}  lr {step.lr:.2e}")
+                                stats=f"loss {step.loss:.4f}  lr {step.lr:.2e}{speed}")
 
             yield on_step
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -18,9 +19,11 @@ def test_plain_progress_prints_iteration_fields_rate_and_eta():
     with PlainProgress(0.0, ("stats",), stream=stream) as progress:
         task = progress.add_task("train", total=10, stats="")
         for i in range(1, 4):
+            time.sleep(0.01)
             progress.update(task, completed=i, stats=f"loss {1 / i:.4f}")
     lines = stream.getvalue().splitlines()
-    assert lines[0].startswith("train: 1/10  loss 1.0000") and "eta" in lines[0]
+    assert lines[0].startswith("train: 1/10  loss 1.0000")
+    assert "eta" in lines[1]   # from the second update on, there is a rate to extrapolate
     assert re.search(r"train: 3/10  loss 0\.3333  [\d.]+/s  elapsed 0:00:0\d", lines[-1])
     assert "eta" not in lines[-1]   # the closing line
 
@@ -47,3 +50,18 @@ def test_bench_tables_fit_80_columns(command):
     assert table, result.output
     assert max(len(line) for line in table) <= 80
     assert "…" not in result.output
+
+
+def test_training_progress_in_a_log_shows_iteration_loss_images_per_second_and_eta(monkeypatch, capsys):
+    import time
+
+    import inpctl.helpers as helpers
+    from inp_former.train import StepInfo
+
+    monkeypatch.setattr(helpers, "PLAIN_PROGRESS_SECONDS", 0.0)
+    with helpers.RichReporter().training("train") as on_step:
+        for i in range(1, 4):
+            time.sleep(0.01)
+            on_step(StepInfo(i, 10, 0.5 / i, 0.0, 0.0, 1e-3, images=8))
+    lines = capsys.readouterr().err.splitlines()
+    assert re.search(r"^train: 3/10  loss 0\.1667  lr 1\.00e-03  [\d.]+ img/s  .*eta", lines[-2]), lines

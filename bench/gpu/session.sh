@@ -203,8 +203,8 @@ for path in sorted(glob.glob(os.path.join(out, "model_*.json"))):
     lines += ["", f"## `inpctl bench model` {os.path.basename(path)} ({data.get('encoder')}, {data.get('crop')} px)", "",
               "| pass | path | batch | median ms | img/s | × reference |", "| --- | --- | ---: | ---: | ---: | ---: |"]
     for r in data.get("rows", []):
-        lines.append(f"| {r.get('pass')} | {r.get('path')} | {r.get('batch')} | {r.get('median_ms', 0):.3f} | "
-                     f"{r.get('images_per_s', 0):.1f} | {r.get('speedup', 0):.2f} |")
+        lines.append(f"| {r.get('pass')} | {r.get('path')} | {r.get('batch')} | {r.get('ms', 0):.3f} | "
+                     f"{r.get('img/s', 0):.1f} | {r.get('x ref', 0):.2f} |")
 others = sorted(os.path.basename(p) for p in glob.glob(os.path.join(out, "*")) if not p.endswith("README.md"))
 lines += ["", "Raw files: " + ", ".join(f"`{p}`" for p in others), ""]
 open(os.path.join(out, "README.md"), "w").write("\n".join(lines))

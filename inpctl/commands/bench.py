@@ -15,7 +15,11 @@ from inpctl.helpers import choices, console, fail, parse_categories, pick_device
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: paper Table 1, kernels, the model, quality, "
                                                    "compile-time evidence.")
 
-JSON_HELP = "Also write the results to this JSON file."
+# the options every benchmark shares (Typer takes the same OptionInfo as default in several commands)
+DEVICE = typer.Option("auto", help="auto, cpu, cuda or cuda:N.")
+JSON = typer.Option(None, "--json", help="Also write the results to this JSON file.")
+REPEATS = typer.Option(20, min=1, help="Timed repetitions (median reported).")
+DTYPE = typer.Option("fp32", metavar=choices("Dtype"), help="Dtype of the timed rows.")
 
 
 def _dtype(name: str):
@@ -62,10 +66,10 @@ def bench_attention(
     c: int = typer.Option(768, min=1, help="Channels (C)."),
     heads: int = typer.Option(12, min=1, help="Heads (H); C must be divisible by H."),
     batch: int = typer.Option(16, min=1, help="Batch size for the timed rows."),
-    dtype: str = typer.Option("fp32", metavar=choices("Dtype"), help="Dtype of the timed rows."),
-    repeats: int = typer.Option(20, min=1, help="Timed repetitions (median reported)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+    dtype: str = DTYPE,
+    repeats: int = REPEATS,
+    device: str = DEVICE,
+    json_path: Optional[Path] = JSON,
 ) -> None:
     """Paper Table 1 (operation counts, memory) and measured times of each attention."""
     from inp_former.benchmarks.attention import run_attention_bench, table1_counts
@@ -97,10 +101,10 @@ def bench_scoring(
     channels: int = typer.Option(768, min=1, help="Feature channels."),
     image_size: int = typer.Option(392, min=1, help="Crop size the maps are upsampled to."),
     out_size: int = typer.Option(256, min=1, help="Anomaly-map size."),
-    dtype: str = typer.Option("fp32", metavar=choices("Dtype"), help="Feature dtype."),
-    repeats: int = typer.Option(20, min=1, help="Timed repetitions (median reported)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+    dtype: str = DTYPE,
+    repeats: int = REPEATS,
+    device: str = DEVICE,
+    json_path: Optional[Path] = JSON,
 ) -> None:
     """Fused regional-cosine scoring against the reference path."""
     from inp_former.benchmarks.scoring import run_scoring_bench
@@ -119,8 +123,8 @@ def bench_model(
     crop: int = typer.Option(392, min=14, help="Image size."),
     repeats: int = typer.Option(10, min=1, help="Timed repetitions (median reported)."),
     compile_model: bool = typer.Option(False, "--compile", help="Also time torch.compile of the fast path."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+    device: str = DEVICE,
+    json_path: Optional[Path] = JSON,
 ) -> None:
     """End to end: inference images/s and training step time, reference fp32 vs the fast path."""
     from inp_former.benchmarks.model import run_model_bench
@@ -144,8 +148,8 @@ def bench_quality(
     iters: Optional[int] = typer.Option(None, min=1, help="Training iterations [default: the demo's]."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Training batch size."),
     seed: Optional[int] = typer.Option(None, help="Seed of the initialisation and training."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+    device: str = DEVICE,
+    json_path: Optional[Path] = JSON,
 ) -> None:
     """INP-Former untrained vs trained vs a nearest-neighbour patch baseline, same encoder and data."""
     from inp_former.benchmarks.quality import run_quality
@@ -183,7 +187,7 @@ def bench_quality(
 @bench_app.command("compile")
 def bench_compile(
     arch: list[int] = typer.Option([80, 90], "--arch", help="GPU architectures (sm_XX), repeat the flag."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+    json_path: Optional[Path] = JSON,
 ) -> None:
     """Compile every autotune config of every kernel for a GPU (no GPU needed): registers, spills,
     shared memory, tensor-core instructions, vector loads, occupancy."""
