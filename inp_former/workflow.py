@@ -146,11 +146,16 @@ def _write_report(model: INPFormer, cfg: RunConfig, outcome: Evaluation, calibra
 
     result = outcome.result
     total = sum(len(choose_samples([r for r in result.rows if r["category"] == c], samples)) for c in result.categories)
-    with reporter.counting("report", total) as on_sample:
-        done = iter(range(1, total + 1))
+    with reporter.counting("report", total) as on_progress:
+        done = [0]
+
+        def on_sample() -> None:
+            done[0] += 1
+            on_progress(done[0], total, "")
+
         return write_report(outcome.out_dir / "report.html", model, cfg, result, outcome.calibration, calibrator,
                             device, str(evaluation.map_mode), str(evaluation.precision_on(device)), samples,
-                            on_sample=lambda: on_sample(next(done, total), total, ""))
+                            on_sample=on_sample)
 
 
 def combine_evaluations(evaluations: dict[str, Evaluation], out_dir: Path, meta: dict[str, Any]) -> Evaluation:
