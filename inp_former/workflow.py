@@ -471,9 +471,8 @@ def export_model(checkpoint: Path | str, target: Path, map_mode: MapMode = MapMo
     model, cfg, meta = load_checkpoint(Path(checkpoint), "cpu", encoder_weights, allow_encoder_mismatch)
     calibration = read_calibration(meta, str(map_mode))
     metadata = export_metadata(cfg, str(map_mode), calibration.to_dict() if calibration else None, str(checkpoint))
-    with reporter.counting(f"export ({exporter})", 1) as done:
-        info = export_onnx(model, cfg, Path(target), str(map_mode), exporter, opset, metadata=metadata)
-        done(1, 1, "")
+    reporter.message(f"Exporting to ONNX ({exporter} exporter, opset {opset})")
+    info = export_onnx(model, cfg, Path(target), str(map_mode), exporter, opset, metadata=metadata)
     outcome: dict[str, Any] = {"info": info, "config": cfg, "calibration": calibration, "check": None,
                                "checked": False}
     if check and onnxruntime_available():
