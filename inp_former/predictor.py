@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Iterable, Sequence, Union
 
 import numpy as np
 import torch
@@ -174,14 +174,6 @@ class Predictor:
             paths = [str(item) if isinstance(item, (str, Path)) else None for item in chunk]
             out.extend(self.predict_tensor(tensor, paths))
         return out
-
-    def score_tensor(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        """Raw outputs of preprocessed images (B, 3, crop, crop): maps, scores, model output."""
-        from inp_former.evaluate import score_batch
-
-        if images.dim() == 3:
-            images = images.unsqueeze(0)
-        return score_batch(self.model, images.to(self.device), self.cfg, self.precision, self.map_mode)
 
     def predict_tensor(self, images: torch.Tensor, paths: Sequence[str | None] | None = None) -> list[Prediction]:
         """Predictions for preprocessed images (B, 3, crop, crop) or (3, crop, crop)."""

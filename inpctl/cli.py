@@ -13,6 +13,7 @@ from inpctl.commands.bench import bench_app
 from inpctl.commands.evaluate import eval_command
 from inpctl.commands.export import export_command
 from inpctl.commands.predict import predict_command
+from inpctl.commands.serve import serve_command
 from inpctl.commands.train import train_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -24,12 +25,7 @@ app.command("eval")(eval_command)
 app.command("predict")(predict_command)
 app.command("export")(export_command)
 app.add_typer(bench_app, name="bench")
-try:  # the web server needs the serve extra's packages only when it runs
-    from inpctl.commands.serve import serve_command
-
-    app.command("serve")(serve_command)
-except ImportError:  # pragma: no cover - the module itself is always there
-    pass
+app.command("serve")(serve_command)   # the web stack (serve extra) is imported only when it runs
 
 
 def main() -> None:
