@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
 
 from inp_former.benchmarks.quality import format_table, run_quality  # noqa: E402
 from inp_former.demo import demo_config  # noqa: E402
-from inpctl.console import METRIC_TITLES, console, metrics_table, rows_table  # noqa: E402
+from inpctl.helpers import METRIC_TITLES, console, metrics_table, rows_table  # noqa: E402
 
 ALL_KEYS = tuple(METRIC_TITLES)
 

@@ -96,7 +96,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu", encoder_weig
         return model.to(device), cfg, {"imported_from": f"authors' checkpoint {path}",
                                        "encoder_source": model.encoder.weights_source}
     payload = _check_payload(raw, path)
-    cfg = RunConfig.from_dict(payload["config"])
+    cfg = RunConfig.from_dict(payload["config"], saved=True)
     if encoder_weights is not None:
         cfg = cfg.updated(model={"encoder_weights": encoder_weights})
     model = INPFormer(cfg.model)

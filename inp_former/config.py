@@ -87,6 +87,7 @@ class ModelConfig:
     encoder_stages: tuple[int, ...] | None = None   # timm features_only out_indices taken as token maps
     token_stride: int | None = None                 # pixels per token: grid = crop // token_stride
     encoder_dim: int | None = None                  # C: every stage is projected to C channels
+    encoder_padding: int | None = None              # pixels of mirror padding around the image (see cnn.py)
     resize: int = 448                     # images are resized to resize x resize ...
     crop: int = 392                       # ... then centre-cropped to crop x crop (28x28 tokens at patch 14)
     num_prototypes: int = 6               # M, the number of INPs
@@ -101,6 +102,7 @@ class ModelConfig:
         _tuple(self, "encoder_stages")
         _positive(self, "resize", "crop", "num_prototypes", "decoder_depth", "map_size", "token_stride",
                   "encoder_dim", "blur_kernel")
+        _positive(self, "encoder_padding", minimum=0)
         if self.crop > self.resize:
             raise ConfigError(f"crop {self.crop}: must not exceed resize {self.resize}", arg="crop", others=("resize",))
         if not 0 < self.top_fraction <= 1:
@@ -218,7 +220,17 @@ class RunConfig:
                        for f in dataclasses.fields(getattr(self, name))} for name in ("model", "train", "data")}
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, raw: dict[str, Any], saved: bool = False) -> "RunConfig":
+        """The config of a dict (``to_dict``'s form; missing fields take their defaults).
+
+        ``saved``: ``raw`` is the resolved config stored with a checkpoint or a training state. A CNN
+        config stored before ``encoder_padding`` existed (its stages resolved, no padding key) was
+        trained without padding, and must be rebuilt so, not with today's default.
+        """
+        model = dict(raw.get("model", {}))
+        if saved and model.get("encoder_stages") is not None and "encoder_padding" not in model:
+            model["encoder_padding"] = 0
+
         def build(kind: type, values: dict[str, Any]) -> Any:
             names = {f.name for f in dataclasses.fields(kind)}
             unknown = set(values) - names
@@ -226,7 +238,7 @@ class RunConfig:
                 raise ConfigError(f"config: unknown {kind.__name__} fields {sorted(unknown)}", arg="config")
             return kind(**values)
 
-        return cls(model=build(ModelConfig, raw.get("model", {})),
+        return cls(model=build(ModelConfig, model),
                    train=build(TrainConfig, raw.get("train", {})),
                    data=build(DataConfig, raw.get("data", {})))
 

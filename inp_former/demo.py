@@ -23,8 +23,9 @@ def demo_config(seed: int = 1) -> tuple[RunConfig, str]:
     elif lite0_package_file() is not None:
         notice = (f"Demo: DINOv2 weights are not in the local cache, so the encoder is EfficientNet-Lite0 with "
                   f"ImageNet weights from the {LITE0_PACKAGE} package (offline).")
-        # The demo's 224 px images unchanged, one token per 16 px (14x14 tokens): about 0.5 s per
-        # step on 2 CPU cores, so the run takes 2-3 minutes; stride 8 costs 2.5x for no gain here.
+        # The demo's 224 px images unchanged, one token per 16 px (14x14 tokens): about 1.6 s per
+        # step on 2 CPU cores (the CNN's mirror padding included), so the run takes about 5 minutes;
+        # stride 8 costs 2.5x for no gain here.
         model = ModelConfig(encoder="efficientnet_lite0", encoder_weights="pretrained", resize=224, crop=224,
                             token_stride=16)
         train = TrainConfig(iters=200, batch_size=8, warmup_iters=20, seed=seed)

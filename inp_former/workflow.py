@@ -360,7 +360,7 @@ def resume_run(run_dir: Path | str, device: torch.device | str = "auto",
                           f"of an interrupted training run)", arg="resume")
     state = load_training_state(state_path)
     try:
-        cfg = RunConfig.from_dict(state["config"])
+        cfg = RunConfig.from_dict(state["config"], saved=True)
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"resume {state_path}: its run config is not readable ({exc})", arg="resume") from exc
     if int(os.environ.get("RANK", "0")) == 0:

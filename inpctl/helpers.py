@@ -134,6 +134,16 @@ def parse_categories(text: Optional[str]) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()] if text else []
 
 
+def parse_stages(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    """``--encoder-stages 3,4`` -> (3, 4); None when not given."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        fail(f"--encoder-stages {text}: expected comma-separated feature levels, e.g. 3,4")
+
+
 def write_json(path: Optional[Path], payload: dict) -> None:
     """``--json PATH``: the machine-readable form of what was printed."""
     if path is not None:

@@ -138,6 +138,38 @@ def test_projections_are_fixed_orthonormal_and_identical_across_builds():
         assert torch.equal(x, y)
 
 
+def test_mirror_padding_is_the_unpadded_encoder_on_a_mirrored_image_with_the_border_tokens_dropped():
+    import torch.nn.functional as F
+
+    padded, plain = _lite0(token_stride=16), _lite0(token_stride=16, padding=0)
+    assert (padded.padding, plain.padding) == (32, 0)   # default: the deepest stride, whole tokens
+    assert _lite0(token_stride=24).padding == 48         # the smallest multiple of the stride >= 32
+    images = torch.randn(2, 3, 80, 112)                 # 5 x 7 tokens, not square
+    mirrored = F.pad(images, (32, 32, 32, 32), mode="reflect")
+    for got, full in zip(padded(images), plain(mirrored)):
+        grid = full.reshape(2, 9, 11, 256)[:, 2:7, 2:9].flatten(1, 2)   # drop 2 tokens per side
+        assert got.shape == (2, 5 * 7, 256)
+        torch.testing.assert_close(got, grid, rtol=0, atol=0)
+    # the border is what changes: interior tokens stay close, the outer ring does not
+    unpadded = plain(images)
+    assert not torch.allclose(padded(images)[0], unpadded[0])
+
+
+def test_bad_padding_is_refused_naming_the_setting():
+    with pytest.raises(ValueError, match="encoder_padding 12: must be a multiple of the token stride"):
+        _lite0(token_stride=8, padding=12)
+    with pytest.raises(ValueError, match="encoder_padding 64: must be smaller than the image"):
+        _lite0(token_stride=16, padding=64)(torch.randn(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="encoder_padding -1: must be at least 0"):
+        ModelConfig(encoder="efficientnet_lite0", encoder_padding=-1)
+
+
+def test_cnn_settings_are_refused_for_dinov2_not_ignored():
+    for field, value in (("token_stride", 8), ("encoder_padding", 0), ("encoder_dim", 512)):
+        with pytest.raises(ValueError, match=f"{field} {value}: applies to CNN encoders only"):
+            build_encoder(ModelConfig(encoder="small", encoder_weights="random", **{field: value}))
+
+
 def test_bad_stage_choices_are_refused():
     with pytest.raises(ValueError, match="feature levels"):
         TimmCNNEncoder("resnet18", "random", stages=[1, 9])
@@ -201,6 +233,42 @@ def test_config_records_the_design_and_a_checkpoint_restores_it(tmp_path):
     assert torch.equal(maps, maps_again) and torch.equal(scores, scores_again)
 
 
+def test_a_cnn_checkpoint_saved_before_padding_existed_is_rebuilt_unpadded(tmp_path):
+    from inp_former.checkpoint import load_checkpoint, save_checkpoint
+    from inp_former.model import INPFormer
+
+    cfg = RunConfig(model=ModelConfig(encoder="timm:resnet18", encoder_weights="random", resize=64, crop=64,
+                                      token_stride=16), train=TrainConfig(iters=1), data=DataConfig(root=str(tmp_path)))
+    model = INPFormer(cfg.model).eval()
+    assert model.cfg.encoder_padding == 32
+    save_checkpoint(tmp_path / "new.pt", model, cfg)
+    assert load_checkpoint(tmp_path / "new.pt")[1].model.encoder_padding == 32
+    payload = torch.load(tmp_path / "new.pt", weights_only=True)
+    del payload["config"]["model"]["encoder_padding"]      # what an older inpctl wrote
+    torch.save(payload, tmp_path / "old.pt")
+    restored, restored_cfg, _ = load_checkpoint(tmp_path / "old.pt")
+    assert restored_cfg.model.encoder_padding == 0 and restored.encoder.padding == 0
+    # a config written by hand (no stages resolved) gets today's default
+    assert RunConfig.from_dict({"model": {"encoder": "timm:resnet18"}}, saved=True).model.encoder_padding is None
+
+
+def test_a_padded_cnn_model_exports_to_onnx_and_matches_torch(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from inp_former.checkpoint import save_checkpoint
+    from inp_former.model import INPFormer
+    from inp_former.workflow import export_model
+
+    cfg = RunConfig(model=ModelConfig(encoder="timm:resnet18", encoder_weights="random", resize=64, crop=64,
+                                      token_stride=16), train=TrainConfig(iters=1), data=DataConfig(root=str(tmp_path)))
+    torch.manual_seed(0)
+    model = INPFormer(cfg.model).eval()
+    assert model.cfg.encoder_padding == 32
+    save_checkpoint(tmp_path / "ckpt.pt", model, cfg)
+    outcome = export_model(tmp_path / "ckpt.pt", tmp_path / "model.onnx")
+    assert outcome["checked"] and outcome["check"]["map"] < 1e-4 and outcome["check"]["score"] < 1e-4
+
+
 # --- through the CLI ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -222,10 +290,12 @@ def _train_then_eval(root, run_dir, eval_dir, encoder: list[str]) -> tuple[dict,
 
 def test_timm_resnet18_trains_and_evaluates_through_the_cli(tiny_data, tmp_path):
     config, metrics, output = _train_then_eval(tiny_data, tmp_path / "run", tmp_path / "eval",
-                                               ["--encoder", "timm:resnet18", "--encoder-weights", "random"])
+                                               ["--encoder", "timm:resnet18", "--encoder-weights", "random",
+                                                "--encoder-stages", "2,3,4"])
     assert config["model"]["encoder"] == "timm:resnet18"
     assert (config["model"]["encoder_stages"], config["model"]["token_stride"], config["model"]["encoder_dim"]) \
-        == ([1, 2, 3, 4], 8, 256)
+        == ([2, 3, 4], 8, 256)
+    assert config["model"]["encoder_padding"] == 32
     assert metrics["meta"]["random_encoder"] is True and "timm:resnet18" in output
 
 
@@ -284,8 +354,28 @@ def test_bench_quality_command_prints_and_writes_the_three_rows(tiny_data, tmp_p
                     train=TrainConfig(iters=2, batch_size=2, warmup_iters=1),
                     data=DataConfig(dataset="mvtec", root=str(tiny_data)))
     monkeypatch.setattr(demo, "demo_config", lambda seed=1: (cfg, "tiny stand-in for the demo"))
-    result = runner.invoke(app, ["bench", "quality", "--device", "cpu", "--json", str(tmp_path / "q.json")])
+    result = runner.invoke(app, ["bench", "quality", "--device", "cpu", "--json", str(tmp_path / "q.json"),
+                                 "--encoder-padding", "0", "--encoder-stages", "2,3"])
     assert result.exit_code == 0, result.output
     assert "Mean over categories" in result.output and "untrained" in result.output   # (80 columns: names wrap)
+    text = " ".join(result.output.split())
+    assert "Training: 2 iterations in" in text and "still falling over the last 20%: " in text
+    assert "mirror padding 0 px" in text and "random" in text   # the encoder's design and its weights' source
     written = json.loads((tmp_path / "q.json").read_text())
     assert list(written["rows"]) == ["untrained", "trained", "nearest-neighbour"]
+    assert written["config"]["model"]["encoder_padding"] == 0 and written["config"]["model"]["encoder_stages"] == [2, 3]
+
+
+def test_cli_refuses_cnn_flags_for_dinov2_and_bad_padding(tiny_data, tmp_path):
+    for flags, message in ((["--encoder", "small", "--token-stride", "8"],
+                            "--token-stride 8: applies to CNN encoders only, not to the DINOv2 encoder 'small'"),
+                           (["--encoder", "timm:resnet18", "--encoder-padding", "12"],
+                            "--encoder-padding 12: must be a multiple of the token stride (8 px)"),
+                           (["--encoder", "timm:resnet18", "--encoder-stages", "three"],
+                            "--encoder-stages three: expected comma-separated feature levels"),
+                           (["--encoder", "timm:resnet18", "--encoder-stages", "2,9"],
+                            "--encoder-stages [2, 9]: resnet18 has feature levels 0 (stride 2, 64 ch)")):
+        result = runner.invoke(app, ["train", "--data", str(tiny_data), "--encoder-weights", "random", *flags,
+                                     *TINY, "--out", str(tmp_path / "run")])
+        assert result.exit_code != 0 and message in " ".join(result.output.split())
+        assert "Traceback" not in result.output and not (tmp_path / "run" / "checkpoint.pt").exists()

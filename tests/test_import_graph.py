@@ -86,3 +86,25 @@ def test_the_library_never_imports_the_command_line():
     offenders = sorted(m for m, deps in graph.items() if not m.startswith("inpctl")
                        and any(d.startswith("inpctl") for d in deps))
     assert offenders == []
+
+
+def test_scripts_outside_the_packages_import_only_names_that_exist():
+    """bench/ scripts are not imported by the tests; a renamed module must not break them unseen."""
+    import importlib
+
+    missing = []
+    for path in sorted((REPO / "bench").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
+                try:
+                    module = importlib.import_module(node.module)
+                except ImportError:
+                    missing.append(f"{path.relative_to(REPO)}: {node.module}")
+                    continue
+                for alias in node.names:
+                    if not hasattr(module, alias.name):
+                        try:
+                            importlib.import_module(f"{node.module}.{alias.name}")
+                        except ImportError:
+                            missing.append(f"{path.relative_to(REPO)}: {node.module}.{alias.name}")
+    assert not missing, missing

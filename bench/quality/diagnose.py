@@ -1,16 +1,24 @@
 """Per-group diagnosis of a kept training run: which encoder group carries the anomaly signal?
+With ``--border``: where on the image are the errors (the border study of docs/quality.md)?
 
-    python bench/quality/diagnose.py RUN_DIR RECIPE DATASET [--set ...]
+    python bench/quality/diagnose.py RUN_DIR RECIPE DATASET [--set ...] [--border]
 
 Loads RUN_DIR/checkpoint.pt onto the recipe's (wrapped) encoder and, on the test split, scores each
 reconstruction group alone (per-token 1 - cos(encoder group, decoder group), same upsampling/blur/
 top-1% as evaluation) and their mean (the method's map); prints image/pixel AUROC for each, and the
 mean token distance on normal test images per group (the reconstruction floor).
+
+``--border`` prints instead, for INP-Former's map (``recon``: mean over groups of 1 - cos) and for
+the nearest-neighbour baseline on the same fused tokens (``nn``): the mean token error on normal
+test images on the outermost ring of tokens and inside it, with its row and column means; in how
+many normal images the largest token error lies on the ring; and image AUROC from the largest
+token error (and the top-3 mean) over all tokens and over the inside tokens only, which is what
+the border costs the image score (a proxy: evaluation scores the top 1% of the upsampled, blurred
+map).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -29,8 +37,9 @@ from inp_former.data import AnomalyDataset, image_transform, mask_transform, mas
 from inp_former.metrics import category_metrics  # noqa: E402
 from inp_former.model import INPFormer  # noqa: E402
 from inp_former.settings import category_samples  # noqa: E402
+from inp_former.train import resolve_categories  # noqa: E402
 from kernels.scoring import top_k_count, upsample_token_map  # noqa: E402
-from recipes import build_wrapped_encoder, recipe_config  # noqa: E402
+from recipes import build_wrapped_encoder, parse_sets, recipe_config  # noqa: E402
 
 
 def main() -> int:
@@ -38,23 +47,23 @@ def main() -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("recipe")
     parser.add_argument("dataset")
-    parser.add_argument("--set", action="append", default=[], dest="sets")
+    parser.add_argument("--set", action="append", default=[], dest="sets",
+                        help="section.field=JSON (a config field) or name=JSON (a runtime option, e.g. reflect_pad=32)")
+    parser.add_argument("--border", action="store_true", help="where on the image the errors are")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    overrides: dict = {}
-    for item in args.sets:
-        key, _, raw = item.partition("=")
-        section, field = key.split(".", 1)
-        overrides.setdefault(section, {})[field] = json.loads(raw)
-    cfg, runtime = recipe_config(args.recipe, args.dataset, overrides)
+    cfg, runtime = recipe_config(args.recipe, args.dataset, parse_sets(args.sets))
     encoder, cfg = build_wrapped_encoder(cfg, runtime, cache=False)
     model = INPFormer(cfg.model, encoder=encoder)
     payload = torch.load(args.run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     model.load_trainable_state_dict(payload["state_dict"])
     model.eval()
+    if args.border:
+        from border import border_report
+
+        border_report(model, encoder, cfg, resolve_categories(cfg))
+        return 0
     mc = cfg.model
-    categories = cfg.data.categories or None
-    from inp_former.train import resolve_categories
     categories = resolve_categories(cfg)
     for category in categories:
         loader = DataLoader(AnomalyDataset(category_samples(cfg.data, category, "test"),

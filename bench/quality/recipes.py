@@ -10,6 +10,9 @@ library:
 - ``bottleneck_dropout``: Dinomaly's noisy bottleneck, dropout p on the fused tokens entering the
   bottleneck MLP and on its hidden layer (training only).
 - ``groups``: an explicit grouping of the returned maps (indices), instead of shallower/deeper half.
+- ``reflect_pad``: mirror-pad the image by this many pixels before the encoder and drop the padding's
+  tokens again; the experiment that became ``ModelConfig.encoder_padding`` (identical numbers; use it
+  only on an encoder built with ``encoder_padding=0``).
 
 ``CachedEncoder`` memoises the frozen encoder's outputs per image (keyed by the image tensor's
 bytes): identical numbers, about 40% less time per training step on a CPU. Experiments only.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from typing import Any
 
 import torch
@@ -35,7 +39,7 @@ class WrappedEncoder(FrozenEncoder):
     """A frozen encoder seen through a token transform and/or a cache and/or other groups."""
 
     def __init__(self, inner: FrozenEncoder, token_norm: str | None = None, cache: bool = True,
-                 groups: tuple[tuple[int, ...], ...] | None = None) -> None:
+                 groups: tuple[tuple[int, ...], ...] | None = None, reflect_pad: int = 0) -> None:
         super().__init__()
         self.inner = inner
         self.embed_dim, self.num_heads, self.patch_size = inner.embed_dim, inner.num_heads, inner.patch_size
@@ -43,6 +47,9 @@ class WrappedEncoder(FrozenEncoder):
         self.name = inner.name
         self.weights_source = inner.weights_source
         self.token_norm = token_norm
+        self.reflect_pad = int(reflect_pad)
+        if self.reflect_pad % self.patch_size:
+            raise ValueError(f"reflect_pad {reflect_pad}: must be a multiple of the token stride {self.patch_size}")
         self.cache: dict[bytes, list[torch.Tensor]] | None = {} if cache else None
         self.freeze()
 
@@ -52,7 +59,15 @@ class WrappedEncoder(FrozenEncoder):
 
     def _encode(self, images: torch.Tensor) -> list[torch.Tensor]:
         with torch.no_grad():
-            maps = self.inner(images)
+            pad = self.reflect_pad
+            if pad:
+                h, w = images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
+                padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
+                t = pad // self.patch_size
+                maps = [m.reshape(m.shape[0], h + 2 * t, w + 2 * t, m.shape[-1])[:, t:t + h, t:t + w].flatten(1, 2)
+                        for m in self.inner(padded)]
+            else:
+                maps = self.inner(images)
             if self.token_norm == "layernorm":
                 maps = [F.layer_norm(m, (m.shape[-1],), eps=1e-6) for m in maps]
             elif self.token_norm == "l2":
@@ -97,8 +112,10 @@ def base_config(dataset: str, seed: int = 1) -> RunConfig:
         data = DataConfig(dataset="mvtec", root=str(ensure_demo_dataset()))
     else:
         raise ValueError(dataset)
+    # encoder_padding 0: the study's reference is the encoder before mirror padding became the
+    # default (recipe "pad32" and the runtime "reflect_pad" are the padded variants)
     model = ModelConfig(encoder="efficientnet_lite0", encoder_weights="pretrained", resize=224, crop=224,
-                        token_stride=16)
+                        token_stride=16, encoder_padding=0)
     train = TrainConfig(iters=200, batch_size=8, warmup_iters=20, seed=seed, checkpoint_every=0)
     return RunConfig(model=model, train=train, data=data)
 
@@ -107,6 +124,7 @@ def base_config(dataset: str, seed: int = 1) -> RunConfig:
 #        "methods": [...]}
 RECIPES: dict[str, dict[str, Any]] = {
     "base": {},
+    "pad32": {"model": {"encoder_padding": 32}},
     "base-400": {"train": {"iters": 400, "warmup_iters": 40}},
     "ln": {"token_norm": "layernorm"},
     "ln-400": {"token_norm": "layernorm", "train": {"iters": 400, "warmup_iters": 40}},
@@ -119,6 +137,21 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``--set`` options: ``section.field=JSON`` (a ModelConfig/TrainConfig field) or ``name=JSON``
+    (a runtime option such as ``reflect_pad=32``) -> the overrides ``recipe_config`` takes."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        value = json.loads(raw)
+        if "." in key:
+            section, field = key.split(".", 1)
+            overrides.setdefault(section, {})[field] = value
+        else:
+            overrides[key] = value
+    return overrides
+
+
 def recipe_config(name: str, dataset: str, overrides: dict[str, Any] | None = None,
                   seed: int = 1) -> tuple[RunConfig, dict[str, Any]]:
     """(run config, runtime options) of a recipe on a dataset."""
@@ -129,7 +162,7 @@ def recipe_config(name: str, dataset: str, overrides: dict[str, Any] | None = No
     cfg = base_config(dataset, seed)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **spec.get("model", {})),
                               train=dataclasses.replace(cfg.train, **spec.get("train", {})))
-    runtime = {k: spec[k] for k in ("token_norm", "bottleneck_dropout", "groups", "methods") if k in spec}
+    runtime = {k: spec[k] for k in ("token_norm", "bottleneck_dropout", "groups", "methods", "reflect_pad") if k in spec}
     return cfg, runtime
 
 
@@ -144,5 +177,6 @@ def build_wrapped_encoder(cfg: RunConfig, runtime: dict[str, Any],
         inner = built
     groups = runtime.get("groups")
     wrapped = WrappedEncoder(inner, runtime.get("token_norm"), cache=cache,
-                             groups=tuple(tuple(g) for g in groups) if groups else None)
+                             groups=tuple(tuple(g) for g in groups) if groups else None,
+                             reflect_pad=runtime.get("reflect_pad", 0))
     return wrapped, cfg

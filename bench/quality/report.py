@@ -1,4 +1,5 @@
-"""Collect the study's JSON rows (run_recipe.py output) into bench/results/quality-cnn-recipe.{json,md}.
+"""Collect the study's JSON rows (run_recipe.py output) into bench/results/quality-cnn-recipe.{json,md};
+``loss_curves_svg`` draws their loss curves.
 
     python bench/quality/report.py RUNS.jsonl [--md bench/results/quality-cnn-recipe.md]
 """
@@ -38,6 +39,43 @@ def table(rows: list[dict]) -> list[str]:
         lines.append(f"| {r['dataset']} | {r['name']} | {cells[0]} | {cells[1]} | {cells[2]} | "
                      f"{r['meta'].get('train_seconds', '—')} | {curve} | {tail} |")
     return lines
+
+
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+
+
+def loss_curves_svg(curves: dict[str, list[float]], smooth: int = 10, width: int = 640, height: int = 320) -> str:
+    """Training losses (a running mean over ``smooth`` steps) as one SVG line chart, iterations on x."""
+    left, right, top, bottom = 50, 10, 10, 80
+    longest = max(len(v) for v in curves.values())
+    smoothed = {name: [sum(v[max(0, i - smooth + 1):i + 1]) / len(v[max(0, i - smooth + 1):i + 1])
+                       for i in range(len(v))] for name, v in curves.items()}
+    peak = max(max(v) for v in smoothed.values())
+
+    def x(i: int) -> float:
+        return left + (width - left - right) * i / max(1, longest - 1)
+
+    def y(value: float) -> float:
+        return top + (height - top - bottom) * (1 - value / peak)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+             f'font-size="11"><rect width="100%" height="100%" fill="white"/>']
+    for tick in (0.0, peak / 4, peak / 2, 3 * peak / 4, peak):
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#ddd"/>'
+                     f'<text x="{left - 4}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick:.2f}</text>')
+    for tick in range(0, longest + 1, 100):
+        parts.append(f'<text x="{x(min(tick, longest - 1)):.1f}" y="{height - bottom + 14}" '
+                     f'text-anchor="middle">{tick}</text>')
+    parts.append(f'<text x="{(left + width - right) / 2}" y="{height - bottom + 28}" text-anchor="middle">'
+                 f'iteration (loss: running mean over {smooth} steps)</text>')
+    for index, (name, values) in enumerate(smoothed.items()):
+        colour = COLOURS[index % len(COLOURS)]
+        points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(values))
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{points}"/>')
+        row, column = divmod(index, 2)
+        parts.append(f'<text x="{left + column * 300}" y="{height - bottom + 44 + row * 13}" '
+                     f'fill="{colour}">{name}</text>')
+    return "\n".join(parts) + "\n</svg>\n"
 
 
 def main() -> int:

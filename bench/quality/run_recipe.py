@@ -29,7 +29,7 @@ for p in (ROOT, ROOT / "bench" / "quality"):
 
 import inp_former.benchmarks.quality as quality  # noqa: E402
 from inp_former.model import INPFormer  # noqa: E402
-from recipes import NoisyBottleneck, build_wrapped_encoder, recipe_config  # noqa: E402
+from recipes import NoisyBottleneck, build_wrapped_encoder, parse_sets, recipe_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,15 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
-    overrides: dict = {}
-    for item in args.sets:
-        key, _, raw = item.partition("=")
-        value = json.loads(raw)
-        if "." in key:
-            section, field = key.split(".", 1)
-            overrides.setdefault(section, {})[field] = value
-        else:
-            overrides[key] = value
+    overrides = parse_sets(args.sets)
     cfg, runtime = recipe_config(args.recipe, args.dataset, overrides, seed=args.seed)
     encoder, cfg = build_wrapped_encoder(cfg, runtime)
     dropout = runtime.get("bottleneck_dropout")

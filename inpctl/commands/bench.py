@@ -10,7 +10,8 @@ from typing import Any, Optional
 
 import typer
 
-from inpctl.helpers import choices, console, fail, parse_categories, pick_device, rows_table, run, write_json
+from inpctl.helpers import (RichReporter, choices, console, fail, parse_categories, parse_stages, pick_device,
+                            rows_table, run, write_json)
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: paper Table 1, kernels, the model, quality, "
                                                    "compile-time evidence.")
@@ -145,6 +146,10 @@ def bench_quality(
     resize: Optional[int] = typer.Option(None, min=14, help="Resize."),
     crop: Optional[int] = typer.Option(None, min=14, help="Centre crop."),
     token_stride: Optional[int] = typer.Option(None, min=1, help="CNN encoders: pixels per token."),
+    encoder_padding: Optional[int] = typer.Option(None, min=0, help="CNN encoders: mirror padding in pixels "
+                                                  "[default: 32]."),
+    encoder_stages: Optional[str] = typer.Option(None, help="CNN encoders: feature levels as tokens, e.g. 3,4 "
+                                                 "[default: strides 4-32]."),
     iters: Optional[int] = typer.Option(None, min=1, help="Training iterations [default: the demo's]."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Training batch size."),
     seed: Optional[int] = typer.Option(None, help="Seed of the initialisation and training."),
@@ -167,7 +172,8 @@ def bench_quality(
         model = base.model
         if encoder is not None and encoder != model.encoder:
             model = ModelConfig(encoder=encoder, resize=model.resize, crop=model.crop)
-        model = overlay(model, encoder_weights=encoder_weights, resize=resize, crop=crop, token_stride=token_stride)
+        model = overlay(model, encoder_weights=encoder_weights, resize=resize, crop=crop, token_stride=token_stride,
+                        encoder_padding=encoder_padding, encoder_stages=parse_stages(encoder_stages))
         train = overlay(base.train, iters=iters, batch_size=batch_size, seed=seed)
         if iters is not None and train.warmup_iters >= iters:
             train = overlay(train, warmup_iters=iters // 10)
@@ -175,12 +181,17 @@ def bench_quality(
             base.data, categories=tuple(parse_categories(categories)) or None))
 
     cfg = run(build)
-    result = run(lambda: run_quality(cfg, pick_device(device)))
+    result = run(lambda: run_quality(cfg, pick_device(device), reporter=RichReporter()))
     console.print(rows_table(f"Mean over categories, % ({cfg.model.encoder})", ["method", *METRIC_TITLES.values()],
                              ([name, *(percent(m[k]) for k in METRIC_TITLES)] for name, m in result["rows"].items())))
-    for key in ("train_seconds", "loss_summary"):
-        if key in result:
-            console.print(f"{key}: {result[key]}", highlight=False, soft_wrap=True)
+    meta, loss = result["meta"], result.get("loss")
+    console.print(f"Encoder: {meta['encoder_design']} ({meta['encoder_source']})", highlight=False, soft_wrap=True)
+    if loss:
+        falling = "yes" if loss["still_falling"] else "no"
+        console.print(f"Training: {meta['iterations']} iterations in {meta['train_seconds']:.0f} s; loss "
+                      f"{loss['first']:.3f} -> {loss['at_25']:.3f} (25%) -> {loss['at_50']:.3f} (50%) -> "
+                      f"{loss['at_75']:.3f} (75%) -> {loss['last']:.3f}; still falling over the last 20%: {falling} "
+                      f"({100 * loss['tail_change']:+.1f}%, t {loss['tail_t']:.1f})", highlight=False, soft_wrap=True)
     write_json(json_path, result)
 
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from inpctl.helpers import (RichReporter, choices, console, default, err_console, fail, parse_categories,
+from inpctl.helpers import (RichReporter, choices, console, default, err_console, fail, parse_categories, parse_stages,
                             print_evaluation, run)
 
 
@@ -44,6 +44,10 @@ def train_command(
     resize: Optional[int] = typer.Option(None, min=14, help="Resize images to this square..." + default("model", "resize")),
     crop: Optional[int] = typer.Option(None, min=14, help="...then centre-crop." + default("model", "crop")),
     token_stride: Optional[int] = typer.Option(None, min=1, help="CNN encoders: pixels per token."),
+    encoder_padding: Optional[int] = typer.Option(None, min=0, help="CNN encoders: mirror padding in pixels "
+                                                  "[default: 32]."),
+    encoder_stages: Optional[str] = typer.Option(None, help="CNN encoders: feature levels as tokens, e.g. 3,4 "
+                                                 "[default: strides 4-32]."),
     precision: Optional[str] = typer.Option(None, metavar=choices("Precision"), help="bf16: autocast."
                                             + default("train", "precision")),
     seed: Optional[int] = typer.Option(None, help="Seed (initialisation, data order)." + default("train", "seed")),
@@ -102,11 +106,12 @@ def train_command(
             console.print(notice, highlight=False)
         else:
             base = RunConfig(data=DataConfig(root=str(data or "")))
+        cnn = dict(token_stride=token_stride, encoder_padding=encoder_padding, encoder_stages=parse_stages(encoder_stages))
         model = overlay(base.model, encoder_weights=encoder_weights, num_prototypes=num_prototypes, resize=resize,
-                        crop=crop, token_stride=token_stride)
+                        crop=crop, **cnn)
         if encoder is not None and encoder != base.model.encoder:  # another encoder: its own design defaults
             model = overlay(ModelConfig(resize=model.resize, crop=model.crop), encoder=encoder,
-                            encoder_weights=encoder_weights, num_prototypes=num_prototypes, token_stride=token_stride)
+                            encoder_weights=encoder_weights, num_prototypes=num_prototypes, **cnn)
         train = overlay(base.train, iters=iters, epochs=epochs, batch_size=batch_size, lr=lr, final_lr=final_lr,
                         warmup_iters=warmup_iters, weight_decay=weight_decay, eps=eps, grad_clip=grad_clip,
                         coherence_weight=coherence_weight, mining_gamma=gamma, seed=seed, num_workers=num_workers,
