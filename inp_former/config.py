@@ -78,6 +78,9 @@ def _tuple(section: Any, name: str) -> None:
         object.__setattr__(section, name, tuple(value))
 
 
+CNN_ONLY_FIELDS = ("encoder_stages", "token_stride", "encoder_dim", "encoder_padding")   # see ModelConfig
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     encoder: str = "base"                 # small | base | large (DINOv2-reg4), efficientnet_lite0 or timm:<cnn>
@@ -223,13 +226,22 @@ class RunConfig:
     def from_dict(cls, raw: dict[str, Any], saved: bool = False) -> "RunConfig":
         """The config of a dict (``to_dict``'s form; missing fields take their defaults).
 
-        ``saved``: ``raw`` is the resolved config stored with a checkpoint or a training state. A CNN
-        config stored before ``encoder_padding`` existed (its stages resolved, no padding key) was
-        trained without padding, and must be rebuilt so, not with today's default.
+        ``saved``: ``raw`` is the config stored with a checkpoint or a training state, which always
+        holds every field. Older versions wrote configs that today's rules read differently:
+
+        - a CNN config without ``encoder_padding`` was trained without padding: rebuilt so, not with
+          today's default;
+        - a DINOv2 config with CNN-only fields (``token_stride`` ...) had them ignored in training:
+          they are dropped, not refused.
         """
         model = dict(raw.get("model", {}))
-        if saved and model.get("encoder_stages") is not None and "encoder_padding" not in model:
-            model["encoder_padding"] = 0
+        if saved:
+            from inp_former.encoders.cnn import timm_name_of
+
+            if timm_name_of(str(model.get("encoder", ModelConfig.encoder))) is not None:
+                model.setdefault("encoder_padding", 0)
+            else:
+                model.update({name: None for name in CNN_ONLY_FIELDS if name in model})
 
         def build(kind: type, values: dict[str, Any]) -> Any:
             names = {f.name for f in dataclasses.fields(kind)}

@@ -380,16 +380,17 @@ def _train_single_class(cfg: RunConfig, run_dir: Path, device: torch.device | st
     cfg = cfg.updated(data={"categories": tuple(categories)})
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save_json(run_dir / "config.json")
-    encoder, trained, evaluations = None, {}, {}
+    encoder, resolved, trained, evaluations = None, None, {}, {}
     jobs = single_class_configs(cfg, categories)
     for number, (category, one) in enumerate(jobs, start=1):
         seed_everything(one.train.seed)  # each category's model starts from the same initialisation rule
-        model = INPFormer(one.model, encoder=encoder)
+        # every category's checkpoint records the encoder design actually built (stages, padding, ...)
+        model = INPFormer(resolved or one.model, encoder=encoder)
         if encoder is None:
-            encoder = model.encoder  # frozen: shared by every category's model
-            one = dataclasses.replace(one, model=model.cfg)
+            encoder, resolved = model.encoder, model.cfg  # frozen: shared by every category's model
             reporter.message(f"Encoder: {model.cfg.encoder} ({encoder.weights_source}); device {device}; "
                              f"single-class: {len(jobs)} models")
+        one = dataclasses.replace(one, model=resolved)
         sub = run_dir / category_dirname(category)
         with reporter.training(f"{category} ({number}/{len(jobs)})") as on_step:
             trained[category] = train(one, sub, device, on_step=on_step, model=model)

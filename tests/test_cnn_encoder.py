@@ -150,9 +150,11 @@ def test_mirror_padding_is_the_unpadded_encoder_on_a_mirrored_image_with_the_bor
         grid = full.reshape(2, 9, 11, 256)[:, 2:7, 2:9].flatten(1, 2)   # drop 2 tokens per side
         assert got.shape == (2, 5 * 7, 256)
         torch.testing.assert_close(got, grid, rtol=0, atol=0)
-    # the border is what changes: interior tokens stay close, the outer ring does not
-    unpadded = plain(images)
-    assert not torch.allclose(padded(images)[0], unpadded[0])
+    # the default token stride (8): 32 px are 4 tokens per side
+    fine, fine_plain = _lite0(), _lite0(padding=0)
+    for got, full in zip(fine(images), fine_plain(mirrored)):
+        torch.testing.assert_close(got, full.reshape(2, 18, 22, 256)[:, 4:14, 4:18].flatten(1, 2), rtol=0, atol=0)
+    assert not torch.allclose(padded(images)[0], plain(images)[0])   # the padding is not a no-op
 
 
 def test_bad_padding_is_refused_naming_the_setting():
@@ -160,6 +162,8 @@ def test_bad_padding_is_refused_naming_the_setting():
         _lite0(token_stride=8, padding=12)
     with pytest.raises(ValueError, match="encoder_padding 64: must be smaller than the image"):
         _lite0(token_stride=16, padding=64)(torch.randn(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="encoder_padding 32: must be smaller than crop 32 px; give encoder_padding 0"):
+        build_encoder(ModelConfig(encoder="timm:resnet18", encoder_weights="random", resize=32, crop=32))
     with pytest.raises(ValueError, match="encoder_padding -1: must be at least 0"):
         ModelConfig(encoder="efficientnet_lite0", encoder_padding=-1)
 
@@ -248,8 +252,36 @@ def test_a_cnn_checkpoint_saved_before_padding_existed_is_rebuilt_unpadded(tmp_p
     torch.save(payload, tmp_path / "old.pt")
     restored, restored_cfg, _ = load_checkpoint(tmp_path / "old.pt")
     assert restored_cfg.model.encoder_padding == 0 and restored.encoder.padding == 0
-    # a config written by hand (no stages resolved) gets today's default
-    assert RunConfig.from_dict({"model": {"encoder": "timm:resnet18"}}, saved=True).model.encoder_padding is None
+    # any saved CNN config without the key, resolved or not (older single-class runs saved some unresolved)
+    assert RunConfig.from_dict({"model": {"encoder": "timm:resnet18"}}, saved=True).model.encoder_padding == 0
+    # a config given by a person, not saved, gets today's default
+    assert RunConfig.from_dict({"model": {"encoder": "timm:resnet18"}}).model.encoder_padding is None
+
+
+def test_a_dinov2_config_saved_with_an_ignored_token_stride_still_loads():
+    raw = {"model": {"encoder": "small", "encoder_weights": "random", "token_stride": 8, "encoder_dim": None}}
+    with pytest.raises(ValueError, match="token_stride 8: applies to CNN encoders only"):
+        build_encoder(RunConfig.from_dict(raw).model)            # given now: refused
+    model_cfg = RunConfig.from_dict(raw, saved=True).model         # saved by an older version: it was ignored
+    assert model_cfg.token_stride is None
+    build_encoder(model_cfg)
+
+
+def test_every_single_class_checkpoint_records_the_encoder_design(tiny_data, tmp_path):
+    from inp_former.checkpoint import load_checkpoint
+    from inp_former.config import Setting
+    from inp_former.workflow import train_run
+
+    cfg = RunConfig(model=ModelConfig(encoder="timm:resnet18", encoder_weights="random", resize=64, crop=64),
+                    train=TrainConfig(iters=1, batch_size=2, warmup_iters=0),
+                    data=DataConfig(root=str(tiny_data), setting=Setting.SINGLE_CLASS))
+    train_run(cfg, tmp_path / "run", "cpu", evaluation=None)
+    checkpoints = sorted((tmp_path / "run").glob("*/checkpoint.pt"))
+    assert len(checkpoints) >= 2
+    for path in checkpoints:
+        saved = torch.load(path, weights_only=True)["config"]["model"]
+        assert (saved["encoder_stages"], saved["token_stride"], saved["encoder_padding"]) == ([1, 2, 3, 4], 8, 32)
+        assert load_checkpoint(path)[0].encoder.padding == 32
 
 
 def test_a_padded_cnn_model_exports_to_onnx_and_matches_torch(tmp_path):

@@ -23,8 +23,8 @@ several strides with different channel counts; this module makes token maps of t
   same C, as the model needs. The projections are deterministic, so checkpoints need not store
   them, and they are parameters so the checkpoint's encoder fingerprint covers them.
 - **Heads**: ``C // 64`` (64 channels per head, as DINOv2's ViTs have).
-- **Border**: the image is mirror-padded by ``padding`` pixels (default 32, the deepest stride)
-  before the CNN, and the tokens of the padding are dropped again. A CNN's zero padding makes
+- **Border**: the image is mirror-padded by ``padding`` pixels (default 32, the deepest stride,
+  rounded up to a multiple of the token stride) before the CNN, and the tokens of the padding are dropped again. A CNN's zero padding makes
   its features near the image border unlike any interior feature; a nearest-neighbour bank holds
   such border tokens from the training images, but INP-Former reconstructs every token from the
   image's few prototypes, position-blind, and without the mirror its largest error on normal

@@ -4,18 +4,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from inp_former.config import ModelConfig
+from inp_former.config import CNN_ONLY_FIELDS, ModelConfig
 from inp_former.encoders.base import FrozenEncoder
 from inp_former.encoders.cnn import CNN_ENCODERS, TIMM_PREFIX, TimmCNNEncoder, timm_name_of
 from inp_former.encoders.dinov2 import DINOV2_VARIANTS, DinoV2Encoder
 from inp_former.errors import ConfigError
 
 
-CNN_ONLY = ("encoder_stages", "token_stride", "encoder_dim", "encoder_padding")   # ModelConfig fields
-
-
 def _dinov2(cfg: ModelConfig) -> tuple[FrozenEncoder, ModelConfig]:
-    given = [name for name in CNN_ONLY if getattr(cfg, name) is not None]
+    given = [name for name in CNN_ONLY_FIELDS if getattr(cfg, name) is not None]
     if given:   # never ignore a setting silently: DINOv2's tokens are fixed by the ViT (14 px, its width)
         raise ConfigError(f"{given[0]} {getattr(cfg, given[0])}: applies to CNN encoders only, not to the "
                           f"DINOv2 encoder {cfg.encoder!r}", arg=given[0])
@@ -25,6 +22,9 @@ def _dinov2(cfg: ModelConfig) -> tuple[FrozenEncoder, ModelConfig]:
 def _cnn(cfg: ModelConfig) -> tuple[FrozenEncoder, ModelConfig]:
     encoder = TimmCNNEncoder(timm_name_of(cfg.encoder), cfg.encoder_weights, cfg.encoder_stages, cfg.token_stride,
                              cfg.encoder_dim, name=cfg.encoder, padding=cfg.encoder_padding)
+    if encoder.padding >= cfg.crop:   # caught here, before any training, not in the first forward pass
+        raise ConfigError(f"encoder_padding {encoder.padding}: must be smaller than crop {cfg.crop} px; give "
+                          f"encoder_padding 0 or a larger crop", arg="encoder_padding", others=("crop", "encoder_padding"))
     # the config records the design actually built, so a checkpoint rebuilds exactly this encoder
     resolved = dataclasses.replace(cfg, encoder_stages=tuple(encoder.stages), token_stride=encoder.patch_size,
                                    encoder_dim=encoder.embed_dim, encoder_padding=encoder.padding)

@@ -45,7 +45,7 @@ def train_command(
     crop: Optional[int] = typer.Option(None, min=14, help="...then centre-crop." + default("model", "crop")),
     token_stride: Optional[int] = typer.Option(None, min=1, help="CNN encoders: pixels per token."),
     encoder_padding: Optional[int] = typer.Option(None, min=0, help="CNN encoders: mirror padding in pixels "
-                                                  "[default: 32]."),
+                                                  "[default: 32, rounded up to a multiple of the token stride]."),
     encoder_stages: Optional[str] = typer.Option(None, help="CNN encoders: feature levels as tokens, e.g. 3,4 "
                                                  "[default: strides 4-32]."),
     precision: Optional[str] = typer.Option(None, metavar=choices("Precision"), help="bf16: autocast."
