@@ -10,9 +10,8 @@ library:
 - ``bottleneck_dropout``: Dinomaly's noisy bottleneck, dropout p on the fused tokens entering the
   bottleneck MLP and on its hidden layer (training only).
 - ``groups``: an explicit grouping of the returned maps (indices), instead of shallower/deeper half.
-- ``reflect_pad``: mirror-pad the image by this many pixels before the encoder and drop the padding's
-  tokens again; the experiment that became ``ModelConfig.encoder_padding`` (identical numbers; use it
-  only on an encoder built with ``encoder_padding=0``).
+- ``reflect_pad``: the study's name for mirror padding before it became
+  ``ModelConfig.encoder_padding``; now simply that field (same numbers), so old commands reproduce.
 
 ``CachedEncoder`` memoises the frozen encoder's outputs per image (keyed by the image tensor's
 bytes): identical numbers, about 40% less time per training step on a CPU. Experiments only.
@@ -39,7 +38,7 @@ class WrappedEncoder(FrozenEncoder):
     """A frozen encoder seen through a token transform and/or a cache and/or other groups."""
 
     def __init__(self, inner: FrozenEncoder, token_norm: str | None = None, cache: bool = True,
-                 groups: tuple[tuple[int, ...], ...] | None = None, reflect_pad: int = 0) -> None:
+                 groups: tuple[tuple[int, ...], ...] | None = None) -> None:
         super().__init__()
         self.inner = inner
         self.embed_dim, self.num_heads, self.patch_size = inner.embed_dim, inner.num_heads, inner.patch_size
@@ -47,9 +46,6 @@ class WrappedEncoder(FrozenEncoder):
         self.name = inner.name
         self.weights_source = inner.weights_source
         self.token_norm = token_norm
-        self.reflect_pad = int(reflect_pad)
-        if self.reflect_pad % self.patch_size:
-            raise ValueError(f"reflect_pad {reflect_pad}: must be a multiple of the token stride {self.patch_size}")
         self.cache: dict[bytes, list[torch.Tensor]] | None = {} if cache else None
         self.freeze()
 
@@ -59,15 +55,7 @@ class WrappedEncoder(FrozenEncoder):
 
     def _encode(self, images: torch.Tensor) -> list[torch.Tensor]:
         with torch.no_grad():
-            pad = self.reflect_pad
-            if pad:
-                h, w = images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
-                padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
-                t = pad // self.patch_size
-                maps = [m.reshape(m.shape[0], h + 2 * t, w + 2 * t, m.shape[-1])[:, t:t + h, t:t + w].flatten(1, 2)
-                        for m in self.inner(padded)]
-            else:
-                maps = self.inner(images)
+            maps = self.inner(images)
             if self.token_norm == "layernorm":
                 maps = [F.layer_norm(m, (m.shape[-1],), eps=1e-6) for m in maps]
             elif self.token_norm == "l2":
@@ -113,7 +101,7 @@ def base_config(dataset: str, seed: int = 1) -> RunConfig:
     else:
         raise ValueError(dataset)
     # encoder_padding 0: the study's reference is the encoder before mirror padding became the
-    # default (recipe "pad32" and the runtime "reflect_pad" are the padded variants)
+    # default (recipe "pad32", or --set reflect_pad=32, is the padded variant)
     model = ModelConfig(encoder="efficientnet_lite0", encoder_weights="pretrained", resize=224, crop=224,
                         token_stride=16, encoder_padding=0)
     train = TrainConfig(iters=200, batch_size=8, warmup_iters=20, seed=seed, checkpoint_every=0)
@@ -159,10 +147,12 @@ def recipe_config(name: str, dataset: str, overrides: dict[str, Any] | None = No
     if overrides:
         for key, value in overrides.items():
             spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+    if "reflect_pad" in spec:   # the study's first name for encoder_padding
+        spec["model"] = {**spec.get("model", {}), "encoder_padding": spec.pop("reflect_pad")}
     cfg = base_config(dataset, seed)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **spec.get("model", {})),
                               train=dataclasses.replace(cfg.train, **spec.get("train", {})))
-    runtime = {k: spec[k] for k in ("token_norm", "bottleneck_dropout", "groups", "methods", "reflect_pad") if k in spec}
+    runtime = {k: spec[k] for k in ("token_norm", "bottleneck_dropout", "groups", "methods") if k in spec}
     return cfg, runtime
 
 
@@ -177,6 +167,5 @@ def build_wrapped_encoder(cfg: RunConfig, runtime: dict[str, Any],
         inner = built
     groups = runtime.get("groups")
     wrapped = WrappedEncoder(inner, runtime.get("token_norm"), cache=cache,
-                             groups=tuple(tuple(g) for g in groups) if groups else None,
-                             reflect_pad=runtime.get("reflect_pad", 0))
+                             groups=tuple(tuple(g) for g in groups) if groups else None)
     return wrapped, cfg
