@@ -9,6 +9,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["inp_former", "inp_former.*", "kernels", "kernels.*", "inpctl", "inpctl.*"]),
+    # files that are not Python but ship in the wheel (and the sdist): the web page of inpctl serve
+    package_data={"inp_former.serve": ["page.html"]},
     install_requires=[
         "torch>=2.4",
         "torchvision",

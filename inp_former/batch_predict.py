@@ -30,9 +30,11 @@ import torch
 from inp_former.data import IMAGE_EXTENSIONS, DatasetError, load_rgb
 from inp_former.io import atomic_write_text
 from inp_former.predictor import Predictor
+from inp_former.thresholds import LABEL_RULE
 from inp_former.visualize import model_view, overlay
 
-CSV_COLUMNS = ["path", "score", "normalized_score", "label", "threshold", "map_min", "map_max", "map_mean", "map_p99",
+CSV_COLUMNS = ["path", "score", "normalized_score", "label", "threshold", "threshold_source", "category",
+               "category_source", "map_min", "map_max", "map_mean", "map_p99",
                "anomalous_area", "overlay", "map_file"]
 
 
@@ -84,11 +86,13 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
 
 
 def predict_files(predictor: Predictor, inputs: list[Path], out_dir: Path, overlays: bool = True,
-                  save_maps: bool = False, batch_size: int = 16, checkpoint: str | None = None,
+                  save_maps: bool = False, batch_size: int | None = None, checkpoint: str | None = None,
                   on_progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     """Score every image under ``inputs`` and write the outputs; returns the JSON summary.
 
-    ``on_progress(done, total, name)`` is called after each batch."""
+    ``on_progress(done, total, name)`` is called after each batch; ``batch_size`` defaults to the
+    predictor's."""
+    batch_size = batch_size or predictor.batch_size
     files, skipped = collect_inputs(inputs)
     out_dir.mkdir(parents=True, exist_ok=True)
     mc = predictor.cfg.model
@@ -118,7 +122,7 @@ def predict_files(predictor: Predictor, inputs: list[Path], out_dir: Path, overl
                 value_range, range_source = (lo, hi if hi > lo else lo + 1e-6), "range of the first batch"
             for (path, name), view, p in zip(kept, views, predictions):
                 row: dict[str, Any] = {"path": str(path), "score": p.score, "normalized_score": p.normalized_score,
-                                       "label": p.label, "threshold": p.threshold, **p.stats(),
+                                       **p.decision.fields(), **p.stats(),
                                        "overlay": None, "map_file": None}
                 if overlays:
                     target = out_dir / "overlays" / name.with_name(name.name + ".png")
@@ -134,15 +138,27 @@ def predict_files(predictor: Predictor, inputs: list[Path], out_dir: Path, overl
         if on_progress is not None:
             on_progress(min(start + batch_size, len(files)), len(files), chunk[-1][1].name if chunk else "")
     labelled = [r for r in rows if r["label"] is not None]
+    by_category: dict[str, dict[str, Any]] = {}
+    for r in rows:  # one line per (category, threshold) actually used: what decided the labels
+        key = r["category"] or "(pooled)"
+        entry = by_category.setdefault(key, {"category": r["category"], "threshold": r["threshold"],
+                                             "threshold_source": r["threshold_source"], "chosen_by": {},
+                                             "images": 0, "anomalous": 0, "normal": 0})
+        entry["images"] += 1
+        chosen = r["category_source"] or "none"
+        entry["chosen_by"][chosen] = entry["chosen_by"].get(chosen, 0) + 1
+        if r["label"] is not None:
+            entry["anomalous" if r["label"] == 1 else "normal"] += 1
     summary = {
         "checkpoint": checkpoint,
-        "map_mode": predictor.map_mode,
+        "map_mode": str(predictor.map_mode),
+        "precision": str(predictor.precision),
         "threshold": {"image": predictor.threshold, "source": predictor.threshold_source,
-                      "pixel": predictor.pixel_threshold,
-                      "rule": "label = 1 (anomalous) when score >= image threshold"},
+                      "pixel": predictor.pixel_threshold, "rule": LABEL_RULE},
         "score_range": (predictor.calibration.score_range if predictor.calibration is not None else None),
         "map_range": {"value": list(value_range) if value_range else None, "source": range_source},
         "preprocessing": {"resize": mc.resize, "crop": mc.crop, "map_size": mc.map_size},
+        "categories": list(by_category.values()),
         "counts": {"inputs": len(files) + sum(1 for s in skipped if s["error"] == "no such file or directory"),
                    "scored": len(rows), "skipped": len(skipped),
                    "anomalous": sum(1 for r in labelled if r["label"] == 1),

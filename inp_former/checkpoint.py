@@ -11,7 +11,7 @@ import dataclasses
 import datetime as _dt
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -80,16 +80,49 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return _check_payload(_torch_load(path), Path(path))
 
 
+def update_meta(path: Path, change: Callable[[dict[str, Any]], Any]) -> Any:
+    """Apply ``change`` to the ``meta`` of an inpctl checkpoint in place and rewrite the file
+    atomically; everything else in it stays as it was. Returns what ``change`` returned."""
+    payload = read_checkpoint(Path(path))
+    meta = dict(payload.get("meta") or {})
+    result = change(meta)
+    payload["meta"] = meta
+    atomic_torch_save(payload, Path(path))
+    return result
+
+
+def resolve_checkpoint(path: Path | str, arg: str = "checkpoint") -> Path:
+    """The checkpoint file a user means: ``path`` itself, or ``path/checkpoint.pt`` of a run directory.
+
+    A directory without one is named as such (a single-class run directory holds one checkpoint per
+    category, which is listed), never reported as a missing file."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / CHECKPOINT_NAME).is_file():
+            return path / CHECKPOINT_NAME
+        per_category = sorted(p.parent.relative_to(path).as_posix() for p in path.rglob(CHECKPOINT_NAME))
+        if per_category:
+            shown = ", ".join(per_category[:5]) + (", ..." if len(per_category) > 5 else "")
+            raise CheckpointError(f"{arg} {path}: a single-class run directory (one model per category: {shown}); "
+                                  f"give one category's directory, e.g. {path / per_category[0]}", arg=arg)
+        raise CheckpointError(f"{arg} {path}: a directory without {CHECKPOINT_NAME} (expected a checkpoint file "
+                              "or the run directory of inpctl train)", arg=arg)
+    if not path.exists():
+        raise CheckpointError(f"{arg} {path}: no such file or directory", arg=arg)
+    return path
+
+
 def load_checkpoint(path: Path, device: torch.device | str = "cpu", encoder_weights: str | None = None,
                     allow_encoder_mismatch: bool = False) -> tuple[INPFormer, RunConfig, dict[str, Any]]:
-    """Rebuild the model of a checkpoint; ``encoder_weights`` overrides where the encoder comes from.
+    """Rebuild the model of a checkpoint (a file, or a run directory's ``checkpoint.pt``);
+    ``encoder_weights`` overrides where the encoder comes from.
 
     The encoder loaded must be the one the model was trained with (same weights fingerprint):
     otherwise a CheckpointError names both, unless ``allow_encoder_mismatch``; the returned meta then
     holds ``encoder_mismatch`` so that results can say so. Also accepts the authors' released
     ``model.pth`` (a plain state dict of their whole model).
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)   # a run directory means its checkpoint.pt
     raw = _torch_load(path)  # read once: the authors' format and ours are told apart from the payload
     if is_authors_state_dict(raw):
         model, cfg = import_authors_state_dict(raw, path, encoder_weights)

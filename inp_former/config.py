@@ -29,7 +29,7 @@ class Choice(str, Enum):
 
 class Precision(Choice):
     FP32 = "fp32"
-    BF16 = "bf16"      # autocast: the fast path on GPUs
+    BF16 = "bf16"      # autocast: the fast path on GPUs (the rule for "not given": inference.resolve_precision)
 
 
 class MapMode(Choice):
@@ -158,30 +158,6 @@ class DataConfig:
         object.__setattr__(self, "root", str(self.root))
         object.__setattr__(self, "setting", choice(Setting, self.setting, "setting"))
         _positive(self, "shots", minimum=0)
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """How a model is evaluated (not saved with the model: every evaluation may choose anew)."""
-    batch_size: int = 16
-    precision: Precision | None = None    # None: fp32, or bf16 on the fast path on CUDA
-    map_mode: MapMode = MapMode.DECODER
-    exact_pixels: int = 1 << 24           # pixel metrics exact up to this many pixels per category, then binned
-    num_workers: int | None = None        # None: chosen for the device (runtime.py)
-    fast: bool = False                    # CUDA: the fused, graph-captured inference path (fast_path.py)
-
-    def __post_init__(self) -> None:
-        if self.precision is not None:
-            object.__setattr__(self, "precision", choice(Precision, self.precision, "precision"))
-        object.__setattr__(self, "map_mode", choice(MapMode, self.map_mode, "map_mode"))
-        _positive(self, "batch_size")
-
-    def precision_on(self, device: Any) -> Precision:
-        """The precision used on ``device``: the one given, else bf16 for the fast path on CUDA, else fp32."""
-        if self.precision is not None:
-            return self.precision
-        return Precision.BF16 if self.fast and str(device).startswith("cuda") else Precision.FP32
-        _positive(self, "exact_pixels", "num_workers", minimum=0)
 
 
 Section = TypeVar("Section")

@@ -11,18 +11,17 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader
 
-from inp_former.config import MapMode, Precision, RunConfig
+from inp_former.config import RunConfig
 from inp_former.data import AnomalyDataset, image_transform, mask_transform, masks_for_metrics
+from inp_former.errors import ConfigError
+from inp_former.inference import InferenceConfig, score_batch
 from inp_former.io import atomic_write_text
 from inp_former.metrics import PIXEL_KEYS, PixelMetricAccumulator, image_metrics, mean_metrics
 from inp_former.settings import category_samples
-from inp_former.model import INPFormer, INPFormerOutput
+from inp_former.model import INPFormer
 from inp_former.runtime import loader_kwargs
-from inp_former.train import autocast
-from kernels.scoring import anomaly_maps_and_scores, upsample_token_map
 
 METRIC_KEYS = ("i_auroc", "i_ap", "i_f1max", "p_auroc", "p_ap", "p_f1max", "aupro")
-MAP_MODES = tuple(m.value for m in MapMode)  # reconstruction error (the method) | distance to nearest INP
 # Pixel metrics are exact while a category has at most EXACT_PIXELS pixels (256 maps of 256x256, about
 # 26 bytes per pixel at the peak: ~440 MB); beyond, they come from PIXEL_BINS-bin histograms over
 # PIXEL_RANGE (every map value is a mean of 1 - cos, so it lies there) with a guaranteed error bound.
@@ -56,27 +55,19 @@ class EvalResult:
 Scorer = Callable[[torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]   # images -> (maps, scores)
 
 
-def score_batch(model: INPFormer, images: torch.Tensor, cfg: RunConfig, precision: Precision | str = "fp32",
-                map_mode: MapMode | str = "decoder",
-                autocast_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor, INPFormerOutput]:
-    """Anomaly maps (B, map_size, map_size) and image scores (B,) of preprocessed images.
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a model is evaluated (not saved with the model: every evaluation may choose anew):
+    the scoring settings every inference surface shares, plus evaluation's own."""
+    inference: InferenceConfig = InferenceConfig()
+    exact_pixels: int = EXACT_PIXELS      # pixel metrics exact up to this many pixels per category, then binned
+    num_workers: int | None = None        # data-loading processes; None: chosen for the device (runtime.py)
 
-    ``autocast_cache=False`` for CUDA-graph capture (inp_former/fast_path.py)."""
-    mc = cfg.model
-    map_mode = MapMode(map_mode)
-    with torch.no_grad():
-        with autocast(images.device, precision, cache=autocast_cache):
-            out = model(images)
-    if map_mode == "decoder":
-        maps, scores = anomaly_maps_and_scores(
-            out.encoder_groups, out.decoder_groups, image_size=images.shape[-1], out_size=mc.map_size,
-            kernel_size=mc.blur_kernel, sigma=mc.blur_sigma, top_fraction=mc.top_fraction)
-    elif map_mode == "prototype":
-        maps = upsample_token_map(out.prototype_distance.float(), image_size=images.shape[-1], out_size=mc.map_size,
-                                  kernel_size=mc.blur_kernel, sigma=mc.blur_sigma)
-        k = max(1, int(maps[0].numel() * mc.top_fraction))
-        scores = maps.flatten(1).topk(k, dim=1).values.mean(1)
-    return maps, scores, out
+    def __post_init__(self) -> None:
+        if int(self.exact_pixels) < 0:
+            raise ConfigError(f"exact_pixels {self.exact_pixels}: must be at least 0", arg="exact_pixels")
+        if self.num_workers is not None and int(self.num_workers) < 0:
+            raise ConfigError(f"num_workers {self.num_workers}: must be at least 0", arg="num_workers")
 
 
 def bound_heap_growth(threshold: int = 1 << 20) -> bool:
@@ -141,7 +132,7 @@ class CategoryStream:
 
 
 def evaluate(model: INPFormer, cfg: RunConfig, categories: list[str], device: torch.device | str,
-             batch_size: int = 16, precision: str = "fp32", map_mode: str = "decoder",
+             inference: InferenceConfig = InferenceConfig(), *,
              on_batch: Callable[[str, int, int], None] | None = None, num_workers: int | None = None,
              on_category: Callable[[str, dict[str, Any]], None] | None = None,
              exact_pixels: int = EXACT_PIXELS, pixel_bins: int = PIXEL_BINS,
@@ -159,6 +150,7 @@ def evaluate(model: INPFormer, cfg: RunConfig, categories: list[str], device: to
 
     ``scorer`` (images -> maps, scores) replaces :func:`score_batch`, e.g. the CUDA fast path."""
     device = torch.device(device)
+    precision, map_mode, batch_size = inference.precision_on(device), inference.map_mode, inference.batch_size
     mc = cfg.model
     model.eval().to(device)
     per_category: dict[str, dict[str, float]] = {}

@@ -1,10 +1,12 @@
 """ONNX export of the whole inference graph: preprocessed images in, anomaly maps and scores out.
 
 Graph: ``image`` (B, 3, crop, crop) float32, ImageNet-normalised ->
-``map`` (B, map_size, map_size) float32 and ``score`` (B,) float32; the batch axis is dynamic, the
-image size is fixed (the checkpoint's ``crop``). Preprocessing (resize to ``resize`` with PIL-style
-antialiased bilinear, centre crop, ImageNet mean/std) stays outside the graph, as does the threshold:
-both are written beside the model in ``<file>.json`` and into the ONNX file's ``metadata_props``.
+``map`` (B, map_size, map_size) float32, ``score`` (B,) float32 and ``embedding`` (B, C) float32 (what
+the category rule compares, :mod:`inp_former.categories`); the batch axis is dynamic, the image size
+is fixed (the checkpoint's ``crop``). Preprocessing (resize to ``resize`` with PIL-style antialiased
+bilinear, centre crop, ImageNet mean/std) stays outside the graph, as does the decision: both are
+written beside the model in ``<file>.json`` (pooled and per-category thresholds, the label rule,
+the category rule and its reference embeddings) and into the ONNX file's ``metadata_props``.
 Needs the ``onnx`` package (``pip install 'inpctl[export]'``, which also brings onnxruntime for the
 check).
 
@@ -28,7 +30,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from torch import nn
@@ -36,13 +38,18 @@ from torch import nn
 from inp_former.errors import ConfigError
 from inp_former.config import RunConfig
 from inp_former.model import INPFormer
+from inp_former.thresholds import LABEL_RULE
+
+if TYPE_CHECKING:
+    from inp_former.categories import CategoryReferences
 
 EXPORTERS = ("torchscript", "dynamo")
+OUTPUTS = ("map", "score", "embedding")
 DEFAULT_OPSET = 17
 
 
 class ExportableINPFormer(nn.Module):
-    """The inference graph of an :class:`INPFormer` as one module: ``images -> (maps, scores)``."""
+    """The inference graph of an :class:`INPFormer` as one module: ``images -> (maps, scores, embeddings)``."""
 
     def __init__(self, model: INPFormer, cfg: RunConfig, map_mode: str = "decoder") -> None:
         super().__init__()
@@ -59,9 +66,11 @@ class ExportableINPFormer(nn.Module):
         self.register_buffer("matrix", matrix.clone(), persistent=False)
         self.k = top_k_count(mc.map_size * mc.map_size, mc.top_fraction)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # the same cosine and G A G^T as the library's matrix path, so the graph cannot drift from it
         from kernels.scoring import apply_scoring_matrix, cosine_distance
+
+        from inp_former.categories import image_embeddings
 
         out = self.model(images)
         if self.map_mode == "decoder":
@@ -71,7 +80,7 @@ class ExportableINPFormer(nn.Module):
             a = out.prototype_distance.float()
         maps = apply_scoring_matrix(a.reshape(-1, self.grid, self.grid), self.matrix)
         scores = torch.topk(maps.flatten(1), self.k, dim=1).values.mean(1)
-        return maps, scores
+        return maps, scores, image_embeddings(out.encoder_groups)
 
 
 @contextlib.contextmanager
@@ -110,13 +119,19 @@ class ExportInfo:
 
 
 def export_metadata(cfg: RunConfig, map_mode: str, calibration: dict[str, Any] | None,
-                    checkpoint: str | None = None) -> dict[str, Any]:
-    """What a deployment needs beside the graph: preprocessing, shapes, the decision threshold."""
+                    checkpoint: str | None = None, references: "CategoryReferences | None" = None) -> dict[str, Any]:
+    """What a deployment needs beside the graph: preprocessing, shapes, and the decision: the label
+    rule, the pooled and per-category thresholds, and the category rule with its data (the same
+    rule as ``inpctl predict``: given, else a folder on the path, else the nearest reference, else
+    pooled; :mod:`inp_former.categories`)."""
+    from inp_former.categories import CategoryResolver
     from inp_former.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     import inp_former
 
     mc = cfg.model
+    categories = (calibration or {}).get("categories") or {}
+    resolver = CategoryResolver(categories, references)
     return {
         "format": "inpctl-onnx",
         "inpctl_version": inp_former.__version__,
@@ -128,12 +143,22 @@ def export_metadata(cfg: RunConfig, map_mode: str, calibration: dict[str, Any] |
                                     "center_crop": [mc.crop, mc.crop], "scale": "1/255",
                                     "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "channels": "RGB"}},
         "outputs": {"map": {"shape": ["batch", mc.map_size, mc.map_size], "covers": "the centre crop"},
-                    "score": {"shape": ["batch"], "definition": f"mean of the top {mc.top_fraction:.0%} of the map"}},
+                    "score": {"shape": ["batch"], "definition": f"mean of the top {mc.top_fraction:.0%} of the map"},
+                    "embedding": {"shape": ["batch", "C"], "definition": "what category_rule.image compares"}},
         "image_threshold": (calibration or {}).get("image_threshold"),
         "pixel_threshold": (calibration or {}).get("pixel_threshold"),
+        "category_thresholds": {name: {"image_threshold": values.get("image_threshold"),
+                                       "pixel_threshold": values.get("pixel_threshold")}
+                                for name, values in sorted(categories.items())},
         "score_range": (calibration or {}).get("score_range"),
         "map_range": (calibration or {}).get("map_range"),
-        "label_rule": "anomalous when score >= image_threshold",
+        "label_rule": LABEL_RULE,
+        "category_rule": {
+            "order": ["given", "path", "image", "pooled"],
+            "path": "a run of folders on the image's path equals a category name (split at '/'); the deepest wins",
+            "image": resolver.references.to_json() if resolver.references is not None else None,
+            "pooled": "otherwise image_threshold (all categories pooled)",
+            "only": len(categories) == 1},
     }
 
 
@@ -165,8 +190,8 @@ def export_onnx(model: INPFormer, cfg: RunConfig, path: Path, map_mode: str = "d
             warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter; the result is checked instead
         if exporter == "torchscript":
-            torch.onnx.export(wrapper, (example,), str(tmp), input_names=["image"], output_names=["map", "score"],
-                              dynamic_axes={"image": {0: "batch"}, "map": {0: "batch"}, "score": {0: "batch"}},
+            torch.onnx.export(wrapper, (example,), str(tmp), input_names=["image"], output_names=list(OUTPUTS),
+                              dynamic_axes={name: {0: "batch"} for name in ("image", *OUTPUTS)},
                               opset_version=opset, do_constant_folding=True, dynamo=False)
         else:
             try:
@@ -174,7 +199,7 @@ def export_onnx(model: INPFormer, cfg: RunConfig, path: Path, map_mode: str = "d
             except ImportError as exc:
                 raise ConfigError("exporter dynamo needs the onnxscript package (pip install onnxscript); "
                                   "or use the exporter torchscript", arg="exporter") from exc
-            program = torch.onnx.export(wrapper, (example,), input_names=["image"], output_names=["map", "score"],
+            program = torch.onnx.export(wrapper, (example,), input_names=["image"], output_names=list(OUTPUTS),
                                         dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
                                         opset_version=max(opset, 18), dynamo=True, external_data=False)
             program.save(str(tmp), external_data=False)
@@ -186,7 +211,8 @@ def export_onnx(model: INPFormer, cfg: RunConfig, path: Path, map_mode: str = "d
     mc = cfg.model
     return ExportInfo(path, sidecar, exporter, opset if exporter == "torchscript" else max(opset, 18),
                       {"image": ["batch", 3, mc.crop, mc.crop]},
-                      {"map": ["batch", mc.map_size, mc.map_size], "score": ["batch"]})
+                      {"map": ["batch", mc.map_size, mc.map_size], "score": ["batch"],
+                       "embedding": ["batch", model.encoder.embed_dim]})
 
 
 def _add_onnx_metadata(path: Path, meta: dict[str, Any]) -> None:
@@ -212,22 +238,23 @@ def onnxruntime_available() -> bool:
 def check_onnx(path: Path, model: INPFormer, cfg: RunConfig, map_mode: str = "decoder",
                batch_sizes: tuple[int, ...] = (1, 3), seed: int = 0) -> dict[str, float]:
     """Run the ONNX file with onnxruntime (CPU) and the torch reference path on the same random
-    images; returns the largest absolute differences {'map': ..., 'score': ...} over ``batch_sizes``."""
+    images; returns the largest absolute differences {'map', 'score', 'embedding'} over ``batch_sizes``."""
     import onnxruntime as ort
 
     from kernels.dispatch import kernel_mode
 
-    from inp_former.evaluate import score_batch
+    from inp_former.categories import image_embeddings
+    from inp_former.inference import score_batch
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(seed)
-    worst = {"map": 0.0, "score": 0.0}
+    worst = {name: 0.0 for name in OUTPUTS}
     model = model.eval().cpu()
     for batch in batch_sizes:
         images = torch.randn(batch, 3, cfg.model.crop, cfg.model.crop, generator=generator)
         with kernel_mode("reference"):
-            maps, scores, _ = score_batch(model, images, cfg, "fp32", map_mode)
-        onnx_maps, onnx_scores = session.run(["map", "score"], {"image": images.numpy()})
-        worst["map"] = max(worst["map"], float((torch.from_numpy(onnx_maps) - maps).abs().max()))
-        worst["score"] = max(worst["score"], float((torch.from_numpy(onnx_scores) - scores).abs().max()))
+            maps, scores, out = score_batch(model, images, cfg, "fp32", map_mode)
+        expected = {"map": maps, "score": scores, "embedding": image_embeddings(out.encoder_groups)}
+        for name, value in zip(OUTPUTS, session.run(list(OUTPUTS), {"image": images.numpy()})):
+            worst[name] = max(worst[name], float((torch.from_numpy(value) - expected[name]).abs().max()))
     return worst

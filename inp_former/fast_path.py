@@ -8,7 +8,7 @@ turns those launches into one.
 
 Usage (what ``evaluate``/``predict``/``serve`` call)::
 
-    score = scoring_function(model, cfg, map_mode="decoder", precision=None, fast=True, device="cuda")
+    score = scoring_function(model, cfg, InferenceConfig(fast=True), device="cuda")
     maps, scores = score(images)          # (B, S, S) float32, (B,) -- as score_batch's first two
     score.mode, score.fallback_reason     # "cuda-graph" | "eager", and why not a graph (None if it is)
 
@@ -29,8 +29,9 @@ from typing import Callable, Iterator
 
 import torch
 
+from inp_former.categories import image_embeddings
 from inp_former.config import MapMode, Precision, RunConfig, choice
-from inp_former.evaluate import score_batch
+from inp_former.inference import InferenceConfig, score_batch
 from inp_former.model import INPFormer
 from kernels.dispatch import kernel_mode
 
@@ -40,12 +41,14 @@ DISABLED = "fast path switched off (--no-fast)"
 __all__ = ["FastScorer", "scoring_function"]
 
 
+Scored = tuple[torch.Tensor, torch.Tensor, torch.Tensor]   # maps (B, S, S), scores (B,), embeddings (B, C)
+
+
 class _Graph:
     """One captured graph: static input, static outputs."""
 
-    def __init__(self, graph: "torch.cuda.CUDAGraph", images: torch.Tensor, maps: torch.Tensor,
-                 scores: torch.Tensor) -> None:
-        self.graph, self.images, self.maps, self.scores = graph, images, maps, scores
+    def __init__(self, graph: "torch.cuda.CUDAGraph", images: torch.Tensor, outputs: Scored) -> None:
+        self.graph, self.images, self.outputs = graph, images, outputs
 
 
 class FastScorer:
@@ -93,6 +96,12 @@ class FastScorer:
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Maps (B, map_size, map_size) float32 and scores (B,) of preprocessed images (B, 3, H, W)."""
+        maps, scores, _ = self.score(images)
+        return maps, scores
+
+    def score(self, images: torch.Tensor) -> Scored:
+        """Maps and scores as :meth:`__call__`, and each image's embedding (B, C) for the category
+        rule (:func:`inp_former.categories.image_embeddings`), from the same forward pass."""
         if images.dim() != 4:
             raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
         with self._lock:
@@ -118,14 +127,14 @@ class FastScorer:
             with kernel_mode(self.kernels):
                 yield
 
-    def _run(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run(self, images: torch.Tensor) -> Scored:
         with self._kernels():
             # no autocast weight cache: inside a capture a cached cast would outlive it in the graph's pool
-            maps, scores, _ = score_batch(self.model, images, self.cfg, self.precision, self.map_mode,
-                                          autocast_cache=False)
-        return maps, scores
+            maps, scores, out = score_batch(self.model, images, self.cfg, self.precision, self.map_mode,
+                                            autocast_cache=False)
+            return maps, scores, image_embeddings(out.encoder_groups)
 
-    def _eager(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _eager(self, images: torch.Tensor) -> Scored:
         return self._run(images)
 
     def _fall_back(self, reason: str) -> None:
@@ -137,7 +146,7 @@ class FastScorer:
         if self.on_fallback is not None:
             self.on_fallback(message)
 
-    def _graphed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _graphed(self, images: torch.Tensor) -> Scored | None:
         """The graph's result, or None when this call should run eager."""
         batch, rest = images.shape[0], tuple(images.shape[1:])
         key = (batch, *rest)
@@ -158,7 +167,7 @@ class FastScorer:
         if entry.images.shape[0] > batch:
             entry.images[batch:].zero_()
         entry.graph.replay()
-        return entry.maps[:batch].clone(), entry.scores[:batch].clone()
+        return tuple(output[:batch].clone() for output in entry.outputs)
 
     def _capture(self, images: torch.Tensor) -> _Graph | None:
         """Warm up on a side stream (Triton compiles and autotunes, caches fill), capture, verify."""
@@ -168,7 +177,7 @@ class FastScorer:
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
                 for _ in range(self.warmup):
-                    eager_maps, eager_scores = self._run(static_images)
+                    eager_maps = self._run(static_images)[0]
             torch.cuda.current_stream(self.device).wait_stream(side)
             torch.cuda.synchronize(self.device)
             graph = torch.cuda.CUDAGraph()
@@ -176,18 +185,19 @@ class FastScorer:
                 self._pool = torch.cuda.graph_pool_handle()
             # thread_local: other threads (a server's) may use CUDA while this one captures
             with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-                maps, scores = self._run(static_images)
+                outputs = self._run(static_images)
             graph.replay()
             torch.cuda.synchronize(self.device)
         except Exception as exc:  # noqa: BLE001 - any failure means "not capturable here": say why
             self._fall_back(f"capture failed for shape {tuple(images.shape)}: "
                             f"{exc.__class__.__name__}: {_first_line(exc)}")
             return None
+        maps = outputs[0]
         if self.verify and not _close(maps, eager_maps, self.precision):
             self._fall_back(f"graph replay differs from eager for shape {tuple(images.shape)} "
                             f"(max |diff| {float((maps - eager_maps).abs().max()):.3g})")
             return None
-        return _Graph(graph, static_images, maps, scores)
+        return _Graph(graph, static_images, outputs)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -205,20 +215,17 @@ def _close(a: torch.Tensor, b: torch.Tensor, precision: str) -> bool:
     return bool(((a - b).abs().nan_to_num(0.0) <= tol).all())
 
 
-def scoring_function(model: INPFormer, cfg: RunConfig, map_mode: str = "decoder", precision: str | None = None,
-                     fast: bool = True, device: torch.device | str | None = None,
+def scoring_function(model: INPFormer, cfg: RunConfig, inference: InferenceConfig = InferenceConfig(),
+                     device: torch.device | str | None = None,
                      on_fallback: Callable[[str], None] | None = None) -> FastScorer:
-    """The scorer the CLI's ``--fast/--no-fast`` switch picks; call it as ``maps, scores = f(images)``.
+    """The scorer ``inference`` describes; call it as ``maps, scores = f(images)``.
 
-    ``fast=True``: CUDA graphs on CUDA (eager elsewhere, ``fallback_reason`` "no CUDA device") and
-    bf16 autocast on CUDA unless ``precision`` says otherwise (fp32 on CPU: bf16 autocast is allowed
-    there but is slower than fp32 on CPUs without bf16 matrix units).
-    ``fast=False``: eager, fp32 unless ``precision`` says otherwise.
-    Both use the dispatcher's kernels: a fused kernel where a recorded measurement shows it faster
-    on this GPU and dtype (kernels/evidence.py), the PyTorch reference elsewhere; ``INPCTL_KERNELS``
-    forces either.
+    ``inference.fast``: CUDA graphs on CUDA (eager elsewhere, ``fallback_reason`` "no CUDA device");
+    otherwise eager. The precision is ``inference.precision_on(device)`` (one rule:
+    :func:`inp_former.inference.resolve_precision`). Both use the dispatcher's kernels (a fused
+    kernel where a recorded measurement shows it faster on this GPU and dtype, kernels/evidence.py;
+    the PyTorch reference elsewhere) unless ``inference.kernels`` forces a mode.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    if precision is None:
-        precision = "bf16" if fast and device.type == "cuda" else "fp32"
-    return FastScorer(model, cfg, map_mode, precision, device, use_graphs=fast, on_fallback=on_fallback)
+    return FastScorer(model, cfg, inference.map_mode, inference.precision_on(device), device,
+                      use_graphs=inference.fast, kernels=inference.kernels, on_fallback=on_fallback)

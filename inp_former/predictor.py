@@ -11,10 +11,11 @@
 checkpoint's preprocessing (resize to ``cfg.model.resize``, centre crop ``cfg.model.crop``, ImageNet
 normalisation); the map covers that centre crop at ``cfg.model.map_size`` x ``map_size``.
 
-The label uses, in this order: the ``threshold`` given here, the checkpoint's stored threshold of
-``category`` (if given), the checkpoint's pooled threshold (``inpctl eval`` stores it; see
-:mod:`inp_former.thresholds`); without any of them ``label`` is None. Anomalous means
-``score >= threshold``. The raw score is always kept; ``normalized_score`` maps the threshold to 0.5.
+The label is :class:`inp_former.thresholds.DecisionRule`'s, the one every surface applies: the
+``threshold`` given here, else the checkpoint's stored threshold of ``category`` (if given), else
+the checkpoint's pooled threshold (``inpctl eval`` stores them); without any of them ``label`` is
+None. Anomalous means ``score >= threshold``. The raw score is always kept; ``normalized_score``
+maps the threshold to 0.5.
 """
 from __future__ import annotations
 
@@ -26,9 +27,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from inp_former.config import MapMode, RunConfig, choice, resolve_device
+from inp_former.categories import CategoryReferences, CategoryResolver
+from inp_former.config import MapMode, Precision, RunConfig, resolve_device
+from inp_former.inference import InferenceConfig
 from inp_former.model import INPFormer
-from inp_former.thresholds import Calibration, normalize_score, read_calibration
+from inp_former.thresholds import Calibration, Decision, DecisionRule, normalize_score, read_calibration
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray]
 
@@ -44,6 +47,14 @@ class Prediction:
     normalized_score: float | None     # (score - threshold) / (score range) + 0.5, clipped to [0, 1]
     path: str | None = None            # the file, when the input was one
     pixel_threshold: float | None = None
+    threshold_source: str | None = None    # "given" | "checkpoint" | None
+    category: str | None = None            # whose threshold was used (None: the pooled one)
+    category_source: str | None = None     # "given" | "path" | "image" | "pooled" | "only" | None
+    embedding: np.ndarray | None = None    # (C,): what the category rule compares (inp_former/categories.py)
+
+    @property
+    def decision(self) -> Decision:
+        return Decision(self.label, self.threshold, self.threshold_source, self.category, self.category_source)
 
     @property
     def is_anomalous(self) -> bool | None:
@@ -91,46 +102,38 @@ def to_pil(image: ImageLike) -> Image.Image:
 
 
 class Predictor:
-    """A loaded model plus its preprocessing and decision threshold; scores images, arrays and batches."""
+    """A loaded model, its preprocessing, its scoring settings and its decision rule; scores images,
+    arrays and batches."""
 
     def __init__(self, model: INPFormer, cfg: RunConfig, calibration: Calibration | None = None,
-                 threshold: float | None = None, device: str | torch.device | None = "auto",
-                 map_mode: str = "decoder", precision: str | None = None, category: str | None = None,
-                 batch_size: int = 16, fast: bool = False) -> None:
+                 inference: InferenceConfig = InferenceConfig(), device: str | torch.device | None = "auto",
+                 threshold: float | None = None, category: str | None = None,
+                 references: CategoryReferences | None = None) -> None:
         from inp_former.data import image_transform
         from inp_former.fast_path import scoring_function
 
-        map_mode = choice(MapMode, map_mode, "map_mode")
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
-        self.cfg = cfg
-        # None: fp32, or bf16 on the fast path on CUDA
-        precision = precision or ("bf16" if fast and self.device.type == "cuda" else "fp32")
-        self.map_mode, self.precision, self.batch_size = map_mode, precision, batch_size
-        self.calibration = calibration
-        self.transform = image_transform(cfg.model.resize, cfg.model.crop)
-        if threshold is not None:
-            self.threshold, self.threshold_source = float(threshold), "given"
-        elif calibration is not None and calibration.threshold_for(category) is not None:
-            self.threshold = float(calibration.threshold_for(category))
-            self.threshold_source = f"checkpoint ({category})" if category else "checkpoint"
-        else:
-            self.threshold, self.threshold_source = None, None
-        pixel = None
+        self.cfg, self.inference, self.calibration = cfg, inference, calibration
+        self.decision = DecisionRule(calibration, threshold)
         if calibration is not None:
-            pixel = (calibration.categories.get(category, {}).get("pixel_threshold") if category
-                     else calibration.pixel_threshold)
-        self.pixel_threshold: float | None = pixel
+            self.decision.check_category(category)
+        self.category = category
+        # no category given: each image's from its path, else from its look (inp_former/categories.py)
+        self.resolver = CategoryResolver(self.decision.categories, references)
+        self.transform = image_transform(cfg.model.resize, cfg.model.crop)
         # images -> (maps, scores): eager, or on CUDA with ``fast`` the graph-captured fast path
-        self.scorer = scoring_function(self.model, cfg, map_mode, precision, fast, self.device)
+        self.scorer = scoring_function(self.model, cfg, inference, self.device)
+        self.meta: dict = {}                     # the checkpoint's metadata (from_checkpoint)
+        self.checkpoint: Path | None = None       # the file it came from (from_checkpoint)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = "auto",
-                        threshold: float | None = None, map_mode: str = "decoder", precision: str | None = None,
-                        encoder_weights: str | None = None, category: str | None = None,
-                        batch_size: int = 16, allow_encoder_mismatch: bool = False,
-                        fast: bool = False) -> "Predictor":
-        """Load an inpctl checkpoint (or the authors' ``model.pth``) with its stored calibration.
+                        inference: InferenceConfig = InferenceConfig(), threshold: float | None = None,
+                        category: str | None = None, encoder_weights: str | None = None,
+                        allow_encoder_mismatch: bool = False) -> "Predictor":
+        """Load an inpctl checkpoint (or the authors' ``model.pth``) with its stored calibration of
+        ``inference.map_mode``.
 
         The encoder must be the one the model was trained with (see
         :func:`inp_former.checkpoint.load_checkpoint`); ``meta`` keeps the checkpoint's metadata."""
@@ -138,10 +141,62 @@ class Predictor:
 
         chosen = resolve_device(device)
         model, cfg, meta = load_checkpoint(Path(path), chosen, encoder_weights, allow_encoder_mismatch)
-        predictor = cls(model, cfg, read_calibration(meta, str(map_mode)), threshold, chosen, map_mode, precision,
-                        category, batch_size, fast)
-        predictor.meta = meta
+        predictor = cls(model, cfg, read_calibration(meta, str(inference.map_mode)), inference, chosen, threshold,
+                        category, CategoryReferences.from_meta(meta))
+        predictor.meta, predictor.checkpoint = meta, Path(path)
         return predictor
+
+    # -- settings
+    @property
+    def map_mode(self) -> MapMode:
+        return self.inference.map_mode
+
+    @property
+    def precision(self) -> Precision:
+        """The precision actually used on this predictor's device."""
+        return self.inference.precision_on(self.device)
+
+    @property
+    def batch_size(self) -> int:
+        return self.inference.batch_size
+
+    @property
+    def threshold(self) -> float | None:
+        """The default image threshold (of ``category`` if given, else the pooled one)."""
+        return self.decision.threshold(self.category)[0]
+
+    @property
+    def threshold_source(self) -> str | None:
+        return self.decision.threshold(self.category)[1]
+
+    @property
+    def pixel_threshold(self) -> float | None:
+        return self.decision.pixel_threshold(self.category)
+
+    @property
+    def category_warning(self) -> str | None:
+        """One line for a person when images may fall back to the pooled threshold: a multi-category
+        checkpoint without the references the image rule needs (written before they existed)."""
+        if self.category is not None or self.decision.given is not None or not self.resolver.needs_references:
+            return None
+        where = self.checkpoint or "this checkpoint"
+        return (f"{where} holds no category references (it predates them): an image whose path names no trained "
+                f"category ({', '.join(self.decision.categories)}) is labelled with the pooled threshold; add "
+                f"them with: inpctl eval --ckpt {where} --save-thresholds")
+
+    def decide(self, score: float, category: str | None = None, path: str | Path | None = None,
+               embedding: torch.Tensor | np.ndarray | None = None) -> Decision:
+        """The label of ``score``: with the threshold of ``category`` if given (else the predictor's
+        own ``category``), else of the category the image's ``path`` or ``embedding`` resolves to
+        (:class:`inp_former.categories.CategoryResolver`), else the pooled one."""
+        category = category if category is not None else self.category
+        if category is not None:
+            self.decision.check_category(category)
+            return self.decision.decide(score, category, "given")
+        if self.decision.given is not None:
+            return self.decision.decide(score)
+        resolved, how = self.resolver.resolve(path, None if embedding is None else torch.as_tensor(embedding))
+        return self.decision.decide(score, resolved, how)
 
     # -- inputs
     @property
@@ -179,21 +234,26 @@ class Predictor:
         """Predictions for preprocessed images (B, 3, crop, crop) or (3, crop, crop)."""
         if images.dim() == 3:
             images = images.unsqueeze(0)
-        maps, scores = self.scorer(images.to(self.device))
-        return self.predictions(maps, scores, paths)
+        maps, scores, embeddings = self.scorer.score(images.to(self.device))
+        return self.predictions(maps, scores, paths, embeddings)
 
-    def predictions(self, maps: torch.Tensor, scores: torch.Tensor,
-                    paths: Sequence[str | None] | None = None) -> list[Prediction]:
-        """Wrap score_batch outputs into Predictions (threshold, label, normalised score)."""
+    def predictions(self, maps: torch.Tensor, scores: torch.Tensor, paths: Sequence[str | None] | None = None,
+                    embeddings: torch.Tensor | None = None) -> list[Prediction]:
+        """Wrap scorer outputs into Predictions (decision, normalised score)."""
         maps_np = maps.detach().float().cpu().numpy()
+        emb_np = None if embeddings is None else embeddings.detach().float().cpu().numpy()
         out = []
         rng = self.calibration.score_range if self.calibration is not None else {}
         for index, score in enumerate(scores.detach().float().cpu().tolist()):
-            label = None if self.threshold is None else int(score >= self.threshold)
-            normalized = normalize_score(score, self.threshold, rng.get("min"), rng.get("max"))
-            out.append(Prediction(score=score, map=maps_np[index], label=label, threshold=self.threshold,
-                                  normalized_score=normalized, path=None if paths is None else paths[index],
-                                  pixel_threshold=self.pixel_threshold))
+            path = None if paths is None else paths[index]
+            embedding = None if emb_np is None else emb_np[index]
+            decision = self.decide(score, path=path, embedding=embedding)
+            normalized = normalize_score(score, decision.threshold, rng.get("min"), rng.get("max"))
+            out.append(Prediction(score=score, map=maps_np[index], label=decision.label, threshold=decision.threshold,
+                                  normalized_score=normalized, path=path,
+                                  pixel_threshold=self.decision.pixel_threshold(decision.category),
+                                  threshold_source=decision.threshold_source, category=decision.category,
+                                  category_source=decision.category_source, embedding=embedding))
         return out
 
     # -- pictures

@@ -70,7 +70,8 @@ def render_samples(model: INPFormer, cfg: RunConfig, rows: list[dict[str, Any]],
     """Figures for ``rows`` (dicts with path, category, label): runs the model once per batch."""
     from inp_former.data import AnomalyDataset, image_transform, mask_transform
     from inp_former.settings import category_samples
-    from inp_former.evaluate import score_batch
+    from inp_former.inference import score_batch
+    from inp_former.thresholds import DecisionRule
     from inp_former.visualize import (attention_images, capture_inp_attention, denormalize, distance_map, overlay,
                                       with_contour)
 
@@ -106,8 +107,7 @@ def render_samples(model: INPFormer, cfg: RunConfig, rows: list[dict[str, Any]],
     if not distance_range[1] > distance_range[0]:
         distance_range = (distance_range[0], distance_range[0] + 1e-6)
     scales = {"map_range": [float(v) for v in map_range], "distance_range": list(distance_range)}
-    threshold = calibration.image_threshold if calibration is not None else None
-    pixel_threshold = calibration.pixel_threshold if calibration is not None else None
+    decision = DecisionRule(calibration)   # each image is labelled with its category's threshold
     figures = []
     for r in raw:
         item = r["item"]
@@ -116,9 +116,10 @@ def render_samples(model: INPFormer, cfg: RunConfig, rows: list[dict[str, Any]],
         small = view.resize((ATTENTION_TILE, ATTENTION_TILE), Image.BILINEAR)
         figures.append(SampleFigures(
             category=item["category"], path=item["path"], label=int(item["label"]), score=r["score"],
-            predicted=None if threshold is None else int(r["score"] >= threshold),
+            predicted=decision.decide(r["score"], item["category"]).label,
             input=with_contour(view, mask),
-            anomaly=overlay(view, r["map"], map_range, mask=mask, pixel_threshold=pixel_threshold),
+            anomaly=overlay(view, r["map"], map_range, mask=mask,
+                            pixel_threshold=decision.pixel_threshold(item["category"])),
             distance=overlay(view, r["distance"], distance_range, mask=mask),
             attention=attention_images(small, r["attention"]), scales=scales))
         if on_sample is not None:

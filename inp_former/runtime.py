@@ -1,4 +1,4 @@
-"""Process-level runtime defaults: data-loading workers, CPU threads, optional GPU image decoding.
+"""Process-level runtime defaults: data-loading workers, CPU threads; and the tensor form of the preprocessing.
 
 What the entry points call, in this order::
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, MutableMapping, Sequence
 
 if TYPE_CHECKING:
@@ -152,68 +151,25 @@ def configure_cpu_threads(threads: int | None = None, environ: MutableMapping[st
     return ThreadChoice(count, "default (all cores)", policy)
 
 
-# --- GPU image decoding ------------------------------------------------------------------------
-
-GPU_DECODABLE = (".jpg", ".jpeg", ".png")
-
-
-def decode_on_gpu(paths: Sequence[str | Path], device: "torch.device | str" = "cuda", resize: int = 448,
-                  crop: int = 392) -> "torch.Tensor":
-    """Images -> normalised (B, 3, crop, crop) float32 on ``device``, decoded and resized there.
-
-    JPEGs decode with nvJPEG (``torchvision.io.decode_jpeg(device="cuda")``, batched); PNGs decode
-    on the CPU (torchvision has no GPU PNG decoder) and are resized on the GPU. Then the steps of
-    :func:`inp_former.data.image_transform`: bilinear resize to resize x resize with antialiasing,
-    centre crop, ImageNet normalisation. Grayscale is replicated to RGB, alpha dropped (as
-    ``load_rgb``); 16-bit and other modes are not handled here: use the PIL path for them.
-
-    Not bit-identical to the PIL path: PIL resizes the 8-bit image and rounds the result to 8 bits,
-    this resizes in float32 and does not round; nvJPEG's IDCT may also differ from libjpeg's by
-    one level. Measured on CPU with torchvision's CPU decoders (bench/loader_bench.py): 1024 px
-    images reduced to 448 differ by at most 0.98 of 255 levels (mean 0.27), 224 px images enlarged
-    to 448 by at most 0.44 (mean 0.001); tests/test_runtime.py holds it to 2 levels. Far below what
-    moves an anomaly map. (torchvision >= 0.29 deprecates its decoders in favour of TorchCodec.)
-    """
-    import torch
-    from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
-
-    device = torch.device(device)
-    datas = [read_file(str(p)) for p in paths]
-    jpeg = [str(p).lower().endswith((".jpg", ".jpeg")) for p in paths]
-    images: list[torch.Tensor | None] = [None] * len(datas)
-    jpeg_index = [i for i, j in enumerate(jpeg) if j]
-    if jpeg_index and device.type == "cuda":
-        decoded = decode_jpeg([datas[i] for i in jpeg_index], mode=ImageReadMode.RGB, device=device)
-        for i, image in zip(jpeg_index, decoded):
-            images[i] = image
-    for i, data in enumerate(datas):
-        if images[i] is None:
-            images[i] = decode_image(data, mode=ImageReadMode.RGB).to(device, non_blocking=True)
-    return preprocess_uint8([img for img in images if img is not None], resize, crop)
-
+# --- tensor preprocessing --------------------------------------------------------------------
 
 def preprocess_uint8(images: "Sequence[torch.Tensor]", resize: int = 448, crop: int = 392) -> "torch.Tensor":
     """(3, H, W) uint8 tensors (any sizes, any device) -> (B, 3, crop, crop) normalised float32:
-    the tensor form of :func:`inp_former.data.image_transform`."""
-    import torch
-    import torch.nn.functional as F
+    the tensor form of :func:`inp_former.data.image_transform`, for images already decoded to
+    tensors (e.g. on a GPU), with the same :class:`~inp_former.data.geometry.Geometry`.
 
+    Not bit-identical to the PIL path, which rounds its resized image to 8 bits: within 2 levels of
+    255 (tests/test_runtime.py; bench/studies/loader_bench.py measures it)."""
+    import torch
+    from torchvision.transforms.functional import normalize
+
+    from inp_former.data.geometry import Geometry
     from inp_former.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-    if not 0 < crop <= resize:
-        raise ValueError(f"crop {crop} / resize {resize}: expected 0 < crop <= resize")
-    out = []
-    for image in images:
-        x = image.unsqueeze(0).float().div_(255.0)
-        # antialias=True is PIL's low-pass filter when shrinking; when enlarging both are plain bilinear
-        x = F.interpolate(x, size=(resize, resize), mode="bilinear", align_corners=False, antialias=True)
-        top = int(round((resize - crop) / 2.0))  # torchvision's CenterCrop offset
-        out.append(x[..., top:top + crop, top:top + crop])
-    batch = torch.cat(out)
-    mean = torch.tensor(IMAGENET_MEAN, device=batch.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=batch.device).view(1, 3, 1, 1)
-    return (batch - mean) / std
+    geometry = Geometry(resize, crop)
+    batch = torch.cat([geometry.forward_tensor(image.unsqueeze(0).float().div_(255.0)) for image in images])
+    return normalize(batch, IMAGENET_MEAN, IMAGENET_STD)
 
 
-__all__ = ["apply_env_defaults", "configure_cpu_threads", "decode_on_gpu", "default_cpu_threads",
+__all__ = ["apply_env_defaults", "configure_cpu_threads", "default_cpu_threads",
            "default_num_workers", "loader_kwargs", "preprocess_uint8", "ThreadChoice"]

@@ -16,11 +16,12 @@ import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch.utils.data import Dataset
 
+from inp_former.categories import REFERENCES_PER_CATEGORY, CategoryReferences, image_embeddings
 from inp_former.config import DataConfig, RunConfig, Setting
 from inp_former.errors import ConfigError
 from inp_former.data import (LAYOUTS, AnomalyDataset, Sample, build_samples, image_transform, list_categories,
@@ -191,6 +192,42 @@ def training_dataset(cfg: RunConfig, categories: list[str]) -> Dataset:
         return FewShotDataset([s for c in categories for s in selection[c]], mc.resize, mc.crop)
     samples = [s for c in categories for s in category_samples(cfg.data, c, "train")]
     return AnomalyDataset(samples, image_transform(mc.resize, mc.crop))
+
+
+# --- category references (inp_former/categories.py) -------------------------------------------
+
+def reference_samples(cfg: RunConfig, category: str, count: int = REFERENCES_PER_CATEGORY) -> list[Any]:
+    """The normal training images a category's references are taken from: the few-shot selection
+    itself, or ``count`` training images evenly spaced by path (deterministic)."""
+    if is_few_shot(cfg.data):
+        return few_shot_selection(cfg.data, [category], cfg.data.shots, cfg.train.seed)[category]
+    samples = sorted(category_samples(cfg.data, category, "train"), key=lambda s: str(s.path))
+    if len(samples) <= count:
+        return samples
+    step = len(samples) / count
+    return [samples[int(i * step)] for i in range(count)]
+
+
+def compute_references(model: Any, cfg: RunConfig, categories: Iterable[str], device: torch.device | str,
+                       count: int = REFERENCES_PER_CATEGORY, batch_size: int = 16) -> CategoryReferences:
+    """Embeddings of up to ``count`` normal training images of each category (fp32, eager)."""
+    from inp_former.data import load_rgb
+
+    device = torch.device(device)
+    transform = image_transform(cfg.model.resize, cfg.model.crop)
+    model.eval()
+    vectors: dict[str, torch.Tensor] = {}
+    for category in categories:
+        samples = reference_samples(cfg, category, count)
+        rows = []
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start:start + batch_size]
+            images = torch.stack([transform(load_rgb(s.path)) for s in chunk]).to(device)
+            with torch.no_grad():
+                rows.append(image_embeddings(model(images).encoder_groups).cpu())
+        if rows:
+            vectors[category] = torch.cat(rows)
+    return CategoryReferences(vectors)
 
 
 # --- single-class ------------------------------------------------------------------------------

@@ -6,6 +6,10 @@ training, or an evaluation asked to (``save_thresholds``), stores it in the chec
 ``meta["calibration"][map_mode]`` (:func:`store_calibration`, merged per category), where
 ``inpctl predict`` and :class:`inp_former.predictor.Predictor` find it to label new images.
 
+The decision every surface applies (predict, serve, the page, the report, the ONNX sidecar) is
+:class:`DecisionRule`: ``score >= threshold`` is anomalous, with the threshold of the image's
+category when one is stored, else the pooled one.
+
 What is computed (a sample is anomalous when ``value >= threshold``, as in ``metrics.f1max_threshold``):
 
 * image threshold: an F1-maximising threshold of the image scores of ALL test images of all
@@ -41,8 +45,6 @@ import numpy as np
 import torch
 
 from inp_former.errors import ConfigError
-
-from inp_former.metrics import f1max_threshold
 
 CALIBRATION_KEY = "calibration"
 CALIBRATION_VERSION = 1
@@ -86,15 +88,6 @@ class Calibration:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in raw.items() if k in known})
 
-    def threshold_for(self, category: str | None = None) -> float | None:
-        """The image threshold of ``category`` (if stored), else the pooled one."""
-        if category is not None:
-            if category not in self.categories:
-                raise ConfigError(f"category {category!r}: no threshold stored for it (stored: "
-                                 f"{', '.join(sorted(self.categories)) or 'none'})")
-            return self.categories[category].get("image_threshold")
-        return self.image_threshold
-
     def normalize(self, score: float, threshold: float | None = None) -> float | None:
         """Score mapped so that ``threshold`` (default: the stored one) is 0.5; None without a range."""
         return normalize_score(score, self.image_threshold if threshold is None else threshold,
@@ -108,6 +101,86 @@ def normalize_score(score: float, threshold: float | None, lo: float | None, hi:
     if not span > 0:
         return 1.0 if score >= threshold else 0.0
     return float(min(1.0, max(0.0, (score - threshold) / span + 0.5)))
+
+
+# --- the decision ----------------------------------------------------------------------------------
+
+LABEL_RULE = "label = 1 (anomalous) when score >= threshold"
+
+
+def label_of(score: float, threshold: float | None) -> int | None:
+    """THE anomaly decision of every surface: 1 when ``score >= threshold``, 0 below, None without
+    a threshold (the same rule as the F1-max thresholds are computed with)."""
+    return None if threshold is None else int(score >= threshold)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The label of one image, the threshold that gave it, and where both came from."""
+    label: int | None
+    threshold: float | None
+    threshold_source: str | None    # "given" | "checkpoint" | None (no threshold anywhere)
+    category: str | None            # the category whose threshold was used; None: the pooled one
+    category_source: str | None     # "given" | "path" | "image" | "pooled" | None (no threshold)
+
+    def fields(self) -> dict[str, Any]:
+        """As the columns and JSON keys of predictions and the server's answers."""
+        return {"label": self.label, "threshold": self.threshold, "threshold_source": self.threshold_source,
+                "category": self.category, "category_source": self.category_source}
+
+
+class DecisionRule:
+    """From (score, category) to a :class:`Decision`, for every scoring surface.
+
+    The threshold: the one given (``threshold``) wins; else the stored threshold of ``category``
+    when the calibration holds one; else the calibration's pooled threshold (all categories);
+    else none (scores without labels).
+    """
+
+    def __init__(self, calibration: Calibration | None, threshold: float | None = None) -> None:
+        self.calibration = calibration
+        self.given = None if threshold is None else float(threshold)
+
+    @property
+    def categories(self) -> list[str]:
+        """The categories with a stored threshold (the valid values of a ``category``)."""
+        return sorted(self.calibration.categories) if self.calibration is not None else []
+
+    def check_category(self, category: str | None) -> None:
+        """A ConfigError naming ``category`` when no threshold is stored for it."""
+        if category is not None and category not in self.categories:
+            raise ConfigError(f"category {category!r}: no threshold stored for it (stored: "
+                              f"{', '.join(self.categories) or 'none'})", arg="category")
+
+    def threshold(self, category: str | None = None) -> tuple[float | None, str | None, str | None]:
+        """(threshold, threshold source, category whose threshold it is) for ``category``."""
+        if self.given is not None:
+            return self.given, "given", category
+        if self.calibration is None:
+            return None, None, None
+        stored = self.calibration.categories.get(category, {}).get("image_threshold") if category else None
+        if stored is not None:
+            return float(stored), "checkpoint", category
+        pooled = self.calibration.image_threshold
+        return (None, None, None) if pooled is None else (float(pooled), "checkpoint", None)
+
+    def decide(self, score: float, category: str | None = None, category_source: str = "given") -> Decision:
+        """The decision for ``score`` with the threshold of ``category`` (None: the default one)."""
+        threshold, source, used = self.threshold(category)
+        if threshold is None:
+            return Decision(None, None, None, category, None)
+        if source == "given":
+            return Decision(label_of(score, threshold), threshold, source, category,
+                            category_source if category is not None else None)
+        return Decision(label_of(score, threshold), threshold, source, used,
+                        category_source if used is not None else "pooled")
+
+    def pixel_threshold(self, category: str | None = None) -> float | None:
+        """The pixel threshold of ``category`` if stored, else the pooled one."""
+        if self.calibration is None:
+            return None
+        stored = self.calibration.categories.get(category, {}).get("pixel_threshold") if category else None
+        return stored if stored is not None else self.calibration.pixel_threshold
 
 
 class PixelHistogram:
@@ -185,6 +258,8 @@ def f1max_midpoint_threshold(labels: torch.Tensor, scores: torch.Tensor) -> tupl
     """(F1max, threshold): like ``metrics.f1max_threshold`` but half-way between the lowest score
     labelled anomalous at F1max and the next lower score, so that tiny numerical differences (another
     device, batch size or precision) do not flip the images at the boundary. Same F1 on these scores."""
+    from inp_former.metrics import f1max_threshold  # calibration only: serving never loads the metrics
+
     if not bool(labels.bool().any()):
         return math.nan, math.nan
     f1, threshold = f1max_threshold(labels, scores)
@@ -311,15 +386,11 @@ def store_calibration(checkpoint: Path, calibration: Calibration) -> list[str]:
 
     Everything else in the file is kept as it is; the other map mode's calibration too.
     """
-    from inp_former.checkpoint import read_checkpoint
-    from inp_former.io import atomic_torch_save
+    from inp_former.checkpoint import update_meta
 
-    payload = read_checkpoint(Path(checkpoint))
-    meta = dict(payload.get("meta") or {})
-    merged, changes = merge_calibration(read_calibration(meta, calibration.map_mode), calibration)
-    stored = dict(meta.get(CALIBRATION_KEY) or {})
-    stored[calibration.map_mode] = merged.to_dict()
-    meta[CALIBRATION_KEY] = stored
-    payload["meta"] = meta
-    atomic_torch_save(payload, Path(checkpoint))
-    return changes
+    def merge(meta: dict[str, Any]) -> list[str]:
+        merged, changes = merge_calibration(read_calibration(meta, calibration.map_mode), calibration)
+        meta[CALIBRATION_KEY] = {**(meta.get(CALIBRATION_KEY) or {}), calibration.map_mode: merged.to_dict()}
+        return changes
+
+    return update_meta(Path(checkpoint), merge)

@@ -24,9 +24,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from inp_former import distributed
 from inp_former.checkpoint import CHECKPOINT_NAME, save_checkpoint
-from inp_former.config import Precision, RunConfig
+from inp_former.config import RunConfig
 from inp_former.errors import ConfigError, TrainingError, TrainingInterrupted
+from inp_former.inference import autocast
 from inp_former.io import atomic_torch_save
 from inp_former.losses import coherence_loss, soft_mining_loss
 from inp_former.model import INPFormer
@@ -68,20 +70,6 @@ def resolve_categories(cfg: RunConfig) -> list[str]:
     from inp_former.settings import resolve_categories as resolve  # several datasets: "<name>/<category>"
 
     return resolve(cfg.data)
-
-
-def autocast(device: torch.device, precision: Precision | str, cache: bool = True):
-    """bf16 autocast, or none; ``cache=False`` recasts weights at every use (CUDA-graph capture)."""
-    if Precision(precision) == Precision.BF16:
-        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
-    return torch.autocast(device.type, enabled=False)
-
-
-def distributed() -> tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) when not launched by torchrun."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class EpochBatchSampler(Sampler[list[int]]):
@@ -254,7 +242,7 @@ def train(cfg: RunConfig, run_dir: Path, device: torch.device | str | None = Non
     from inp_former.settings import training_meta
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    rank, world = distributed()
+    rank, world = distributed.rank(), distributed.world_size()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.train.seed)

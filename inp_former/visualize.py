@@ -33,7 +33,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision import transforms as T
 
 GT_COLOUR = (0, 255, 0)
 PREDICTED_COLOUR = (255, 255, 255)
@@ -42,9 +41,11 @@ PREDICTED_COLOUR = (255, 255, 255)
 # --- images -------------------------------------------------------------------------------------
 
 def model_view(image: Image.Image, resize: int, crop: int) -> Image.Image:
-    """The RGB crop the model sees: resize to resize x resize (PIL bilinear), centre crop."""
-    view = T.Resize((resize, resize), interpolation=T.InterpolationMode.BILINEAR)(image.convert("RGB"))
-    return T.CenterCrop(crop)(view)
+    """The RGB crop the model sees (what its maps cover): resize to resize x resize (PIL bilinear),
+    centre crop, by the same :class:`~inp_former.data.geometry.Geometry` as the preprocessing."""
+    from inp_former.data.geometry import Geometry
+
+    return Geometry(resize, crop).forward_image(image.convert("RGB"))
 
 
 def denormalize(image: torch.Tensor) -> Image.Image:

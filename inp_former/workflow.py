@@ -16,22 +16,23 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 
+from inp_former import distributed
 from inp_former.checkpoint import CHECKPOINT_NAME, load_checkpoint, read_checkpoint
-from inp_former.config import EvalConfig, MapMode, RunConfig, Setting, resolve_device
-from inp_former.errors import CheckpointError, ConfigError
-from inp_former.evaluate import EvalResult, bound_heap_growth, evaluate
+from inp_former.config import MapMode, RunConfig, Setting, resolve_device
+from inp_former.errors import CheckpointError, ConfigError, DatasetError
+from inp_former.evaluate import EvalConfig, EvalResult, bound_heap_growth, evaluate
+from inp_former.inference import InferenceConfig
 from inp_former.io import atomic_write_text
 from inp_former.metrics import mean_metrics
 from inp_former.model import INPFormer
 from inp_former.settings import category_dirname, category_samples, single_class_configs
-from inp_former.thresholds import Calibration, Calibrator, store_calibration
+from inp_former.thresholds import Calibration, Calibrator, read_calibration, store_calibration
 from inp_former.train import (TRAINING_STATE, StepInfo, TrainResult, load_training_state, resolve_categories,
                               seed_everything, train)
 
@@ -111,16 +112,16 @@ def evaluate_and_calibrate(model: INPFormer, cfg: RunConfig, device: torch.devic
     device = torch.device(device)
     categories = list(categories or resolve_categories(cfg))
     bound_heap_growth()  # memory stays flat however many test images stream through
-    calibrator = Calibrator(str(evaluation.map_mode))
-    precision = evaluation.precision_on(device)
-    scorer = scoring_function(model, cfg, evaluation.map_mode, precision, evaluation.fast, device)
+    inference = evaluation.inference
+    calibrator = Calibrator(str(inference.map_mode))
+    scorer = scoring_function(model, cfg, inference, device)
     with reporter.evaluating("eval") as on_batch:
-        result = evaluate(model, cfg, categories, device, evaluation.batch_size, precision,
-                          evaluation.map_mode, on_batch=on_batch, num_workers=evaluation.num_workers,
-                          on_category=calibrator.update, exact_pixels=evaluation.exact_pixels, scorer=scorer)
+        result = evaluate(model, cfg, categories, device, inference, on_batch=on_batch,
+                          num_workers=evaluation.num_workers, on_category=calibrator.update,
+                          exact_pixels=evaluation.exact_pixels, scorer=scorer)
     result.meta.update({"encoder": cfg.model.encoder, "encoder_source": model.encoder.weights_source,
                         "random_encoder": model.encoder.is_random, "fast_path": getattr(scorer, "mode", "eager"),
-                        **(meta or {})})
+                        "scope": evaluation_scope(cfg, categories, inference, device), **(meta or {})})
     calibration = calibrator.result({"dataset": result.meta.get("dataset"), "data_root": result.meta.get("data_root"),
                                      "precision": result.meta.get("precision")})
     result.meta["calibration"] = calibration.to_dict()
@@ -132,6 +133,53 @@ def evaluate_and_calibrate(model: INPFormer, cfg: RunConfig, device: torch.devic
     if report_samples is not None and out_dir is not None:
         outcome.report = _write_report(model, cfg, outcome, calibrator, device, evaluation, report_samples, reporter)
     return outcome
+
+
+def evaluation_scope(cfg: RunConfig, categories: list[str], inference: InferenceConfig,
+                     device: torch.device) -> dict[str, Any]:
+    """What an evaluation covers and how it scored: two evaluations of different scopes are
+    different results, and one must not silently replace the other (:func:`check_evaluation_target`)."""
+    return {"categories": sorted(categories), "dataset": cfg.data.dataset, "data_root": str(cfg.data.root),
+            "sources": [dict(s) for s in cfg.data.sources], **_inference_meta(inference, device)}
+
+
+def _scope_held(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The scope of an evaluation on disk (older metrics.json files: read off its fields)."""
+    meta = metrics.get("meta") or {}
+    if isinstance(meta.get("scope"), dict):
+        return meta["scope"]
+    return {"categories": sorted(metrics.get("categories") or {}), "dataset": meta.get("dataset"),
+            "data_root": meta.get("data_root"), "sources": [], "map_mode": meta.get("map_mode"),
+            "precision": meta.get("precision")}
+
+
+def _describe_scope(scope: dict[str, Any]) -> str:
+    names = scope.get("categories") or []
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return f"{shown or 'no categories'} ({scope.get('map_mode')} maps, {scope.get('precision')})"
+
+
+def check_evaluation_target(out_dir: Path, scope: dict[str, Any], overwrite: bool = False) -> None:
+    """Refuse to write an evaluation into ``out_dir`` over one of another scope (other categories,
+    data, map mode or precision) unless ``overwrite``: a full evaluation can take hours to redo.
+    The same scope again (a re-run) is replaced."""
+    metrics = Path(out_dir) / "metrics.json"
+    if overwrite or not metrics.is_file():
+        return
+    try:
+        held = _scope_held(json.loads(metrics.read_text()))
+    except (OSError, ValueError, AttributeError):
+        held = {}
+    differs = [key for key in ("categories", "dataset", "data_root", "sources", "map_mode", "precision")
+               if held.get(key) != scope.get(key)]
+    if differs:
+        raise ConfigError(f"out {out_dir}: already holds an evaluation of {_describe_scope(held)}; this one is of "
+                          f"{_describe_scope(scope)} (they differ in {', '.join(differs)}); give another out "
+                          f"directory to keep both, or overwrite to replace it", arg="out", others=("out", "overwrite"))
+
+
+def _inference_meta(inference: InferenceConfig, device: torch.device) -> dict[str, str]:
+    return {"map_mode": str(inference.map_mode), "precision": str(inference.precision_on(device))}
 
 
 def write_evaluation(outcome: Evaluation) -> None:
@@ -154,7 +202,8 @@ def _write_report(model: INPFormer, cfg: RunConfig, outcome: Evaluation, calibra
             on_progress(done[0], total, "")
 
         return write_report(outcome.out_dir / "report.html", model, cfg, result, outcome.calibration, calibrator,
-                            device, str(evaluation.map_mode), str(evaluation.precision_on(device)), samples,
+                            device, str(evaluation.inference.map_mode),
+                            str(evaluation.inference.precision_on(device)), samples,
                             on_sample=on_sample)
 
 
@@ -215,34 +264,64 @@ def evaluate_checkpoint(checkpoint: Path | str, data: DataOverride = DataOverrid
                         evaluation: EvalConfig = EvalConfig(), out_dir: Path | None = None,
                         device: torch.device | str = "auto", encoder_weights: str | None = None,
                         allow_encoder_mismatch: bool = False, save_thresholds: bool = False,
-                        report_samples: int | None = None, reporter: Reporter = SILENT) -> Evaluation:
+                        report_samples: int | None = None, reporter: Reporter = SILENT,
+                        overwrite: bool = False) -> Evaluation:
     """Evaluate a checkpoint file, a run directory (its ``checkpoint.pt``, or every category's of a
     single-class run) or the authors' ``model.pth``. Results go to ``out_dir`` (default: beside the
     checkpoint). The checkpoint is left byte for byte as it was unless ``save_thresholds``; the
-    authors' file is never written."""
+    authors' file is never written. An evaluation of another scope already in the output folder
+    is refused before anything runs, unless ``overwrite`` (:func:`check_evaluation_target`).
+
+    ``save_thresholds`` merges the thresholds of the evaluated categories into the checkpoint
+    (keeping the others') and, for a multi-category model, the category references that let
+    ``predict`` and ``serve`` pick each image's category (:mod:`inp_former.categories`)."""
     checkpoint, device = Path(checkpoint), resolve_device(device)
     if checkpoint.is_dir():
         if (checkpoint / CHECKPOINT_NAME).is_file():
             checkpoint = checkpoint / CHECKPOINT_NAME
         else:
             return _evaluate_single_class_run(checkpoint, data, evaluation, out_dir, device, encoder_weights,
-                                              allow_encoder_mismatch, save_thresholds, reporter)
+                                              allow_encoder_mismatch, save_thresholds, reporter, overwrite)
     model, cfg, loaded = load_checkpoint(checkpoint, device, encoder_weights, allow_encoder_mismatch)
     authors = "imported_from" in loaded
     if authors and save_thresholds:
         raise ConfigError(f"save_thresholds: {checkpoint} is the authors' file, which is never modified; the "
                           f"thresholds are in the evaluation's {THRESHOLDS_FILE}", arg="save_thresholds")
     cfg = data.apply(cfg)
+    categories, target = resolve_categories(cfg), Path(out_dir) if out_dir is not None else checkpoint.parent
+    check_evaluation_target(target, evaluation_scope(cfg, categories, evaluation.inference, device), overwrite)
     meta = {"checkpoint": str(checkpoint),
             **{key: loaded[key] for key in ("encoder_mismatch", "imported_from") if key in loaded}}
-    return evaluate_and_calibrate(model, cfg, device, evaluation, out_dir or checkpoint.parent, meta=meta,
-                                  store_in=checkpoint if save_thresholds else None, report_samples=report_samples,
-                                  reporter=reporter)
+    outcome = evaluate_and_calibrate(model, cfg, device, evaluation, target, categories, meta=meta,
+                                     store_in=checkpoint if save_thresholds else None, report_samples=report_samples,
+                                     reporter=reporter)
+    if save_thresholds and "encoder_mismatch" not in loaded:
+        _add_missing_references(model, cfg, checkpoint, device, categories, str(evaluation.inference.map_mode),
+                                outcome, reporter)
+    return outcome
+
+
+def _add_missing_references(model: INPFormer, cfg: RunConfig, checkpoint: Path, device: torch.device,
+                            categories: list[str], map_mode: str, outcome: Evaluation, reporter: Reporter) -> None:
+    """A multi-category checkpoint without the category references of some evaluated categories
+    (one written before they existed) gets them: the fix the predictor's warning names."""
+    from inp_former.categories import CategoryReferences
+
+    meta = read_checkpoint(checkpoint).get("meta") or {}
+    stored, references = read_calibration(meta, map_mode), CategoryReferences.from_meta(meta)
+    missing = [c for c in categories if references is None or c not in references.vectors]
+    if stored is None or len(stored.categories) < 2 or not missing:
+        return
+    try:
+        written = store_category_references(model, cfg, checkpoint, device, missing)
+        outcome.stored_changes.append(f"category references of {len(written)} categories stored")
+    except DatasetError as exc:  # e.g. evaluated on data without a train split
+        reporter.message(f"warning: category references not stored ({exc})")
 
 
 def _evaluate_single_class_run(run_dir: Path, data: DataOverride, evaluation: EvalConfig, out_dir: Path | None,
                                device: torch.device, encoder_weights: str | None, allow_encoder_mismatch: bool,
-                               save_thresholds: bool, reporter: Reporter) -> Evaluation:
+                               save_thresholds: bool, reporter: Reporter, overwrite: bool) -> Evaluation:
     checkpoints = single_class_checkpoints(run_dir)
     if not checkpoints:
         raise CheckpointError(f"checkpoint {run_dir}: a directory without {CHECKPOINT_NAME} or per-category "
@@ -255,18 +334,22 @@ def _evaluate_single_class_run(run_dir: Path, data: DataOverride, evaluation: Ev
                               f"(available: {', '.join(checkpoints)})", arg="categories")
         checkpoints = {c: checkpoints[c] for c in data.categories}
     evaluations = {}
+    names = {c: c.rsplit("/", 1)[-1] if data.root is not None else c for c in checkpoints}  # other data: plain
+    scope = None
     for category, path in checkpoints.items():
         model, cfg, _ = load_checkpoint(path, device, encoder_weights, allow_encoder_mismatch)
         one = dataclasses.replace(data, categories=())
         cfg = one.apply(cfg)
-        name = category.rsplit("/", 1)[-1] if data.root is not None else category  # other data: plain names
+        name = names[category]
+        if scope is None:  # before the first evaluation runs
+            scope = evaluation_scope(cfg, list(names.values()), evaluation.inference, device)
+            check_evaluation_target(Path(out_dir or run_dir), scope, overwrite)
         evaluations[name] = evaluate_and_calibrate(model, cfg, device, evaluation, None, [name],
                                                    meta={"setting": "single-class", "checkpoint": str(path)},
                                                    store_in=path if save_thresholds else None, reporter=reporter)
-    meta = {"setting": "single-class", "map_mode": str(evaluation.map_mode),
-            "precision": str(evaluation.precision_on(device)), "device": str(device),
-            "checkpoints": {c: str(p) for c, p in checkpoints.items()}}
-    combined = combine_evaluations(evaluations, out_dir or run_dir, meta)
+    meta = {"setting": "single-class", **_inference_meta(evaluation.inference, device), "device": str(device),
+            "scope": scope, "checkpoints": {c: str(p) for c, p in checkpoints.items()}}
+    combined = combine_evaluations(evaluations, Path(out_dir or run_dir), meta)
     combined.stored_changes = [f"{c}: {change}" for c, e in evaluations.items() for change in e.stored_changes]
     return combined
 
@@ -285,25 +368,6 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> None:
                               others=("overwrite", "resume"))
 
 
-@contextlib.contextmanager
-def process_group(device: torch.device | str) -> Iterator[tuple[torch.device, int]]:
-    """Under ``torchrun``: join the process group for the block; yields (this process's device, rank)."""
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        yield resolve_device(device), 0
-        return
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and str(device) != "cpu"
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    try:
-        yield (torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")), dist.get_rank()
-    finally:
-        dist.destroy_process_group()
-
-
 def train_run(cfg: RunConfig, run_dir: Path | str, device: torch.device | str = "auto",
               evaluation: EvalConfig | None = EvalConfig(), overwrite: bool = False, resume: bool = False,
               reporter: Reporter = SILENT) -> RunOutcome:
@@ -319,7 +383,7 @@ def train_run(cfg: RunConfig, run_dir: Path | str, device: torch.device | str = 
     if evaluation is not None:  # a category without test images fails now, not after hours of training
         for category in resolve_categories(cfg):
             category_samples(cfg.data, category, "test")
-    with process_group(device) as (device, rank):
+    with distributed.process_group(device) as (device, rank):
         seed_everything(cfg.train.seed)  # the decoder's initialisation follows the seed (bit-for-bit reruns)
         model = INPFormer(cfg.model)
         if rank == 0:
@@ -330,12 +394,25 @@ def train_run(cfg: RunConfig, run_dir: Path | str, device: torch.device | str = 
         return RunOutcome(run_dir, trained.config, {"": trained}, None)
     reporter.message(f"Trained {trained.iterations} iterations in {trained.seconds:.1f}s; checkpoint "
                      f"{trained.checkpoint}")
+    categories = resolve_categories(trained.config)
+    if len(categories) > 1:  # the image rule of inp_former/categories.py; one category needs none
+        store_category_references(model, trained.config, trained.checkpoint, device, categories)
     outcome = None
     if evaluation is not None:
         outcome = evaluate_and_calibrate(model, trained.config, device, evaluation, run_dir,
                                          meta={"checkpoint": str(trained.checkpoint)}, store_in=trained.checkpoint,
                                          reporter=reporter)
     return RunOutcome(run_dir, trained.config, {"": trained}, outcome)
+
+
+def store_category_references(model: INPFormer, cfg: RunConfig, checkpoint: Path, device: torch.device,
+                              categories: list[str] | None = None) -> list[str]:
+    """Store in ``checkpoint`` what the image rule of :mod:`inp_former.categories` needs: a few
+    embeddings of the normal training images of each of ``categories`` (default: the config's)."""
+    from inp_former.categories import store_references
+    from inp_former.settings import compute_references
+
+    return store_references(checkpoint, compute_references(model, cfg, categories or resolve_categories(cfg), device))
 
 
 def finished_checkpoint(run_dir: Path | str) -> Path | None:
@@ -363,7 +440,7 @@ def resume_run(run_dir: Path | str, device: torch.device | str = "auto",
         cfg = RunConfig.from_dict(state["config"], saved=True)
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"resume {state_path}: its run config is not readable ({exc})", arg="resume") from exc
-    if int(os.environ.get("RANK", "0")) == 0:
+    if distributed.is_writer():
         reporter.message(f"Resuming {run_dir} at iteration {state['iteration']} of {cfg.train.iters}")
     del state
     return train_run(cfg, run_dir, device, evaluation, resume=True, reporter=reporter)
@@ -372,7 +449,7 @@ def resume_run(run_dir: Path | str, device: torch.device | str = "auto",
 def _train_single_class(cfg: RunConfig, run_dir: Path, device: torch.device | str, evaluation: EvalConfig | None,
                         reporter: Reporter) -> RunOutcome:
     """One model per category, trained (and evaluated) one after the other; one table at the end."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if distributed.launched():
         raise ConfigError("setting single-class: not supported under torchrun; run one process per GPU with "
                           "a category each instead", arg="setting")
     device = resolve_device(device)
@@ -404,9 +481,9 @@ def _train_single_class(cfg: RunConfig, run_dir: Path, device: torch.device | st
                 reporter=reporter)
     combined = None
     if evaluation is not None:
-        meta = {"setting": "single-class", "map_mode": str(evaluation.map_mode),
-                "precision": str(evaluation.precision_on(device)), "device": str(device), "dataset": cfg.data.dataset, "data_root": str(cfg.data.root),
-                "encoder": cfg.model.encoder,
+        meta = {"setting": "single-class", **_inference_meta(evaluation.inference, device), "device": str(device),
+                "dataset": cfg.data.dataset, "data_root": str(cfg.data.root), "encoder": cfg.model.encoder,
+                "scope": evaluation_scope(cfg, categories, evaluation.inference, device),
                 "checkpoints": {c: str(r.checkpoint) for c, r in trained.items()}}
         combined = combine_evaluations(evaluations, run_dir, meta)
     return RunOutcome(run_dir, cfg, trained, combined)
@@ -420,14 +497,11 @@ def default_output_dir(prefix: str) -> Path:
 
 @dataclass(frozen=True)
 class PredictOptions:
+    inference: InferenceConfig = InferenceConfig()
     threshold: float | None = None        # None: the checkpoint's stored one (of ``category`` if given)
     category: str | None = None
-    map_mode: MapMode = MapMode.DECODER
-    precision: str | None = None          # None: fp32, or bf16 on the fast path on CUDA
-    batch_size: int = 16
     overlays: bool = True
     save_maps: bool = False
-    fast: bool = False
 
 
 def predict_images(checkpoint: Path | str, inputs: list[Path], out_dir: Path, options: PredictOptions = PredictOptions(),
@@ -447,31 +521,37 @@ def predict_images(checkpoint: Path | str, inputs: list[Path], out_dir: Path, op
             raise DatasetError(f"{missing[0]['path']}: no such file or directory")
         raise DatasetError(f"{', '.join(map(str, inputs))}: no images found (extensions: "
                            f"{', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)})")
-    predictor = Predictor.from_checkpoint(checkpoint, device, options.threshold, options.map_mode, options.precision,
-                                          encoder_weights, options.category, options.batch_size,
-                                          allow_encoder_mismatch=allow_encoder_mismatch, fast=options.fast)
+    predictor = Predictor.from_checkpoint(checkpoint, device, options.inference, options.threshold, options.category,
+                                          encoder_weights, allow_encoder_mismatch)
+    if predictor.category_warning:
+        reporter.message("warning: " + predictor.category_warning)
     if predictor.threshold is None:
         reporter.message("warning: no threshold: the checkpoint holds none (evaluate it with save_thresholds, or "
                          "train it with evaluation) and none was given, so images are scored but not labelled")
     with reporter.counting("predict", len(files)) as on_progress:
         summary = predict_files(predictor, inputs, Path(out_dir), options.overlays, options.save_maps,
-                                options.batch_size, str(checkpoint), on_progress=on_progress)
+                                checkpoint=str(checkpoint), on_progress=on_progress)
     summary["threshold_source"] = predictor.threshold_source
     return summary
 
 
-def export_model(checkpoint: Path | str, target: Path, map_mode: MapMode = MapMode.DECODER,
+def export_model(checkpoint: Path | str, target: Path | None = None, map_mode: MapMode = MapMode.DECODER,
                  exporter: str = "torchscript", opset: int = 17, check: bool = True,
                  encoder_weights: str | None = None, allow_encoder_mismatch: bool = False,
                  reporter: Reporter = SILENT) -> dict[str, Any]:
-    """Export a checkpoint's whole inference graph as ONNX (:mod:`inp_former.export`); with ``check``,
-    compare onnxruntime with torch. Returns what was written and the check's largest differences."""
+    """Export a checkpoint's whole inference graph as ONNX (:mod:`inp_former.export`) to ``target``
+    (default: the checkpoint file with the suffix ``.onnx``); with ``check``, compare onnxruntime with
+    torch. Returns what was written and the check's largest differences."""
+    from inp_former.categories import CategoryReferences
+    from inp_former.checkpoint import resolve_checkpoint
     from inp_former.export import check_onnx, export_metadata, export_onnx, onnxruntime_available
-    from inp_former.thresholds import read_calibration
 
-    model, cfg, meta = load_checkpoint(Path(checkpoint), "cpu", encoder_weights, allow_encoder_mismatch)
+    checkpoint = resolve_checkpoint(checkpoint)
+    target = Path(target) if target is not None else checkpoint.with_suffix(".onnx")
+    model, cfg, meta = load_checkpoint(checkpoint, "cpu", encoder_weights, allow_encoder_mismatch)
     calibration = read_calibration(meta, str(map_mode))
-    metadata = export_metadata(cfg, str(map_mode), calibration.to_dict() if calibration else None, str(checkpoint))
+    metadata = export_metadata(cfg, str(map_mode), calibration.to_dict() if calibration else None, str(checkpoint),
+                               CategoryReferences.from_meta(meta))
     reporter.message(f"Exporting to ONNX ({exporter} exporter, opset {opset})")
     info = export_onnx(model, cfg, Path(target), str(map_mode), exporter, opset, metadata=metadata)
     outcome: dict[str, Any] = {"info": info, "config": cfg, "calibration": calibration, "check": None,

@@ -123,9 +123,11 @@ def default(section: str, name: str) -> str:
     import dataclasses
 
     import inp_former.config as config
+    from inp_former.evaluate import EvalConfig
+    from inp_former.inference import InferenceConfig
 
     kind = {"model": config.ModelConfig, "train": config.TrainConfig, "data": config.DataConfig,
-            "eval": config.EvalConfig}[section]
+            "eval": EvalConfig, "inference": InferenceConfig}[section]
     value = next(f.default for f in dataclasses.fields(kind) if f.name == name)
     return f" [default: {value}]"
 
@@ -229,7 +231,9 @@ class RichReporter:
     notices printed, progress as rich bars (plain lines when not a terminal)."""
 
     def __init__(self, rank_zero_only: bool = False) -> None:
-        quiet = rank_zero_only and int(os.environ.get("RANK", "0")) != 0
+        from inp_former import distributed
+
+        quiet = rank_zero_only and not distributed.is_writer()
         self.quiet = quiet
 
     def message(self, text: str) -> None:

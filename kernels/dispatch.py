@@ -1,6 +1,8 @@
 """Choose between a Triton kernel and its PyTorch reference.
 
-Modes (``INPCTL_KERNELS``, overridden in a block by :func:`kernel_mode`):
+Modes (``INPCTL_KERNELS``, overridden in a block by :func:`kernel_mode`, which holds its mode in a
+``contextvars.ContextVar``: it applies to the thread that entered the block, not to other threads
+running at the same time; asyncio tasks created inside the block copy it, as they copy any context):
 
 * ``auto`` (default): the kernel only where :mod:`kernels.evidence` holds a recorded GPU
   measurement showing it faster than the reference for this kernel, device class (``sm90``, ...)
@@ -12,6 +14,7 @@ Modes (``INPCTL_KERNELS``, overridden in a block by :func:`kernel_mode`):
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import os
 from typing import Iterator
@@ -21,12 +24,16 @@ import torch
 from kernels.evidence import kernel_is_faster
 
 MODES = ("auto", "reference", "triton")
-_override: list[str] = []
+# The innermost kernel_mode() block of the current thread / asyncio task; None outside any block.
+_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("inpctl_kernel_mode", default=None)
 
 
 def current_mode() -> str:
-    """The active mode: the innermost :func:`kernel_mode` block, else ``INPCTL_KERNELS``."""
-    mode = _override[-1] if _override else os.environ.get("INPCTL_KERNELS", "auto").strip().lower()
+    """The active mode: the innermost :func:`kernel_mode` block of this thread (or asyncio task),
+    else ``INPCTL_KERNELS``."""
+    mode = _override.get()
+    if mode is None:
+        mode = os.environ.get("INPCTL_KERNELS", "auto").strip().lower()
     if mode not in MODES:
         raise ValueError(f"INPCTL_KERNELS={mode!r}: expected one of {', '.join(MODES)}")
     return mode
@@ -34,14 +41,15 @@ def current_mode() -> str:
 
 @contextlib.contextmanager
 def kernel_mode(mode: str) -> Iterator[None]:
-    """Force ``mode`` ('auto', 'reference' or 'triton') inside a ``with`` block."""
+    """Force ``mode`` ('auto', 'reference' or 'triton') inside a ``with`` block, for the calling
+    thread (or asyncio task) only; leaving the block restores the enclosing block's mode."""
     if mode not in MODES:
         raise ValueError(f"kernel mode {mode!r}: expected one of {', '.join(MODES)}")
-    _override.append(mode)
+    token = _override.set(mode)
     try:
         yield
     finally:
-        _override.pop()
+        _override.reset(token)
 
 
 @functools.lru_cache(maxsize=1)

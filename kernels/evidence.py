@@ -69,13 +69,4 @@ def kernel_is_faster(kernel: str, device_class: str, dtype: object, training: bo
     return speedup is not None and speedup > 1.0
 
 
-def evidence_rows() -> list[dict[str, object]]:
-    """The table as rows (for docs and the CLI): kernel, device class, dtype, speed-ups, choice."""
-    return [{"kernel": k, "device": dev, "dtype": dt, "fwd x": m.forward, "train x": m.train,
-             "auto fwd": "kernel" if m.forward > 1.0 else "reference",
-             "auto train": ("kernel" if m.train > 1.0 else "reference") if m.train is not None else "reference",
-             "source": m.source, "code": m.code}
-            for (k, dev, dt), m in EVIDENCE.items()]
-
-
-__all__ = ["EVIDENCE", "Measurement", "measured_speedup", "kernel_is_faster", "evidence_rows", "dtype_name"]
+__all__ = ["EVIDENCE", "Measurement", "measured_speedup", "kernel_is_faster", "dtype_name"]

@@ -48,6 +48,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from kernels import Launch
 from kernels.dispatch import current_mode, interpreting, use_kernel
 
 try:
@@ -238,46 +239,76 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=8)
-def _sm_count(index: int) -> int:
+def _cuda_sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _backward_split(n: int, programs_per_split: int, device: torch.device) -> int:
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; 2 elsewhere (the interpreter)."""
+    if device.type != "cuda":
+        return 2
+    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+# ----------------------------------------------------------------------------- launch specs
+# What the host functions pass to each kernel, from the tensors' shapes and strides (see
+# kernels.Launch); inp_former.benchmarks.compile calls the same functions on meta tensors.
+def backward_split(n_tokens: int, programs_per_split: int, sm_count: int) -> int:
     """Programs per (image, head) in the backward: enough to give ~4 programs per SM, but at
-    least 64 tokens each (fewer makes the partial sums, not q, the traffic)."""
-    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
-        if device.type == "cuda" else 2
-    return max(1, min(triton.cdiv(n, 64), triton.cdiv(4 * sms, programs_per_split)))
+    least 64 tokens each (fewer makes the partial sums, not q, the traffic).
+    ``programs_per_split``: B * H; ``sm_count``: the GPU's streaming multiprocessors."""
+    return max(1, min(triton.cdiv(n_tokens, 64), triton.cdiv(4 * sm_count, programs_per_split)))
 
 
-def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, num_heads: int) -> torch.Tensor:
+def forward_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor,
+                   num_heads: int) -> Launch:
+    """The forward's launch on q (B, N, C), k, v (B, M, C) with unit channel stride and the flat
+    (H,) scale; allocates the output ``Out`` (B, N, C) in q's dtype."""
     b, n, c = q.shape
     m = k.shape[1]
     out = torch.empty((b, n, c), device=q.device, dtype=q.dtype)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), b * num_heads)  # noqa: E731
-    _relu_attention_fwd[grid](q, k, v, scale, out, n, m,
-                              q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-                              out.stride(0), out.stride(1),
-                              H=num_heads, D=c // num_heads, M_PAD=_m_pad(m), EPS=NORM_EPS, PRECISION="ieee")
-    return out
+    args = dict(Q=q, K=k, V=v, S=scale, Out=out, N=n, M=m,
+                stride_qb=q.stride(0), stride_qn=q.stride(1), stride_kb=k.stride(0), stride_km=k.stride(1),
+                stride_vb=v.stride(0), stride_vm=v.stride(1), stride_ob=out.stride(0), stride_on=out.stride(1))
+    constexprs = dict(H=num_heads, D=c // num_heads, M_PAD=_m_pad(m), EPS=NORM_EPS, PRECISION="ieee")
+    return Launch(lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), b * num_heads), args, constexprs)
+
+
+def backward_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor,
+                    grad_out: torch.Tensor, num_heads: int, sm_count: int) -> Launch:
+    """The backward's launch (inputs as :func:`forward_launch`, grad_out like q) on a GPU with
+    ``sm_count`` SMs; allocates ``DQ`` (B, N, C), the fp32 partials ``DKV`` (SPLIT, B, M, 2C: dk in
+    channels [0, C), dv in [C, 2C)) and ``DS`` (SPLIT, B, H)."""
+    b, n, c = q.shape
+    m = k.shape[1]
+    split = backward_split(n, b * num_heads, sm_count)
+    dq = torch.empty((b, n, c), device=q.device, dtype=q.dtype)
+    dkv = torch.empty((split, b, m, 2 * c), device=q.device, dtype=torch.float32)
+    ds = torch.empty((split, b, num_heads), device=q.device, dtype=torch.float32)
+    args = dict(Q=q, K=k, V=v, S=scale, DO=grad_out, DQ=dq, DKV=dkv, DS=ds, N=n, M=m, SPLIT=split,
+                stride_qb=q.stride(0), stride_qn=q.stride(1), stride_kb=k.stride(0), stride_km=k.stride(1),
+                stride_vb=v.stride(0), stride_vm=v.stride(1), stride_dob=grad_out.stride(0),
+                stride_don=grad_out.stride(1), stride_dqb=dq.stride(0), stride_dqn=dq.stride(1),
+                stride_ps=dkv.stride(0), stride_pb=dkv.stride(1), stride_pm=dkv.stride(2), stride_ds=ds.stride(0))
+    constexprs = dict(H=num_heads, D=c // num_heads, M_PAD=_m_pad(m), EPS=NORM_EPS, PRECISION="ieee",
+                      USE_DOT=q.dtype != torch.float32 or BACKWARD_FP32_DOT)
+    return Launch((split, b * num_heads), args, constexprs)
+
+
+# ----------------------------------------------------------------------------- host functions
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, num_heads: int) -> torch.Tensor:
+    launch = forward_launch(q, k, v, scale, num_heads)
+    _relu_attention_fwd[launch.grid](**launch.args, **launch.constexprs)
+    return launch.args["Out"]
 
 
 def _backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, grad_out: torch.Tensor,
               num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    b, n, c = q.shape
-    m = k.shape[1]
-    split = _backward_split(n, b * num_heads, q.device)
-    dq = torch.empty((b, n, c), device=q.device, dtype=q.dtype)
-    dkv_part = torch.empty((split, b, m, 2 * c), device=q.device, dtype=torch.float32)
-    ds_part = torch.empty((split, b, num_heads), device=q.device, dtype=torch.float32)
-    _relu_attention_bwd[(split, b * num_heads)](
-        q, k, v, scale, grad_out, dq, dkv_part, ds_part, n, m, split,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        grad_out.stride(0), grad_out.stride(1), dq.stride(0), dq.stride(1),
-        dkv_part.stride(0), dkv_part.stride(1), dkv_part.stride(2), ds_part.stride(0),
-        H=num_heads, D=c // num_heads, M_PAD=_m_pad(m), EPS=NORM_EPS, PRECISION="ieee",
-        USE_DOT=q.dtype != torch.float32 or BACKWARD_FP32_DOT)
-    dkv = dkv_part.sum(0) if split > 1 else dkv_part[0]           # fixed-order sums: deterministic
+    launch = backward_launch(q, k, v, scale, grad_out, num_heads, _sm_count(q.device))
+    _relu_attention_bwd[launch.grid](**launch.args, **launch.constexprs)
+    c = q.shape[-1]
+    dq, dkv_part, ds_part = launch.args["DQ"], launch.args["DKV"], launch.args["DS"]
+    dkv = dkv_part.sum(0) if dkv_part.shape[0] > 1 else dkv_part[0]    # fixed-order sums: deterministic
     ds = ds_part.sum((0, 1))
     return dq, dkv[..., :c].to(k.dtype), dkv[..., c:].to(v.dtype), ds.reshape(scale.shape).to(scale.dtype)
 
@@ -342,4 +373,4 @@ def relu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: tor
 
 
 __all__ = ["relu_attention", "relu_attention_reference", "relu_attention_triton", "ReLUAttentionFunction",
-           "kernel_unsupported"]
+           "kernel_unsupported", "forward_launch", "backward_launch", "backward_split"]

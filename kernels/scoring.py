@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from kernels import Launch
 from kernels.dispatch import interpreting, use_kernel
 
 try:
@@ -38,6 +39,7 @@ __all__ = [
     "anomaly_map_reference", "image_score_reference", "scoring_matrix", "anomaly_map_matrix",
     "anomaly_maps_and_scores", "upsample_token_map", "upsample_token_map_reference",
     "mean_cosine_distance", "top_k_count", "top_k_mean", "cosine_distance", "apply_scoring_matrix",
+    "cosine_distance_launches", "token_map_launch", "prune_cos_configs",
 ]
 
 
@@ -226,6 +228,27 @@ def anomaly_map_matrix(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor],
 MAP_TILE = (64, 128)
 MAP_WARPS = 4
 
+# The channel loop is unrolled (C is a constexpr), so every chunk's loads are in flight at once:
+# 2 tensors x C x BLOCK_N / threads values per thread, in 32-bit registers. At C=768 in fp32 the
+# 16x64/4-warp and 32x64/8-warp tiles needed 237-254 of the 255 registers (ptxas, sm_80/sm_90,
+# Triton 3.6 and 3.8: one register from spilling, 12% occupancy; inp_former.benchmarks.compile);
+# the tiles within this budget use at most 128 registers in fp32 and 167 in bf16/fp16.
+MAX_IN_FLIGHT_REGS = 128
+
+
+def prune_cos_configs(configs: list, channels: int, element_size: int) -> list:
+    """The configs autotune may try for C = ``channels`` features of ``element_size`` bytes: no
+    channel block wider than the channels (rounded up to a power of two), and no tile whose
+    unrolled loads need more than MAX_IN_FLIGHT_REGS registers per thread."""
+    widest = max(16, 1 << (channels - 1).bit_length())   # next power of two
+
+    def in_flight_regs(c) -> float:
+        return 2 * channels * c.kwargs["BLOCK_N"] * element_size / 4 / (32 * c.num_warps)
+
+    kept = [c for c in configs if c.kwargs["BLOCK_C"] <= widest and in_flight_regs(c) <= MAX_IN_FLIGHT_REGS]
+    return kept or configs[:1]
+
+
 if triton is not None:
     # Every config autotune may pick on a GPU (inp_former.benchmarks.compile compiles each of them).
     COS_CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_C": c}, num_warps=w)
@@ -263,31 +286,16 @@ if triton is not None:
         ny = tl.maximum(tl.sqrt(tl.sum(syy, axis=1)), eps)
         return 1.0 - tl.sum(dot, axis=1) / (nx * ny)
 
-    # The channel loop is unrolled (C is a constexpr), so every chunk's loads are in flight at once:
-    # 2 tensors x C x BLOCK_N / threads values per thread, in 32-bit registers. At C=768 in fp32 the
-    # 16x64/4-warp and 32x64/8-warp tiles needed 237-254 of the 255 registers (ptxas, sm_80/sm_90,
-    # Triton 3.6 and 3.8: one register from spilling, 12% occupancy; inp_former.benchmarks.compile);
-    # the tiles within this budget use at most 128 registers in fp32 and 167 in bf16/fp16.
-    MAX_IN_FLIGHT_REGS = 128
-
-    def _prune_cos_configs(configs, named_args, **kwargs):
-        """No channel block wider than the channels (rounded up to a power of two), and no tile whose
-        unrolled loads need more than MAX_IN_FLIGHT_REGS registers per thread."""
-        channels = named_args["C"] if "C" in named_args else kwargs["C"]
-        feature = named_args.get("e0")
-        elem = feature.element_size() if hasattr(feature, "element_size") else 4
-        widest = max(16, triton.next_power_of_2(channels))
-
-        def in_flight_regs(c) -> float:
-            return 2 * channels * c.kwargs["BLOCK_N"] * elem / 4 / (32 * c.num_warps)
-
-        kept = [c for c in configs if c.kwargs["BLOCK_C"] <= widest and in_flight_regs(c) <= MAX_IN_FLIGHT_REGS]
-        return kept or configs[:1]
+    def _prune_cos_hook(configs, named_args, **kwargs):
+        """Autotune's early_config_prune: the launch's C and first feature's element size."""
+        args = {**named_args, **kwargs}
+        feature = args.get("e0")
+        return prune_cos_configs(configs, args["C"], feature.element_size() if hasattr(feature, "element_size") else 4)
 
     # ROWS_LOG2 (unused in the body) retunes per power-of-two band of B*N: B=16 and B=64 prefer
     # different tiles, but every batch size of its own would retune at each ragged last batch.
     @triton.autotune(configs=_cos_configs(), key=["C", "NUM_GROUPS", "ROWS_LOG2"],
-                     prune_configs_by={"early_config_prune": _prune_cos_configs})
+                     prune_configs_by={"early_config_prune": _prune_cos_hook})
     @triton.jit
     def _cosine_distance_kernel(e0, d0, e1, d1, e2, d2, e3, d3, out_ptr, R, N, ROWS_LOG2,
                                 stride_b, stride_n, stride_c, scale, eps, C: tl.constexpr,
@@ -331,40 +339,70 @@ def _same_strides(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return [t.contiguous() for t in tensors]
 
 
-def _mean_cosine_distance_triton(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor]) -> torch.Tensor:
-    """(B, grid, grid) float32 mean over groups of 1 - cos, each feature tensor read once."""
-    batch, n_tokens, channels, grid = _check_features(enc, dec)
-    tensors = _same_strides(list(enc) + list(dec))
+# --------------------------------------------------------------------------------------------
+# Launch specs: what the host functions pass to each kernel (see kernels.Launch);
+# inp_former.benchmarks.compile calls the same functions on meta tensors.
+# --------------------------------------------------------------------------------------------
+
+def cosine_distance_launches(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor]) -> list[Launch]:
+    """The cosine kernel's launches for validated (B, N, C) groups: one per MAX_GROUPS_PER_LAUNCH
+    groups, each allocating its (B*N,) fp32 output ``out_ptr``, scaled by 1 / groups so that the
+    outputs sum to the mean."""
     n_groups = len(enc)
+    tensors = _same_strides(list(enc) + list(dec))
     enc, dec = tensors[:n_groups], tensors[n_groups:]
+    batch, n_tokens, channels = enc[0].shape
     rows = batch * n_tokens
     stride_b, stride_n, stride_c = enc[0].stride()
-    partials = []
+    launches = []
     for start in range(0, n_groups, MAX_GROUPS_PER_LAUNCH):
         count = min(MAX_GROUPS_PER_LAUNCH, n_groups - start)
         pairs = [t for g in range(start, start + count) for t in (enc[g], dec[g])]
         pairs += [pairs[0], pairs[1]] * (MAX_GROUPS_PER_LAUNCH - count)     # unused slots: any valid pointer
         out = torch.empty(rows, device=enc[0].device, dtype=torch.float32)
-        launch = lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]),)  # noqa: E731
-        _cosine_distance_kernel[launch](*pairs, out, rows, n_tokens, rows.bit_length(), stride_b, stride_n,
-                                        stride_c, 1.0 / n_groups, COS_EPS, C=channels, NUM_GROUPS=count)
-        partials.append(out)
+        args = dict(zip(("e0", "d0", "e1", "d1", "e2", "d2", "e3", "d3"), pairs), out_ptr=out, R=rows, N=n_tokens,
+                    ROWS_LOG2=rows.bit_length(), stride_b=stride_b, stride_n=stride_n, stride_c=stride_c,
+                    scale=1.0 / n_groups, eps=COS_EPS)
+        launches.append(Launch(lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]),), args,
+                               dict(C=channels, NUM_GROUPS=count)))
+    return launches
+
+
+def token_map_launch(a: torch.Tensor, matrix: torch.Tensor) -> Launch:
+    """The map kernel's launch for token maps ``a`` (B, grid, grid) (made fp32 contiguous) and the
+    contiguous fp32 (out, grid) matrix; allocates the (B, out, out) fp32 maps ``out_ptr``. Launched
+    with ``num_warps=MAP_WARPS``."""
+    a = a.float().contiguous()
+    batch, grid, _ = a.shape
+    out_size = matrix.shape[0]
+    maps = torch.empty(batch, out_size, out_size, device=a.device, dtype=torch.float32)
+    block_i, block_j = (64, 64) if interpreting() else MAP_TILE
+    args = dict(a_ptr=a, g_ptr=matrix, out_ptr=maps, GRID=grid, OUT=out_size)
+    constexprs = dict(GRID_P=max(16, triton.next_power_of_2(grid)),   # tl.dot needs every dimension >= 16
+                      BLOCK_I=block_i, BLOCK_J=block_j)
+    return Launch((triton.cdiv(out_size, block_i), triton.cdiv(out_size, block_j), batch), args, constexprs)
+
+
+# --------------------------------------------------------------------------------------------
+# Host functions
+# --------------------------------------------------------------------------------------------
+
+def _mean_cosine_distance_triton(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(B, grid, grid) float32 mean over groups of 1 - cos, each feature tensor read once."""
+    batch, _, _, grid = _check_features(enc, dec)
+    partials = []
+    for launch in cosine_distance_launches(enc, dec):
+        _cosine_distance_kernel[launch.grid](**launch.args, **launch.constexprs)
+        partials.append(launch.args["out_ptr"])
     total = partials[0] if len(partials) == 1 else torch.stack(partials).sum(0)
     return total.view(batch, grid, grid)
 
 
 def _token_map_to_image_triton(a: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-    """(B, grid, grid) fp32 -> (B, out, out) fp32 with the Triton map kernel."""
-    a = a.float().contiguous()
-    batch, grid, _ = a.shape
-    out_size = matrix.shape[0]
-    maps = torch.empty(batch, out_size, out_size, device=a.device, dtype=torch.float32)
-    grid_p = max(16, triton.next_power_of_2(grid))           # tl.dot needs every dimension >= 16
-    block_i, block_j = (64, 64) if interpreting() else MAP_TILE
-    launch = (triton.cdiv(out_size, block_i), triton.cdiv(out_size, block_j), batch)
-    _token_map_to_image_kernel[launch](a, matrix, maps, grid, out_size, GRID_P=grid_p, BLOCK_I=block_i,
-                                       BLOCK_J=block_j, num_warps=MAP_WARPS)
-    return maps
+    """(B, grid, grid) -> (B, out, out) fp32 with the Triton map kernel."""
+    launch = token_map_launch(a, matrix)
+    _token_map_to_image_kernel[launch.grid](**launch.args, **launch.constexprs, num_warps=MAP_WARPS)
+    return launch.args["out_ptr"]
 
 
 def mean_cosine_distance(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor]) -> torch.Tensor:

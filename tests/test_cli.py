@@ -62,7 +62,7 @@ def test_eval_scores_equal_the_library(trained, tmp_path):
     """scores.csv holds the top-1% mean of each map, as the library computes it."""
     from inp_former.checkpoint import load_checkpoint
     from inp_former.data import AnomalyDataset, build_samples, image_transform
-    from inp_former.evaluate import score_batch
+    from inp_former.inference import score_batch
 
     root, run_dir, _ = trained
     runner.invoke(app, ["eval", "--ckpt", str(run_dir / "checkpoint.pt"), "--out", str(tmp_path), "--device", "cpu"])

@@ -230,7 +230,7 @@ def test_config_records_the_design_and_a_checkpoint_restores_it(tmp_path):
     with torch.no_grad():
         for x, y in zip(model.encoder(images), restored.encoder(images)):
             assert torch.equal(x, y)
-    from inp_former.evaluate import score_batch
+    from inp_former.inference import score_batch
 
     maps, scores, _ = score_batch(model, images, cfg)
     maps_again, scores_again, _ = score_batch(restored.eval(), images, restored_cfg)

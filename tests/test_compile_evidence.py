@@ -50,6 +50,26 @@ def test_every_config_compiles_without_spills_and_dots_use_tensor_cores(reports,
             assert tc + row["ptx_mma"] > 0, row
 
 
+def test_specs_are_the_launch_specs_of_the_host_functions():
+    """The report compiles what the host functions launch: each kernel's parameters are exactly the
+    launch spec's arguments and constexprs plus the config's, the backward split is the kernel
+    module's rule for the GPU's SM count, and k, v keep the strides of the kv Linear's column slices."""
+    from inp_former.benchmarks.compile import B, C, H, N, SM_COUNTS, _jit_function, _specs
+    from kernels.relu_attention import backward_split
+
+    for kernel in KERNELS:
+        for dtype in ("fp32", "bf16"):
+            spec = _specs(kernel, dtype, 90)[0]
+            params = set(_jit_function(spec.attr).arg_names)
+            assert not set(spec.args) & set(spec.constexprs), kernel
+            for meta, _, _ in spec.configs:
+                assert set(spec.args) | set(spec.constexprs) | set(meta) == params, (kernel, meta)
+    for arch in (80, 90):
+        bwd = _specs("attn_bwd", "bf16", arch)[0]
+        assert bwd.args["SPLIT"] == backward_split(N, B * H, SM_COUNTS[arch])
+        assert bwd.args["stride_km"] == bwd.args["stride_vm"] == 2 * C and bwd.args["DKV"] == "*fp32"
+
+
 def test_fp32_dots_stay_off_tf32(reports):
     """fp32 dots are 'ieee': no tensor-core (TF32) instructions in any fp32 kernel."""
     for row in reports[(90, "fp32")]["rows"]:

@@ -3,6 +3,7 @@ it faster than the reference, for that kernel, device class and dtype (and pass,
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,67 @@ def test_cpu_tensors_and_reference_mode_never_use_the_kernel(gpu):
     assert not use_kernel("scoring", torch.zeros(1))
     with kernel_mode("reference"):
         assert not use_kernel("scoring", FakeCuda(torch.float32))
+
+
+def test_kernel_mode_belongs_to_the_thread_that_holds_it(monkeypatch):
+    """A kernel_mode block held in one thread is not seen by another running at the same time (as
+    FastScorer forces its mode from whichever thread calls it)."""
+    monkeypatch.delenv("INPCTL_KERNELS", raising=False)
+    held, looked = threading.Event(), threading.Event()
+    seen: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def holder() -> None:
+        try:
+            with kernel_mode("reference"):
+                held.set()
+                assert looked.wait(10), "the other thread never looked"
+                seen["holder, after the other looked"] = dispatch.current_mode()
+            seen["holder, after its block"] = dispatch.current_mode()
+        except BaseException as exc:  # surfaced in the main thread below
+            errors.append(exc)
+        finally:
+            held.set()
+
+    def other() -> None:
+        try:
+            assert held.wait(10), "the holder never entered its block"
+            seen["other, while the holder is inside"] = dispatch.current_mode()
+            with kernel_mode("triton"):   # its own block does not leak into the holder either
+                seen["other, inside its own block"] = dispatch.current_mode()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            looked.set()
+
+    threads = [threading.Thread(target=holder), threading.Thread(target=other)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert not errors, errors
+    assert seen == {"other, while the holder is inside": "auto", "other, inside its own block": "triton",
+                    "holder, after the other looked": "reference", "holder, after its block": "auto"}
+    assert dispatch.current_mode() == "auto"   # and the main thread never saw either block
+
+
+def test_nested_kernel_modes_restore_the_outer_one(monkeypatch):
+    monkeypatch.setenv("INPCTL_KERNELS", "reference")
+    assert dispatch.current_mode() == "reference"
+    with kernel_mode("triton"):
+        with kernel_mode("auto"):
+            assert dispatch.current_mode() == "auto"
+            with pytest.raises(RuntimeError):
+                with kernel_mode("reference"):
+                    assert dispatch.current_mode() == "reference"
+                    raise RuntimeError("leaving by an exception restores too")
+            assert dispatch.current_mode() == "auto"
+        assert dispatch.current_mode() == "triton"
+    assert dispatch.current_mode() == "reference"   # back to INPCTL_KERNELS
+    with pytest.raises(ValueError):
+        with kernel_mode("fast"):
+            pass
+    assert dispatch.current_mode() == "reference"
 
 
 def test_device_class_from_capability(monkeypatch):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from inp_former.config import RunConfig
-from inp_former.evaluate import score_batch
+from inp_former.inference import InferenceConfig, score_batch
 from inp_former.fast_path import DISABLED, NO_CUDA, FastScorer, scoring_function
 from tests.conftest import requires_cuda
 from tests.helpers import tiny_model
@@ -31,12 +31,12 @@ def _setup(seed: int = 0, batch: int = 3):
 def test_fp32_fast_path_gives_score_batch_maps_exactly(map_mode):
     model, cfg, images = _setup()
     expected_maps, expected_scores, _ = score_batch(model, images, cfg, "fp32", map_mode)
-    scorer = scoring_function(model, cfg, map_mode, precision="fp32", fast=True, device="cpu")
+    scorer = scoring_function(model, cfg, InferenceConfig(map_mode=map_mode, precision="fp32", fast=True), "cpu")
     maps, scores = scorer(images)
     assert maps.shape == (3, cfg.model.map_size, cfg.model.map_size) and maps.dtype == torch.float32
     assert torch.equal(maps, expected_maps) and torch.equal(scores, expected_scores)
     # the eager path (--no-fast) gives the same numbers
-    slow_maps, slow_scores = scoring_function(model, cfg, map_mode, fast=False, device="cpu")(images)
+    slow_maps, slow_scores = scoring_function(model, cfg, InferenceConfig(map_mode=map_mode), "cpu")(images)
     assert torch.equal(slow_maps, expected_maps) and torch.equal(slow_scores, expected_scores)
 
 
@@ -55,19 +55,19 @@ def test_bf16_fast_path_is_close_to_fp32(map_mode):
 
 def test_cpu_runs_eager_and_says_why():
     model, cfg, images = _setup(batch=2)
-    fast = scoring_function(model, cfg, fast=True, device="cpu")
+    fast = scoring_function(model, cfg, InferenceConfig(fast=True), "cpu")
     assert fast.mode == "eager" and fast.fallback_reason == NO_CUDA
     assert fast.precision == "fp32" and fast.kernels is None  # CPU default: fp32, dispatcher's kernels
     assert "no CUDA device" in fast.describe()
-    slow = scoring_function(model, cfg, fast=False, device="cpu")
+    slow = scoring_function(model, cfg, InferenceConfig(), "cpu")
     assert slow.mode == "eager" and slow.fallback_reason == DISABLED and slow.kernels is None
-    assert scoring_function(model, cfg, precision="bf16", fast=False, device="cpu").precision == "bf16"
+    assert scoring_function(model, cfg, InferenceConfig(precision="bf16"), "cpu").precision == "bf16"
 
 
 def test_explicit_kernel_choice_is_kept_with_no_fast(monkeypatch):
     model, cfg, _ = _setup()
     monkeypatch.setenv("INPCTL_KERNELS", "auto")
-    assert scoring_function(model, cfg, fast=False, device="cpu").kernels is None
+    assert scoring_function(model, cfg, InferenceConfig(), "cpu").kernels is None
 
 
 def test_a_failed_capture_falls_back_to_eager_once_and_says_why():

@@ -118,7 +118,7 @@ def _names_missing(path: Path, siblings: set[str]) -> list[str]:
 
 def test_scripts_outside_the_packages_import_only_names_that_exist():
     """bench/ scripts are not imported by the tests; a renamed module or function must not break them
-    unseen. Scripts also import their neighbours (bench/quality/recipes.py ...): those count too."""
+    unseen. Scripts also import their neighbours (bench/studies/quality/recipes.py ...): those count too."""
     import sys
 
     missing = []
@@ -130,3 +130,32 @@ def test_scripts_outside_the_packages_import_only_names_that_exist():
         finally:
             sys.path.remove(str(path.parent))
     assert not missing, missing
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        node = todo.pop()
+        for nxt in graph.get(node, ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_serving_and_the_fast_path_stand_on_the_inference_layer_alone():
+    """inp_former.inference owns scoring: the server, the fast path and the predictor reach it without
+    the evaluation loop, training, metrics or the workflow (every import counts, lazy ones too)."""
+    graph = import_graph()
+    heavy = {"inp_former.evaluate", "inp_former.train", "inp_former.workflow", "inp_former.settings"}
+    for start in ("inp_former.serve.app", "inp_former.fast_path", "inp_former.predictor", "inp_former.inference"):
+        reached = _reachable(graph, start)
+        assert "inp_former.inference" in reached | {start}
+        assert not reached & heavy, f"{start} reaches {sorted(reached & heavy)}"
+
+
+def test_the_environment_of_torchrun_is_read_in_one_module():
+    """RANK / WORLD_SIZE / LOCAL_RANK: only inp_former/distributed.py reads them."""
+    readers = sorted(str(p.relative_to(REPO)) for package in PACKAGES for p in (REPO / package).rglob("*.py")
+                     if any(f'"{name}"' in p.read_text() for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK")))
+    assert readers == ["inp_former/distributed.py"]

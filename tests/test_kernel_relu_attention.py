@@ -187,6 +187,28 @@ def test_dispatch(request, monkeypatch):
     assert calls == ["triton"]
 
 
+def test_launch_specs():
+    """What the host functions launch (and the compile report compiles): the strides of column-slice
+    views passed as they are, buffers sized by the backward split, the split from the SM count."""
+    assert module.backward_split(784, 16 * 12, 132) == 3   # ~4 programs per SM of an H100
+    assert module.backward_split(784, 12, 132) == 13       # batch 1: at least 64 tokens a program
+    assert module.backward_split(40, 12, 132) == 1
+    q = torch.empty(2, 5, 64, device="meta", dtype=torch.bfloat16)
+    kv = torch.empty(2, 3, 128, device="meta", dtype=torch.bfloat16)
+    k, v, scale = kv[..., :64], kv[..., 64:], torch.empty(4, device="meta")
+    fwd = module.forward_launch(q, k, v, scale, 4)
+    assert fwd.grid({"BLOCK_N": 32}) == (1, 8)
+    assert (fwd.args["stride_kb"], fwd.args["stride_km"], fwd.args["stride_vm"]) == (3 * 128, 128, 128)
+    assert fwd.args["Out"].shape == q.shape and fwd.constexprs == dict(H=4, D=16, M_PAD=16, EPS=module.NORM_EPS,
+                                                                        PRECISION="ieee")
+    bwd = module.backward_launch(q, k, v, scale, torch.empty_like(q), 4, sm_count=1)
+    split = module.backward_split(5, 8, 1)
+    assert bwd.grid == (split, 8) and bwd.args["SPLIT"] == split
+    assert bwd.args["DKV"].shape == (split, 2, 3, 128) and bwd.args["DS"].shape == (split, 2, 4)
+    assert bwd.constexprs["USE_DOT"] and not module.backward_launch(
+        q.float(), k.float(), v.float(), scale, q.float(), 4, 1).constexprs["USE_DOT"]
+
+
 def test_unsupported_shapes_fall_back_in_auto_and_raise_when_forced(request):
     q, k, v, scale, _ = make_inputs(generator(request), 1, 5, 33, 64, 2)  # M = 33 > 32
     with kernel_mode("auto"):

@@ -195,6 +195,27 @@ def test_dispatch(monkeypatch):
     torch.testing.assert_close(maps.cpu(), ref, **MAP_TOL)
 
 
+def test_launch_specs_chunk_groups_and_prune_configs():
+    """What the host functions launch: groups in chunks of up to 4 whose outputs sum to the mean, and
+    the autotune prune hook (every argument passed by name) keeps what prune_cos_configs keeps."""
+    enc = [torch.empty(2, 16, 768, device="meta") for _ in range(6)]
+    dec = [torch.empty(2, 16, 768, device="meta") for _ in range(6)]
+    launches = scoring.cosine_distance_launches(enc, dec)
+    assert [launch.constexprs["NUM_GROUPS"] for launch in launches] == [4, 2]
+    assert all(launch.args["scale"] == 1 / 6 and launch.args["out_ptr"].shape == (32,) for launch in launches)
+    assert launches[1].args["e0"] is enc[4] and launches[1].args["e2"] is enc[4]   # unused slots: a valid pointer
+    assert launches[0].grid({"BLOCK_N": 8}) == (4,)
+    fp32 = scoring.prune_cos_configs(scoring.COS_CONFIGS, 768, 4)
+    assert len(fp32) == len(scoring.COS_CONFIGS) - 2                               # the two register-bound tiles
+    assert scoring.prune_cos_configs(scoring.COS_CONFIGS, 768, 2) == scoring.COS_CONFIGS
+    assert all(c.kwargs["BLOCK_C"] <= 64 for c in scoring.prune_cos_configs(scoring.COS_CONFIGS, 40, 4))
+    for dtype, kept in ((torch.float32, fp32), (torch.bfloat16, scoring.COS_CONFIGS)):
+        args = {**launches[0].args, "e0": torch.empty(0, dtype=dtype)}
+        assert scoring._prune_cos_hook(scoring.COS_CONFIGS, {}, **args, **launches[0].constexprs) == kept
+    maps = scoring.token_map_launch(torch.empty(3, 28, 28, device="meta"), torch.empty(256, 28, device="meta"))
+    assert maps.args["out_ptr"].shape == (3, 256, 256) and maps.constexprs["GRID_P"] == 32
+
+
 def test_validation():
     enc, dec = _features(0, 2, 2, 5, 7)
     with pytest.raises(ValueError, match="groups"):

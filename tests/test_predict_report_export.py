@@ -60,6 +60,15 @@ def _scores_csv(path):
 
 # --- eval: thresholds -----------------------------------------------------------------------------
 
+def _same(a, b) -> bool:
+    """Equal, tensors (the category references in a checkpoint's meta) included."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    return a == b
+
+
 def test_eval_stores_f1max_thresholds_in_the_checkpoint(evaluated):
     from inp_former.metrics import f1max_threshold
 
@@ -84,7 +93,7 @@ def test_eval_stores_f1max_thresholds_in_the_checkpoint(evaluated):
     assert after["config"] == before["config"]
     assert after["state_dict"].keys() == before["state_dict"].keys()
     assert all(torch.equal(after["state_dict"][k], v) for k, v in before["state_dict"].items())
-    assert {k: v for k, v in after["meta"].items() if k != "calibration"} == before["meta"]
+    assert _same({k: v for k, v in after["meta"].items() if k != "calibration"}, before["meta"])
     # also in metrics.json, and said on the console
     assert json.loads((out / "metrics.json").read_text())["meta"]["calibration"]["image_threshold"] == threshold
     assert "F1-max thresholds" in output
@@ -201,15 +210,18 @@ def test_predict_writes_csv_json_overlays_and_skips_unreadable(evaluated, inputs
     result = invoke("predict", "--ckpt", ckpt, *paths, "--out", out, "--device", "cpu", "--batch-size", "2")
     assert result.exit_code == 0, result.output
     rows, summary = _predictions(out)
-    stored = torch.load(ckpt, weights_only=True)["meta"]["calibration"]["decoder"]["image_threshold"]
+    calibration = torch.load(ckpt, weights_only=True)["meta"]["calibration"]["decoder"]
+    stored = calibration["image_threshold"]
     assert len(rows) == readable
     assert len(list((out / "overlays").rglob("*.png"))) == readable
     assert all((out / r["overlay"]).is_file() for r in rows)
-    for row in rows:   # labels follow the stored threshold; raw and normalised scores side by side
-        assert float(row["threshold"]) == stored
-        assert int(row["label"]) == int(float(row["score"]) >= stored)
+    for row in rows:   # labels follow each image's category's stored threshold; raw and normalised scores
+        own = calibration["categories"][row["category"]]["image_threshold"]
+        assert row["category_source"] == ("path" if "/cable/" in row["path"] else "image")   # no folder: its look
+        assert float(row["threshold"]) == own and row["threshold_source"] == "checkpoint"
+        assert int(row["label"]) == int(float(row["score"]) >= own)
         assert 0.0 <= float(row["normalized_score"]) <= 1.0
-        assert (float(row["normalized_score"]) >= 0.5) == (float(row["score"]) >= stored)
+        assert (float(row["normalized_score"]) >= 0.5) == (float(row["score"]) >= own)
         assert float(row["map_min"]) <= float(row["map_mean"]) <= float(row["map_max"])
         assert row["map_file"] == ""
     assert summary["threshold"] == {**summary["threshold"], "image": stored, "source": "checkpoint"}
@@ -281,7 +293,9 @@ def test_predictor_scores_paths_pil_arrays_and_batches(evaluated):
     assert isinstance(by_path, Prediction) and by_path.path == str(path)
     assert by_pil.score == pytest.approx(by_path.score, abs=1e-6) == by_array.score
     np.testing.assert_allclose(by_array.map, by_path.map, atol=1e-6)
-    assert by_path.threshold == predictor.threshold is not None
+    stored = predictor.calibration.categories["cable"]["image_threshold"]   # cable/ is on the path
+    assert (by_path.category, by_path.category_source, by_path.threshold) == ("cable", "path", stored)
+    assert by_pil.category_source == by_array.category_source == "image"   # no path: the image decides
     assert by_path.label == int(by_path.score >= by_path.threshold)
     batch = predictor.predict([path, image, np.asarray(image)])
     assert isinstance(batch, list) and len(batch) == 3
@@ -301,7 +315,7 @@ def test_export_onnx_matches_torch_for_batch_1_and_3(evaluated, tmp_path):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     from inp_former.checkpoint import load_checkpoint
-    from inp_former.evaluate import score_batch
+    from inp_former.inference import score_batch
 
     _, ckpt, _, _, _ = evaluated
     target = tmp_path / "model.onnx"
@@ -313,12 +327,12 @@ def test_export_onnx_matches_torch_for_batch_1_and_3(evaluated, tmp_path):
     assert sidecar["image_threshold"] == stored["image_threshold"]
     assert sidecar["input"]["shape"] == ["batch", 3, 56, 56]
     session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-    assert [o.name for o in session.get_outputs()] == ["map", "score"]
+    assert [o.name for o in session.get_outputs()] == ["map", "score", "embedding"]  # embedding: the category rule
     model, cfg, _ = load_checkpoint(ckpt)
     for batch in (1, 3):
         images = torch.randn(batch, 3, 56, 56, generator=torch.Generator().manual_seed(batch))
         maps, scores, _ = score_batch(model.eval(), images, cfg)
-        onnx_maps, onnx_scores = session.run(None, {"image": images.numpy()})
+        onnx_maps, onnx_scores = session.run(["map", "score"], {"image": images.numpy()})
         assert onnx_maps.shape == (batch, 256, 256) and onnx_scores.shape == (batch,)
         np.testing.assert_allclose(onnx_maps, maps.numpy(), rtol=0, atol=1e-5)
         np.testing.assert_allclose(onnx_scores, scores.numpy(), rtol=0, atol=1e-5)

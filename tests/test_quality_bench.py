@@ -4,10 +4,11 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shlex
 
 import pytest
 
-from inp_former.benchmarks.quality import METHODS, format_table, loss_summary, run_quality
+from inp_former.benchmarks.quality import METHODS, format_table, loss_summary, markdown_report, run_quality
 from inp_former.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from tests.datagen import make_mvtec_tree
 
@@ -73,3 +74,33 @@ def test_loss_summary_reads_a_curve():
     empty = loss_summary([])
     assert empty["steps"] == 0 and empty["still_falling"] is None and math.isnan(empty["first"])
     assert loss_summary([0.3])["still_falling"] is False
+
+
+def test_bench_quality_command_writes_the_record_with_its_provenance(tiny_root, tmp_path, monkeypatch):
+    """What bench/quality_demo.py did, now ``inpctl bench quality --json --md``: the command that
+    reproduces the run, the machine and the software, in the JSON and in a Markdown record."""
+    from typer.testing import CliRunner
+
+    import inp_former.demo as demo
+    from inpctl.cli import app
+
+    monkeypatch.setattr(demo, "demo_config", lambda seed=1: (_tiny_config(tiny_root), "tiny stand-in for the demo"))
+    json_path, md_path = tmp_path / "q.json", tmp_path / "q.md"
+    args = ["--categories", "cable", "--iters", "3", "--device", "cpu", "--json", str(json_path), "--md", str(md_path)]
+    result = CliRunner().invoke(app, ["bench", "quality", *args])
+    assert result.exit_code == 0, result.output
+
+    written = json.loads(json_path.read_text())
+    provenance = written["provenance"]
+    assert provenance["command"] == shlex.join(["inpctl", "bench", "quality", *args])   # only what was typed
+    assert provenance["device"] == "cpu" and provenance["torch"] and provenance["date_utc"].endswith("UTC")
+    assert written["config"]["train"]["iters"] == 3 and written["config"]["data"]["categories"] == ["cable"]
+
+    text = md_path.read_text()
+    assert text == markdown_report(written)
+    assert text.startswith("# Detection quality on cable (cpu)")
+    assert f"- Command: `{provenance['command']}`" in text
+    assert "| trained | cable |" in text and "| nearest-neighbour | cable |" in text
+    assert "Trained minus untrained (points): I-AUROC" in text
+    assert "- Training: 3 iterations, batch 2" in text
+

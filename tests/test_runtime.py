@@ -9,11 +9,10 @@ import torch
 from PIL import Image
 
 from inp_former import runtime
-from inp_former.data import image_transform, load_rgb
-from inp_former.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from inp_former.runtime import (ThreadChoice, apply_env_defaults, configure_cpu_threads, decode_on_gpu,
-                                default_cpu_threads, default_num_workers, loader_kwargs, preprocess_uint8)
-from tests.conftest import requires_cuda
+from inp_former.data import image_transform
+from inp_former.data.transforms import IMAGENET_STD
+from inp_former.runtime import (ThreadChoice, apply_env_defaults, configure_cpu_threads, default_cpu_threads,
+                                default_num_workers, loader_kwargs, preprocess_uint8)
 
 
 @pytest.fixture
@@ -97,7 +96,7 @@ def _photo(size: int, seed: int) -> Image.Image:
 
 @pytest.mark.parametrize("size", [224, 700])  # enlarged to 448, and reduced (antialiased) to 448
 def test_tensor_preprocessing_matches_pil_within_two_levels(size):
-    """The GPU path's resize/crop/normalise, run on CPU, against image_transform (PIL). PIL rounds
+    """The tensor path's resize/crop/normalise against image_transform (PIL). PIL rounds
     its resized image to 8 bits, the tensor path does not: the difference is about a quarter of a level
     on average and at most 2 levels of 255; a wrong crop offset or a missing antialias gives tens."""
     picture = _photo(size, seed=size)
@@ -108,35 +107,3 @@ def test_tensor_preprocessing_matches_pil_within_two_levels(size):
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     levels = ((ours[0] - reference) * std).abs() * 255
     assert levels.max() <= 2.0 and levels.mean() <= 0.5
-
-
-def test_decode_on_gpu_falls_back_to_cpu_decoding(tmp_path):
-    """On CPU the same function decodes with torchvision and matches the PIL path within 2 levels
-    (PNG and JPEG, RGB and grayscale); on CUDA only JPEG decoding moves to the GPU."""
-    paths = []
-    for i, (suffix, mode) in enumerate([(".png", "RGB"), (".jpg", "RGB"), (".png", "L")]):
-        path = tmp_path / f"img{i}{suffix}"
-        _photo(300, seed=i).convert(mode).save(path)
-        paths.append(path)
-    batch = decode_on_gpu(paths, "cpu", 448, 392)
-    assert batch.shape == (3, 3, 392, 392)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    for image, path in zip(batch, paths):
-        reference = image_transform(448, 392)(load_rgb(path))
-        assert (((image - reference) * std).abs() * 255).max() <= 2.0, path.name
-    assert torch.tensor(IMAGENET_MEAN).shape == (3,)
-
-
-@requires_cuda
-def test_decode_on_gpu_on_cuda(tmp_path):
-    paths = []
-    for i, suffix in enumerate([".jpg", ".png", ".jpg"]):
-        path = tmp_path / f"img{i}{suffix}"
-        _photo(500, seed=i).save(path, quality=95)
-        paths.append(path)
-    batch = decode_on_gpu(paths, "cuda", 448, 392)
-    assert batch.is_cuda and batch.shape == (3, 3, 392, 392)
-    cpu = decode_on_gpu(paths, "cpu", 448, 392)
-    # nvJPEG and libjpeg may round the IDCT differently: a few levels, not more
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    assert (((batch.cpu() - cpu) * std).abs() * 255).max() <= 4.0

@@ -193,12 +193,12 @@ def test_healthz_describes_the_model(server, model_files):
     assert model["categories"] == list(CATEGORIES)
     assert model["threshold"] > 0 and model["threshold_source"] == "checkpoint"
     assert set(model["category_thresholds"]) == set(CATEGORIES)
-    assert "score > threshold" in model["label_rule"]
+    assert "score >= threshold" in model["label_rule"]  # one rule on every surface
 
 
 def test_scores_equal_inpctl_predict(server, model_files, tmp_path):
     """Same checkpoint, same files: serve's scores are predict's (same preprocessing), for RGB,
-    grayscale, 16-bit, RGBA, palette and JPEG files; labels follow score > threshold."""
+    grayscale, 16-bit, RGBA, palette and JPEG files; labels follow score >= threshold."""
     ckpt, inputs = model_files
     out = tmp_path / "predict"
     result = subprocess.run([sys.executable, "-m", "inpctl", "predict", str(inputs), "--ckpt", str(ckpt), "--out",
@@ -220,7 +220,7 @@ def test_scores_equal_inpctl_predict(server, model_files, tmp_path):
     for p in predictions:
         assert p["score"] == pytest.approx(expected[p["filename"]], abs=1e-6), p["filename"]
         assert p["threshold"] == threshold and p["category"] is None
-        assert p["label"] == int(p["score"] > threshold)
+        assert p["label"] == int(p["score"] >= threshold)
         assert "overlay" not in p and "error" not in p
     assert {p["label"] for p in predictions} == {0, 1}  # the threshold splits them: labels are tested
 
@@ -239,7 +239,8 @@ def test_category_threshold_and_overlays(server, model_files):
     assert threshold != body["model"]["threshold"]
     for p in body["predictions"]:
         assert p["category"] == "cable" and p["threshold"] == threshold
-        assert p["label"] == int(p["score"] > threshold)
+        assert p["category_source"] == "given" and p["threshold_source"] == "checkpoint"
+        assert p["label"] == int(p["score"] >= threshold)
         overlay = Image.open(io.BytesIO(base64.b64decode(p["overlay"])))
         assert overlay.format == "PNG" and overlay.size == (56, 56)  # the crop the model sees
     assert {p["label"] for p in body["predictions"]} == {0, 1}
@@ -346,6 +347,95 @@ def test_concurrent_load_gets_only_200_and_503(server, model_files):
     images, batches = after["images"] - before["images"], after["batches"] - before["batches"]
     assert images == statuses.count(200)
     assert batches < images  # micro-batching: several requests per forward pass
+
+
+def test_upload_folder_in_the_file_name_picks_the_category(server, model_files):
+    """A browser that sends a folder with the file (``cable/000.png``) gets that category's threshold."""
+    _, inputs = model_files
+    name, data = read(sorted(inputs.glob("cable_*.png"))[0])
+    body = post(server.url, [("cable/" + name, data), (name, data)]).json()
+    by_folder, plain = body["predictions"]
+    assert by_folder["category"] == "cable" and by_folder["category_source"] == "path"
+    assert by_folder["threshold"] == body["model"]["category_thresholds"]["cable"]
+    assert plain["category"] is None and plain["category_source"] == "pooled"   # no references stored here
+    assert plain["threshold"] == body["model"]["threshold"]
+
+
+def _raw_request(url: str, head: bytes, body: bytes, read_answer: bool = True) -> bytes:
+    """Send ``head`` and ``body`` on a plain socket; the answer's bytes (b"" if the server reset)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(head + body)
+        if not read_answer:
+            return b""
+        chunks = []
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+        return b"".join(chunks)
+
+
+def test_over_limit_uploads_get_their_413_in_ordinary_clients(server):
+    """urllib (no Expect header, the whole body on its way) and a client that asks with
+    ``Expect: 100-continue`` (as curl does) both read the 413, not a reset connection."""
+    import urllib.error
+    import urllib.request
+
+    big = b"\0" * (3 * 1024 * 1024)  # --max-upload-mb 2
+    request = urllib.request.Request(server.url + "/predict", data=big, method="POST",
+                                     headers={"Content-Type": "multipart/form-data; boundary=b"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=60)
+    assert caught.value.code == 413 and "--max-upload-mb" in json.loads(caught.value.read())["error"]
+
+    head = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % len(big))
+    answer = _raw_request(server.url, head, b"")   # the body is never sent: the answer comes first
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
+def test_a_client_that_leaves_mid_upload_is_a_499_not_a_500(server):
+    head = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 100000\r\n\r\n")
+    _raw_request(server.url, head, b"--b\r\nContent-Disposition: form-data; name=\"files\"; "
+                                   b"filename=\"a.png\"\r\n\r\n" + b"\0" * 1000, read_answer=False)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        statuses = [e["status"] for e in server.events() if e.get("path") == "/predict" and "status" in e]
+        if 499 in statuses:
+            break
+        time.sleep(0.2)
+    assert 499 in statuses
+    log = server.log.read_text()
+    assert "Traceback" not in log and '"status": 500' not in log
+
+
+def test_nothing_a_client_sends_is_a_500(server):
+    """Odd but possible requests: each gets a 4xx JSON answer (or 200), never a 500."""
+    odd = [
+        (b"Content-Type: text/plain", b"hello"),
+        (b"Content-Type: multipart/form-data", b"--x\r\n"),                            # no boundary
+        (b"Content-Type: multipart/form-data; boundary=b", b"garbage without parts"),
+        (b"Content-Type: multipart/form-data; boundary=b", b"--b\r\nContent-Disposition: form-data\r\n\r\nx\r\n--b--\r\n"),
+        (b"Content-Type: application/x-www-form-urlencoded", b"files=%ZZ&&="),
+        (b"Content-Type: multipart/form-data; boundary=b",
+         b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"\xff\xfe.png\"\r\n\r\nx\r\n--b--\r\n"),
+    ]
+    for header, body in odd:
+        head = b"POST /predict?category= HTTP/1.1\r\nHost: x\r\n" + header + b"\r\nContent-Length: %d\r\n" \
+            b"Connection: close\r\n\r\n" % len(body)
+        answer = _raw_request(server.url, head, body)
+        status = int(answer.split(b" ", 2)[1])
+        assert 200 <= status < 500, (header, body, answer[:300])
+    assert '"status": 500' not in server.log.read_text()
 
 
 def test_access_log_is_one_json_line_per_request(server, model_files):

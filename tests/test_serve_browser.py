@@ -78,7 +78,7 @@ def wait_for(condition, timeout: float = 60.0, what: str = "the page"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_upload_shows_the_api_score_and_the_slider_relabels(served, browser, tmp_path):
+def test_upload_shows_the_server_decisions_and_the_slider_is_a_marked_trial(served, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
     srv, inputs = served
@@ -100,19 +100,56 @@ def test_upload_shows_the_api_score_and_the_slider_relabels(served, browser, tmp
     cards = {card.find_element(By.CSS_SELECTOR, ".name").text: card
              for card in browser.find_elements(By.CSS_SELECTOR, ".card")}
     assert set(cards) == {f.name for f in files}
-    for name, card in cards.items():
-        shown = card.find_element(By.CSS_SELECTOR, ".score")
-        assert float(shown.get_attribute("data-score")) == api[name]["score"]         # the API's, exactly
-        assert float(shown.text) == pytest.approx(api[name]["score"], rel=1e-5)       # 6 digits shown
-        badge = card.find_element(By.CSS_SELECTOR, ".badge").text
-        assert badge == ("ANOMALOUS" if api[name]["label"] == 1 else "normal")
-        assert float(card.find_element(By.CSS_SELECTOR, ".threshold").text) == pytest.approx(
-            api[name]["threshold"], rel=1e-5)
+    def server_decisions_shown() -> None:
+        """Every card shows the server's score, label, threshold and category as given, no trial."""
+        for name, card in cards.items():
+            shown = card.find_element(By.CSS_SELECTOR, ".score")
+            assert float(shown.get_attribute("data-score")) == api[name]["score"]         # the API's, exactly
+            assert float(shown.text) == pytest.approx(api[name]["score"], rel=1e-5)       # 6 digits shown
+            badge = card.find_element(By.CSS_SELECTOR, ".badge").text
+            assert badge == ("ANOMALOUS" if api[name]["label"] == 1 else "normal")
+            threshold = card.find_element(By.CSS_SELECTOR, ".threshold")
+            assert float(threshold.get_attribute("data-threshold")) == api[name]["threshold"]   # as given
+            assert float(threshold.text.split()[0]) == pytest.approx(api[name]["threshold"], rel=1e-5)
+            if api[name].get("threshold_source"):
+                assert api[name]["threshold_source"] in threshold.text
+            category = card.find_element(By.CSS_SELECTOR, ".category").text
+            assert category.split()[0] == (api[name]["category"] or "\u2014")
+            assert "trial" not in card.get_attribute("class").split()
+            assert not card.find_element(By.CSS_SELECTOR, ".trial-note").is_displayed()
+        assert not browser.find_element(By.ID, "trial-banner").is_displayed()
+        assert "TRIAL" not in browser.find_element(By.ID, "summary").text
 
-    # the slider: just below one image's score it is anomalous, just above it is normal
+    # the page decides nothing: the cards hold the server's answers as given
+    server_decisions_shown()
+    assert browser.find_element(By.ID, "reset").get_attribute("disabled") is not None
+    first = browser.find_element(By.CSS_SELECTOR, "#category option")
+    assert first.text == "automatic" and first.get_attribute("value") == ""   # sends no category
+
+    # the slider is a what-if: just below one image's score it is anomalous, at the score (typed,
+    # exact) too, since score >= threshold, just above it normal; every card is marked as a trial
     name, score = files[0].name, api[files[0].name]["score"]
-    for value, expected in ((score * 0.999, "ANOMALOUS"), (score * 1.001, "normal")):
-        browser.execute_script("const s = document.getElementById('threshold'); s.value = arguments[0];"
-                               "s.dispatchEvent(new Event('input'));", value)
-        assert cards[name].find_element(By.CSS_SELECTOR, ".badge").text == expected
+    slide = ("const s = document.getElementById('threshold'); s.value = arguments[0];"
+             "s.dispatchEvent(new Event('input'));")
+    typed = ("const t = document.getElementById('threshold-value'); t.value = String(arguments[0]);"
+             "t.dispatchEvent(new Event('input'));")
+    for script, value, expected in ((slide, score * 0.999, "ANOMALOUS"), (typed, score, "ANOMALOUS"),
+                                    (slide, score * 1.001, "normal")):
+        browser.execute_script(script, value)
+        trial = float(browser.find_element(By.ID, "threshold-value").get_property("value"))
+        assert trial == (value if script is typed else pytest.approx(value, rel=1e-5))   # the threshold used
+        card = cards[name]
+        assert card.find_element(By.CSS_SELECTOR, ".badge").text == expected
+        assert "trial" in card.get_attribute("class").split()
+        note = card.find_element(By.CSS_SELECTOR, ".trial-note")
+        assert note.is_displayed() and "trial threshold" in note.text
+        assert ("ANOMALOUS" if api[name]["label"] == 1 else "normal") in note.text   # the server's, beside it
+        assert browser.find_element(By.ID, "trial-banner").is_displayed()
+        assert "TRIAL" in browser.find_element(By.ID, "summary").text
+        assert browser.find_element(By.ID, "reset").get_attribute("disabled") is None
     browser.save_screenshot(str(tmp_path / "page-after-slider.png"))
+
+    # back to the server's decisions
+    browser.find_element(By.ID, "reset").click()
+    server_decisions_shown()
+    assert browser.find_element(By.ID, "threshold-value").get_property("value") == ""

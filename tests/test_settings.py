@@ -258,6 +258,7 @@ def test_super_multi_class_trains_one_model_on_several_datasets(mvtec, visa, tmp
 def test_zero_shot_evaluates_a_model_on_another_dataset_with_prototype_maps(mvtec, visa, tmp_path):
     from inp_former.checkpoint import load_checkpoint
     from inp_former.evaluate import evaluate
+    from inp_former.inference import InferenceConfig
 
     run_dir = tmp_path / "source"
     cli("train", "--dataset", "visa", "--data", visa, *TINY, "--iters", 1, "--no-eval", "--out", run_dir)
@@ -267,7 +268,7 @@ def test_zero_shot_evaluates_a_model_on_another_dataset_with_prototype_maps(mvte
     assert set(result["categories"]) == {"bottle", "cable"} and result["meta"]["map_mode"] == "prototype"
     model, cfg, _ = load_checkpoint(run_dir / "checkpoint.pt")
     cfg = cfg.updated(data={"dataset": "mvtec", "root": str(mvtec)})   # configs are frozen: a changed copy
-    ours = evaluate(model, cfg, ["bottle", "cable"], "cpu", map_mode="prototype")
+    ours = evaluate(model, cfg, ["bottle", "cable"], "cpu", InferenceConfig(map_mode="prototype"))
     for category, values in ours.categories.items():
         for key, value in values.items():
             assert result["categories"][category][key] == pytest.approx(value, abs=1e-6)
@@ -284,6 +285,7 @@ def test_old_configs_without_sources_still_load():
 def test_eval_accepts_the_authors_model_pth_and_gives_our_maps(mvtec, tmp_path):
     from inp_former.config import DataConfig
     from inp_former.evaluate import evaluate
+    from inp_former.inference import InferenceConfig
     from tests.helpers import tiny_config, tiny_model
     from tests.test_checkpoint import authors_state_dict
 

@@ -3,7 +3,8 @@
 No GPU needed: ``triton.compile`` lowers a kernel for an explicit ``GPUTarget`` to PTX and, through
 the ``ptxas`` that ships in the Triton wheel, to a cubin. For each (kernel, arch, dtype, config) at
 the paper's shapes (attention B=16, N=784, M=6, C=768, H=12, head dim 64; scoring 2 groups, grid 28,
-image 392, map 256) a row records:
+image 392, map 256), with the arguments the library launches it with (each kernel module's launch spec,
+e.g. ``kernels.relu_attention.forward_launch``, called on meta tensors), a row records:
 
 * registers per thread and local-memory bytes, read back from the cubin Triton built (``cuobjdump``);
 * spill stores/loads (bytes, ``ptxas -v`` on Triton's PTX) and spill instructions (``STL``/``LDL``
@@ -58,6 +59,7 @@ class SmLimits:
 
 LIMITS = {80: SmLimits(smem_bytes=164 * 1024), 90: SmLimits(smem_bytes=228 * 1024)}
 GPU_NAMES = {80: "A100", 90: "H100"}
+SM_COUNTS = {80: 108, 90: 132}   # A100, H100 SXM: what the attention backward's split is sized for
 
 
 def occupancy(regs: int, smem: int, num_warps: int, arch: int) -> dict[str, Any]:
@@ -86,64 +88,60 @@ def occupancy(regs: int, smem: int, num_warps: int, arch: int) -> dict[str, Any]
 class _Spec:
     kernel: str                # short name (KERNELS)
     attr: tuple[str, str]      # (module, attribute) of the kernel (an Autotuner or a JITFunction)
-    args: dict[str, Any]       # runtime args: "*type" for pointers, ints, floats
+    args: dict[str, Any]       # runtime args by name: "*type" for pointers, ints, floats
     constexprs: dict[str, Any]
     configs: list[tuple[dict[str, Any], int, int]]  # (meta, num_warps, num_stages)
     has_dot: bool              # fp16/bf16 dots that must run on tensor cores
-
-
-def _ptr(dtype: str) -> str:
-    return f"*{dtype}"
 
 
 def _configs_of(configs: Iterable[Any]) -> list[tuple[dict[str, Any], int, int]]:
     return [(dict(c.kwargs), c.num_warps, c.num_stages) for c in configs]
 
 
-def _specs(kernel: str, dtype: str, arch: int) -> list[_Spec]:
-    """How the library launches ``kernel`` at the paper's shapes (strides of the model's layouts)."""
+def _meta(*shape: int, dtype: str) -> Any:
+    """A tensor with shape, strides and dtype but no memory: what a launch spec needs."""
     import torch
 
+    return torch.empty(shape, dtype={"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype],
+                       device="meta")
+
+
+def _compiler_args(launch: Any) -> dict[str, Any]:
+    """A launch's runtime arguments as the compiler sees them: tensors become pointer types ("*bf16")."""
+    from kernels.evidence import dtype_name
+
+    return {name: f"*{dtype_name(v.dtype)}" if hasattr(v, "data_ptr") else v for name, v in launch.args.items()}
+
+
+def _specs(kernel: str, dtype: str, arch: int) -> list[_Spec]:
+    """How the library launches ``kernel`` at the paper's shapes: the kernel module's own launch spec
+    (the function its host function calls) on meta tensors laid out as the model's."""
     from kernels import relu_attention as ra
     from kernels import scoring as sc
 
-    if kernel == "attn_fwd":
-        kv_b, kv_m = M * 2 * C, 2 * C   # k, v: column slices of the model's (B, M, 2C) kv Linear output
-        args = dict(Q=_ptr(dtype), K=_ptr(dtype), V=_ptr(dtype), S="*fp32", Out=_ptr(dtype), N=N, M=M,
-                    stride_qb=N * C, stride_qn=C, stride_kb=kv_b, stride_km=kv_m, stride_vb=kv_b, stride_vm=kv_m,
-                    stride_ob=N * C, stride_on=C)
-        constexprs = dict(H=H, D=D, M_PAD=16, EPS=ra.NORM_EPS, PRECISION="ieee")
-        return [_Spec(kernel, ("kernels.relu_attention", "_relu_attention_fwd"), args, constexprs,
-                      _configs_of(ra.FWD_CONFIGS), has_dot=dtype != "fp32")]  # fp32: "ieee" FMA dots
-    if kernel == "attn_bwd":
-        sms = {80: 108, 90: 132}[arch]
-        split = max(1, min(math.ceil(N / 64), math.ceil(4 * sms / (B * H))))  # as ra._backward_split
-        kv_b, kv_m = M * 2 * C, 2 * C
-        args = dict(Q=_ptr(dtype), K=_ptr(dtype), V=_ptr(dtype), S="*fp32", DO=_ptr(dtype), DQ=_ptr(dtype),
-                    DKV="*fp32", DS="*fp32", N=N, M=M, SPLIT=split,
-                    stride_qb=N * C, stride_qn=C, stride_kb=kv_b, stride_km=kv_m, stride_vb=kv_b, stride_vm=kv_m,
-                    stride_dob=N * C, stride_don=C, stride_dqb=N * C, stride_dqn=C,
-                    stride_ps=B * M * 2 * C, stride_pb=M * 2 * C, stride_pm=2 * C, stride_ds=B * H)
-        constexprs = dict(H=H, D=D, M_PAD=16, EPS=ra.NORM_EPS, PRECISION="ieee", USE_DOT=dtype != "fp32")
-        return [_Spec(kernel, ("kernels.relu_attention", "_relu_attention_bwd"), args, constexprs,
-                      _configs_of(ra.BWD_CONFIGS), has_dot=dtype != "fp32")]
+    if kernel in ("attn_fwd", "attn_bwd"):
+        q = _meta(B, N, C, dtype=dtype)
+        kv = _meta(B, M, 2 * C, dtype=dtype)  # k, v: column slices of the model's (B, M, 2C) kv Linear output
+        k, v, scale = kv[..., :C], kv[..., C:], _meta(H, dtype="fp32")
+        if kernel == "attn_fwd":
+            launch, attr, configs = ra.forward_launch(q, k, v, scale, H), "_relu_attention_fwd", ra.FWD_CONFIGS
+        else:
+            launch = ra.backward_launch(q, k, v, scale, _meta(B, N, C, dtype=dtype), H, SM_COUNTS[arch])
+            attr, configs = "_relu_attention_bwd", ra.BWD_CONFIGS
+        return [_Spec(kernel, ("kernels.relu_attention", attr), _compiler_args(launch), launch.constexprs,
+                      _configs_of(configs), has_dot=dtype != "fp32")]  # fp32: "ieee" FMA dots
     if kernel == "cos_dist":
-        rows = B * N
-        args = dict(e0=_ptr(dtype), d0=_ptr(dtype), e1=_ptr(dtype), d1=_ptr(dtype), e2=_ptr(dtype),
-                    d2=_ptr(dtype), e3=_ptr(dtype), d3=_ptr(dtype), out_ptr="*fp32", R=rows, N=N,
-                    ROWS_LOG2=rows.bit_length(), stride_b=N * C, stride_n=C, stride_c=1, scale=1.0 / GROUPS,
-                    eps=sc.COS_EPS)
-        torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-        feature = torch.empty(0, dtype=torch_dtype)
-        configs = sc._prune_cos_configs(sc.COS_CONFIGS, {"C": C, "e0": feature})   # what autotune keeps
-        return [_Spec(kernel, ("kernels.scoring", "_cosine_distance_kernel"), args,
-                      dict(C=C, NUM_GROUPS=GROUPS), _configs_of(configs), has_dot=False)]
+        features = [_meta(B, N, C, dtype=dtype) for _ in range(2 * GROUPS)]
+        launch = sc.cosine_distance_launches(features[:GROUPS], features[GROUPS:])[0]
+        configs = sc.prune_cos_configs(sc.COS_CONFIGS, launch.constexprs["C"],   # what autotune keeps
+                                       launch.args["e0"].element_size())
+        return [_Spec(kernel, ("kernels.scoring", "_cosine_distance_kernel"), _compiler_args(launch),
+                      launch.constexprs, _configs_of(configs), has_dot=False)]
     if kernel == "map":  # always fp32 (the map of any feature dtype); ieee dots: FMA, no tensor cores
-        block_i, block_j = sc.MAP_TILE
-        args = dict(a_ptr="*fp32", g_ptr="*fp32", out_ptr="*fp32", GRID=GRID, OUT=OUT)
-        constexprs = dict(GRID_P=max(16, 1 << (GRID - 1).bit_length()))
-        return [_Spec(kernel, ("kernels.scoring", "_token_map_to_image_kernel"), args, constexprs,
-                      [({"BLOCK_I": block_i, "BLOCK_J": block_j}, sc.MAP_WARPS, 3)], has_dot=False)]
+        launch = sc.token_map_launch(_meta(B, GRID, GRID, dtype="fp32"), _meta(OUT, GRID, dtype="fp32"))
+        tile = {name: launch.constexprs[name] for name in ("BLOCK_I", "BLOCK_J")}
+        return [_Spec(kernel, ("kernels.scoring", "_token_map_to_image_kernel"), _compiler_args(launch),
+                      launch.constexprs, [(tile, sc.MAP_WARPS, 3)], has_dot=False)]
     raise ValueError(f"unknown kernel {kernel!r}: expected one of {', '.join(KERNELS)}")
 
 

@@ -14,12 +14,11 @@ import torch
 
 from inp_former.benchmarks.timing import measure
 from inp_former.config import ModelConfig, RunConfig
-from inp_former.evaluate import score_batch
 from inp_former.fast_path import scoring_function
+from inp_former.inference import InferenceConfig, autocast, score_batch
 from inp_former.losses import coherence_loss, soft_mining_loss
 from inp_former.model import INPFormer
 from inp_former.optim import StableAdamW
-from inp_former.train import autocast
 from kernels.dispatch import kernel_mode
 
 PATHS = {  # name: (kernel mode, precision)
@@ -66,7 +65,7 @@ def run_model_bench(encoder: str, batches: list[int], train_batch: int, crop: in
                 reference_maps = maps.float()
             rows.append(_row("infer", name, batch, timing, _relative_error(maps, reference_maps)))
         # the end-to-end fast path of eval/predict/serve: CUDA graphs + bf16 (eager elsewhere, and it says why)
-        scorer = scoring_function(model, cfg, "decoder", None, fast=True, device=device)
+        scorer = scoring_function(model, cfg, InferenceConfig(fast=True), device)
         maps, _ = scorer(images)
         timing = measure(lambda: scorer(images), device, repeats=repeats, max_seconds=max_seconds)
         rows.append(_row("infer", f"fast {scorer.mode} {scorer.precision}", batch, timing,

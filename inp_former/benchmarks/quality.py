@@ -25,8 +25,9 @@ first/last loss, loss at 25/50/75% of the run, and whether it was still falling,
 over the last 20%)
 and the training time, so that "is it trained long enough?" is answered by the same call.
 
-Used by ``bench/quality_demo.py``, ``bench/quality/run_recipe.py``, ``inpctl bench quality`` and
-the tests.
+:func:`provenance` and :func:`markdown_report` write the record of a run (``inpctl bench quality
+--json/--md``). Used by ``inpctl bench quality``, ``bench/studies/quality/run_recipe.py`` and the
+tests.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ from torch.utils.data import DataLoader
 from inp_former.config import RunConfig
 from inp_former.data import AnomalyDataset, image_transform, mask_transform, masks_for_metrics
 from inp_former.evaluate import evaluate
+from inp_former.inference import InferenceConfig
 from inp_former.metrics import category_metrics, mean_metrics
 from inp_former.model import INPFormer
 from inp_former.settings import category_samples
@@ -226,7 +228,7 @@ def run_quality(cfg: RunConfig, device: torch.device | str = "cpu", *, run_dir: 
     if "untrained" in methods:
         started = time.perf_counter()
         with reporter.evaluating("untrained") as on_batch:
-            before = evaluate(model, cfg, categories, device, batch_size=batch_size, on_batch=on_batch)
+            before = evaluate(model, cfg, categories, device, InferenceConfig(batch_size=batch_size), on_batch=on_batch)
         record("untrained", started, before.categories, before.mean)
 
     if "nearest-neighbour" in methods:
@@ -258,7 +260,7 @@ def run_quality(cfg: RunConfig, device: torch.device | str = "cpu", *, run_dir: 
         extra["losses"] = [float(v) for v in result.losses]
         started = time.perf_counter()
         with reporter.evaluating("trained (eval)") as on_batch:
-            after = evaluate(model, cfg, categories, device, batch_size=batch_size, on_batch=on_batch)
+            after = evaluate(model, cfg, categories, device, InferenceConfig(batch_size=batch_size), on_batch=on_batch)
         record("trained", started, after.categories, after.mean)
 
     losses = extra.pop("losses", None)
@@ -286,3 +288,58 @@ def format_table(result: dict[str, Any], keys: tuple[str, ...] = REPORTED) -> st
     for name, metrics in result["rows"].items():
         lines.append(f"| {name} | " + " | ".join(f"{100 * metrics[k]:.1f}" for k in keys) + " |")
     return "\n".join(lines)
+
+
+def provenance(command: str, device: torch.device | str) -> dict[str, Any]:
+    """Where, when and how a result was measured (JSON-ready): date, the command, the device, the
+    machine, the software versions and torch's thread count."""
+    import os
+    import platform
+    from datetime import datetime, timezone
+
+    import timm
+
+    device = str(device)
+    return {"date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": command, "device": device,
+            "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores" + (
+                f"; GPU {torch.cuda.get_device_name(torch.device(device))}" if device.startswith("cuda") else ""),
+            "python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+            "torch_threads": torch.get_num_threads()}
+
+
+def markdown_report(result: dict[str, Any]) -> str:
+    """A :func:`run_quality` result (with ``provenance`` when it has one) as a Markdown page: how it
+    was measured, the mean over categories, every category, and the differences between the rows."""
+    from inp_former.report import METRIC_TITLES
+
+    keys = tuple(METRIC_TITLES)
+    meta, prov, rows, loss = result["meta"], result.get("provenance") or {}, result["rows"], result.get("loss")
+    device = prov.get("device", meta.get("device", "?"))
+    lines = [f"# Detection quality on {', '.join(meta['categories'])} ({device})", ""]
+    if prov:
+        lines += [f"- Date: {prov['date_utc']}; machine: {prov['machine']}; device `{device}`",
+                  f"- Software: Python {prov['python']}, torch {prov['torch']}, timm {prov['timm']}; "
+                  f"{prov['torch_threads']} torch thread(s)",
+                  f"- Command: `{prov['command']}`"]
+    lines += [f"- Encoder: `{meta['encoder']}` ({meta['encoder_source']}); {meta['encoder_design']}",
+              f"- Data: {meta['dataset']} layout, categories {', '.join(meta['categories'])} ({meta['data_root']}); "
+              f"images {meta['resize']} px, crop {meta['crop']}"]
+    if "trained" in rows:
+        lines.append(f"- Training: {meta['iterations']} iterations, batch {meta['batch_size']}, "
+                     f"{meta['train_seconds']} s; final loss {meta['final_loss']:.4f}" + (
+                         f"; loss {loss['first']:.3f} at the start, {loss['at_50']:.3f} halfway; still falling over "
+                         f"the last 20%: {'yes' if loss['still_falling'] else 'no'}" if loss else ""))
+    if "bank_tokens" in meta:
+        lines.append(f"- Nearest-neighbour bank: {meta['bank_tokens']} tokens (all training tokens up to "
+                     f"{BANK_LIMIT})")
+    lines += ["", "Mean over categories, %:", "", format_table(result, keys), "", "Per category, %:", "",
+              "| method | category | " + " | ".join(METRIC_TITLES.values()) + " |", "|" + "---|" * (len(keys) + 2)]
+    for name, per_category in result["categories"].items():
+        for category, metrics in per_category.items():
+            lines.append(f"| {name} | {category} | " + " | ".join(f"{100 * metrics[k]:.1f}" for k in keys) + " |")
+    for other in ("untrained", "nearest-neighbour"):
+        if "trained" in rows and other in rows:
+            lines += ["", f"Trained minus {other} (points): " + ", ".join(
+                f"{METRIC_TITLES[k]} {100 * (rows['trained'][k] - rows[other][k]):+.1f}" for k in keys)]
+    return "\n".join(lines) + "\n"

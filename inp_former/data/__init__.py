@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 from inp_former.data.demo import ensure_demo_dataset
+from inp_former.data.geometry import Geometry
 from inp_former.data.mvtec import mvtec_categories, mvtec_samples
 from inp_former.data.records import IMAGE_EXTENSIONS, AnomalyDataset, DatasetError, Sample
 from inp_former.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, few_shot_augmentations, image_transform,
@@ -71,7 +72,7 @@ def build_samples(dataset: str, root: str | Path, category: str, split: str) -> 
     return samples
 
 
-__all__ = ["AnomalyDataset", "DatasetError", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "LAYOUTS",
+__all__ = ["AnomalyDataset", "DatasetError", "Geometry", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "LAYOUTS",
            "Layout", "SPLITS", "Sample", "build_samples", "ensure_demo_dataset", "few_shot_augmentations",
            "image_transform", "list_categories", "load_mask", "load_rgb", "mask_transform", "masks_for_metrics",
            "mvtec_categories", "mvtec_samples", "register_layout"]

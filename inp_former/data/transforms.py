@@ -9,8 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
-from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
+from inp_former.data.geometry import Geometry
 from inp_former.errors import DatasetError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -103,31 +104,34 @@ def load_mask(path: str | Path) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
 
 
-class ImageTransform(T.Compose):
-    """PIL RGB image -> normalised (3, crop, crop) tensor; knows its sizes so masks can follow."""
+class ImageTransform:
+    """PIL RGB image -> normalised (3, crop, crop) tensor: the authors' preprocessing.
+
+    The resize is PIL's (bilinear, which low-pass filters when it shrinks; the authors resize on the
+    PIL side), the crop is taken from the tensor; both come from :class:`Geometry`. It knows its
+    sizes (``resize``, ``crop``, ``geometry``) so that masks can follow.
+    """
+
+    normalise = True
 
     def __init__(self, resize: int = 448, crop: int = 392) -> None:
-        _check_sizes(resize, crop)
-        # PIL's bilinear resize low-pass filters when it shrinks (a tensor resize would need
-        # antialias=True to match); the authors resize on the PIL side, then crop the tensor.
-        super().__init__([T.Resize((resize, resize), interpolation=T.InterpolationMode.BILINEAR), T.ToTensor(),
-                          T.CenterCrop(crop), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        self.geometry = Geometry(resize, crop)
         self.resize, self.crop = resize, crop
 
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        tensor = self.geometry.crop_tensor(TF.to_tensor(self.geometry.resize_image(image)))
+        return TF.normalize(tensor, IMAGENET_MEAN, IMAGENET_STD) if self.normalise else tensor
 
-class MaskTransform(T.Compose):
-    """'L' mask -> (1, crop, crop) float in [0, 1], resized exactly as the image (bilinear, on PIL)."""
-
-    def __init__(self, resize: int = 448, crop: int = 392) -> None:
-        _check_sizes(resize, crop)
-        super().__init__([T.Resize((resize, resize), interpolation=T.InterpolationMode.BILINEAR), T.ToTensor(),
-                          T.CenterCrop(crop)])
-        self.resize, self.crop = resize, crop
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(resize={self.resize}, crop={self.crop})"
 
 
-def _check_sizes(resize: int, crop: int) -> None:
-    if not (0 < crop <= resize):
-        raise ValueError(f"crop {crop} / resize {resize}: expected 0 < crop <= resize (the crop would pad)")
+class MaskTransform(ImageTransform):
+    """'L' mask -> (1, crop, crop) float in [0, 1], resized exactly as the image (bilinear, on PIL);
+    the soft edges are binarised > 0.5 only for the metrics (:func:`masks_for_metrics`), as the
+    authors do."""
+
+    normalise = False
 
 
 def image_transform(resize: int = 448, crop: int = 392) -> ImageTransform:

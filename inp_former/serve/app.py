@@ -22,11 +22,12 @@ from typing import Any, AsyncIterator, Callable
 from inp_former.serve.batcher import MicroBatcher, QueueFull, ShuttingDown
 from inp_former.serve.config import ServeConfig
 from inp_former.serve.images import UploadError, decode_image
+from inp_former.thresholds import LABEL_RULE
 
 try:  # the web stack is an optional extra; inp_former.serve.require_web_stack says how to get it
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -35,7 +36,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError(MISSING_EXTRA) from exc
 
 ACCESS_LOG = logging.getLogger("inp_former.serve.access")
-LABEL_RULE = "label = 1 (anomalous) when score > threshold"
+CLIENT_CLOSED = 499   # logged for a client that disconnected before its answer
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
 
 
@@ -66,11 +67,6 @@ class ModelState:
                                     self.config.max_wait_ms / 1000.0, self.config.max_queue)
         self.predictor = predictor  # last: /healthz says ok only once everything is ready
 
-    def threshold(self, category: str | None) -> float | None:
-        if category is None:
-            return self.predictor.threshold  # --threshold, else the checkpoint's pooled threshold
-        return self.predictor.calibration.categories[category].get("image_threshold")
-
 
 def model_info(predictor: Any, config: ServeConfig) -> dict[str, Any]:
     """What clients may want to know about the model (in /healthz and every /predict answer)."""
@@ -79,14 +75,14 @@ def model_info(predictor: Any, config: ServeConfig) -> dict[str, Any]:
     return {
         "checkpoint": str(config.checkpoint),
         "encoder": cfg.model.encoder,
-        "categories": sorted(categories),  # the valid values of ?category=
+        "categories": predictor.decision.categories,  # the valid values of ?category=
         "trained_categories": list(cfg.data.categories),
         "threshold": predictor.threshold,
         "threshold_source": predictor.threshold_source,
         "category_thresholds": {name: values.get("image_threshold") for name, values in sorted(categories.items())},
         "label_rule": LABEL_RULE,
-        "map_mode": predictor.map_mode,
-        "precision": predictor.precision,
+        "map_mode": str(predictor.map_mode),
+        "precision": str(predictor.precision),
         "input": {"resize": cfg.model.resize, "crop": cfg.model.crop, "map_size": cfg.model.map_size},
         "device": str(predictor.device),
         "max_batch": config.max_batch,
@@ -96,19 +92,32 @@ def model_info(predictor: Any, config: ServeConfig) -> dict[str, Any]:
 # --- middleware (plain ASGI, so they also see what Starlette's own error handling answers) ----------
 
 class UploadLimit:
-    """413 for a body over ``max_bytes``: at once from Content-Length, else while it streams in."""
+    """413 for a body over ``max_bytes``, in a way ordinary HTTP clients receive.
+
+    A client that sends ``Expect: 100-continue`` (curl does for large bodies) with a Content-Length
+    over the limit is answered at once: it has not sent the body yet. Any other client is sending
+    its body already, and closing on it makes the client see a reset connection instead of the
+    answer; so the rest of its body is read and discarded (up to ``DRAIN_BYTES`` more, then the
+    answer goes out anyway) before the 413.
+    """
+
+    DRAIN_BYTES = 256 * 2**20   # bounded: past this a client gets the 413 and the connection closes
 
     def __init__(self, app: Callable, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
 
+    def _message(self, size: str) -> str:
+        return f"request body of {size}: more than the limit of {self.max_bytes / 2**20:g} MB (--max-upload-mb)"
+
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            response = error(413, f"request body of {int(length)} bytes: more than the limit of "
-                                  f"{self.max_bytes / 2**20:g} MB (--max-upload-mb)")
-            return await response(scope, receive, send)
+            if b"100-continue" not in headers.get(b"expect", b"").lower():
+                await _drain(receive, self.DRAIN_BYTES)
+            return await error(413, self._message(f"{int(length)} bytes"))(scope, receive, send)
         seen = 0
 
         async def limited() -> dict:
@@ -117,15 +126,31 @@ class UploadLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise BodyTooLarge(f"request body over the limit of {self.max_bytes / 2**20:g} MB "
-                                       "(--max-upload-mb)")
+                    if message.get("more_body", False):
+                        await _drain(receive, self.DRAIN_BYTES)
+                    raise BodyTooLarge(self._message(f"more than {self.max_bytes} bytes"))
             return message
 
         await self.app(scope, limited, send)
 
 
+async def _drain(receive: Callable, limit: int) -> None:
+    """Read and drop the rest of a request body, at most ``limit`` bytes (and until the client leaves)."""
+    dropped = 0
+    while dropped <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        dropped += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
 class AccessLog:
-    """One JSON line per request: time, method, path, status, images, latency_ms, client."""
+    """One JSON line per request: time, method, path, status, images, latency_ms, client.
+
+    A client that went away before its answer is logged with status 499 (nginx's "client closed
+    request"), whatever the app was about to answer: it is not the server's fault."""
 
     def __init__(self, app: Callable) -> None:
         self.app = app
@@ -134,15 +159,27 @@ class AccessLog:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start, status = time.perf_counter(), [500]
+        started = gone = False
+
+        async def watch() -> dict:
+            nonlocal gone
+            message = await receive()
+            gone = gone or (message["type"] == "http.disconnect" and not started)
+            return message
 
         async def record(message: dict) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                status[0], started = message["status"], True
             await send(message)
 
         try:
-            await self.app(scope, receive, record)
+            await self.app(scope, watch, record)
+        except ClientDisconnect:
+            gone = True
         finally:
+            if gone:
+                status[0] = CLIENT_CLOSED
             client = scope.get("client")
             ACCESS_LOG.info(json.dumps({
                 "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
@@ -276,17 +313,22 @@ def create_app(predictor: Any, config: ServeConfig,
         except ShuttingDown as exc:
             return error(503, str(exc), headers={"Retry-After": "5"})
 
-        threshold = state.threshold(category)
         for entry, prediction in zip(good, results):
             entry["score"] = float(prediction.score)
-            entry["label"] = None if threshold is None else int(prediction.score > threshold)
+            # the one rule of every surface: the category asked for, else the upload's folder (when the
+            # client sent one in the file name), else the image's look (inp_former/categories.py)
+            entry["decision"] = state.predictor.decide(prediction.score, category, path=entry["filename"],
+                                                       embedding=prediction.embedding)
             if with_maps:
                 entry["overlay"] = await loop.run_in_executor(pool, _overlay_png, state.predictor,
-                                                              entry["view"], prediction)
+                                                              entry["view"], prediction, entry["decision"].category)
         predictions = []
         for entry in entries:
-            item = {"filename": entry["filename"], "score": entry.get("score"), "label": entry.get("label"),
-                    "threshold": threshold, "category": category}
+            decision = entry.get("decision")
+            item = {"filename": entry["filename"], "score": entry.get("score"),
+                    **(decision.fields() if decision is not None else
+                       {"label": None, "threshold": None, "threshold_source": None, "category": category,
+                        "category_source": None})}
             if "error" in entry:
                 item["error"] = entry["error"]
             elif with_maps:
@@ -305,6 +347,10 @@ def create_app(predictor: Any, config: ServeConfig,
     async def http_error(request: Request, exc: HTTPException) -> Response:
         return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # nobody is left to answer; AccessLog logs 499 (never a 500 with a traceback)
+        return Response(status_code=CLIENT_CLOSED)
+
     async def internal_error(request: Request, exc: Exception) -> Response:
         logging.getLogger("inp_former.serve").exception("internal error")
         return error(500, f"internal error ({exc.__class__.__name__}); see the server's log")
@@ -312,7 +358,8 @@ def create_app(predictor: Any, config: ServeConfig,
     _ensure_log_handler()
     app = Starlette(routes=[Route("/", page, methods=["GET"]), Route("/healthz", healthz, methods=["GET"]),
                             Route("/predict", predict, methods=["POST"])],
-                    exception_handlers={HTTPException: http_error, Exception: internal_error},
+                    exception_handlers={HTTPException: http_error, ClientDisconnect: client_gone,
+                                        Exception: internal_error},
                     lifespan=lifespan)
     app.state.model = state  # for tests and embedding
     return AccessLog(UploadLimit(app, config.max_upload_bytes))
@@ -325,12 +372,12 @@ def _prepare(predictor: Any, data: bytes, max_pixels: int, with_view: bool) -> t
     return predictor.transform(image), predictor.view(image) if with_view else None
 
 
-def _overlay_png(predictor: Any, view: Any, prediction: Any) -> str:
+def _overlay_png(predictor: Any, view: Any, prediction: Any, category: str | None) -> str:
     """The heat-map overlay on the checkpoint's fixed colour scale, as base64 PNG."""
     from inp_former.visualize import overlay
 
     picture = overlay(view, prediction.map, predictor.default_range(prediction.map),
-                      pixel_threshold=predictor.pixel_threshold)
+                      pixel_threshold=predictor.decision.pixel_threshold(category))
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from inp_former.inference import InferenceConfig
 
 if TYPE_CHECKING:
     import torch
@@ -30,25 +32,22 @@ class ServeConfig:
     """
 
     checkpoint: str | Path
+    inference: InferenceConfig = field(default_factory=InferenceConfig)  # batch_size: images in one forward pass
     host: str = "127.0.0.1"
     port: int = 8000
     device: str | torch.device = "auto"   # auto, cpu, cuda, cuda:N
-    max_batch: int = 16                   # images in one forward pass
     max_wait_ms: float = 5.0              # how long the first image of a batch waits for company
     max_queue: int = 256                  # images admitted but not yet in a forward pass; more -> 503
     max_upload_mb: float = 32.0           # request body; more -> 413
     max_megapixels: float = 40.0          # one image's width x height, read from its header; more -> 413
     request_timeout_s: float = 60.0       # a request slower than this -> 504
-    threshold: float | None = None        # default image threshold; None: the checkpoint's pooled one
-    map_mode: str = "decoder"             # decoder (the method) or prototype (zero-shot map)
-    precision: str | None = None          # fp32 or bf16 autocast; None: fp32, bf16 with ``fast`` on CUDA
+    threshold: float | None = None        # default image threshold; None: the checkpoint's
     encoder_weights: str | None = None    # as for inpctl predict: the encoder's source if not as trained
     allow_encoder_mismatch: bool = False  # serve a model with another encoder than it was trained with
-    fast: bool = False                    # CUDA: the graph-captured fast path (inp_former/fast_path.py)
     shutdown_timeout_s: float = 30.0      # SIGTERM: how long in-flight requests get to finish
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "port"):
+        for name in ("max_queue", "port"):
             if int(getattr(self, name)) < (0 if name == "port" else 1):
                 raise ValueError(f"{name} {getattr(self, name)}: expected a positive integer")
         for name in ("max_upload_mb", "max_megapixels", "request_timeout_s", "shutdown_timeout_s"):
@@ -56,10 +55,11 @@ class ServeConfig:
                 raise ValueError(f"{name} {getattr(self, name)}: expected a positive number")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms {self.max_wait_ms}: expected >= 0")
-        if self.map_mode not in ("decoder", "prototype"):
-            raise ValueError(f"map_mode {self.map_mode!r}: expected decoder or prototype")
-        if self.precision not in (None, "fp32", "bf16"):
-            raise ValueError(f"precision {self.precision!r}: expected fp32 or bf16")
+
+    @property
+    def max_batch(self) -> int:
+        """Most images in one forward pass (the micro-batcher's batch)."""
+        return self.inference.batch_size
 
     @property
     def max_upload_bytes(self) -> int:

@@ -53,12 +53,13 @@ def serve(config: ServeConfig, predictor: Any = None) -> None:
     def load() -> Any:
         from inp_former.predictor import Predictor
 
-        loaded = Predictor.from_checkpoint(config.checkpoint, device=config.device, threshold=config.threshold,
-                                           map_mode=config.map_mode, precision=config.precision,
-                                           encoder_weights=config.encoder_weights, batch_size=config.max_batch,
-                                           allow_encoder_mismatch=config.allow_encoder_mismatch, fast=config.fast)
+        loaded = Predictor.from_checkpoint(config.checkpoint, config.device, config.inference, config.threshold,
+                                           encoder_weights=config.encoder_weights,
+                                           allow_encoder_mismatch=config.allow_encoder_mismatch)
         log_event("ready", seconds=round(time.perf_counter() - started, 2), device=str(loaded.device),
                   threshold=loaded.threshold)
+        if loaded.category_warning:
+            log_event("warning", message=loaded.category_warning)
         return loaded
 
     failures: list[BaseException] = []

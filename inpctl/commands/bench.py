@@ -10,8 +10,7 @@ from typing import Any, Optional
 
 import typer
 
-from inpctl.helpers import (RichReporter, choices, console, fail, parse_categories, parse_stages, pick_device,
-                            rows_table, run, write_json)
+from inpctl.helpers import RichReporter, choices, console, fail, pick_device, rows_table, run, write_json
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: paper Table 1, kernels, the model, quality, "
                                                    "compile-time evidence.")
@@ -138,6 +137,7 @@ def bench_model(
 
 @bench_app.command("quality")
 def bench_quality(
+    ctx: typer.Context,
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root [default: the demo data]."),
     dataset: str = typer.Option("mvtec", help="Layout of --data."),
     categories: Optional[str] = typer.Option(None, help="Comma-separated categories [default: all]."),
@@ -155,33 +155,32 @@ def bench_quality(
     seed: Optional[int] = typer.Option(None, help="Seed of the initialisation and training."),
     device: str = DEVICE,
     json_path: Optional[Path] = JSON,
+    md_path: Optional[Path] = typer.Option(None, "--md", help="Also write a Markdown record: provenance, the "
+                                           "mean and per-category tables, the row differences."),
 ) -> None:
     """INP-Former untrained vs trained vs a nearest-neighbour patch baseline, same encoder and data."""
-    from inp_former.benchmarks.quality import run_quality
-    from inp_former.config import ModelConfig, RunConfig, overlay
+    from inp_former.benchmarks.quality import markdown_report, provenance, run_quality
     from inp_former.demo import demo_config
+    from inp_former.io import atomic_write_text
+    from inpctl.commands.train import config_from_flags
     from inpctl.helpers import METRIC_TITLES, percent
 
-    def build() -> RunConfig:
+    def build():
         base, notice = demo_config()
         console.print(notice, highlight=False)
-        if data is not None:
-            if not data.is_dir():
-                fail(f"--data {data}: no such directory")
-            base = base.updated(data={"dataset": dataset, "root": str(data)})
-        model = base.model
-        if encoder is not None and encoder != model.encoder:
-            model = ModelConfig(encoder=encoder, resize=model.resize, crop=model.crop)
-        model = overlay(model, encoder_weights=encoder_weights, resize=resize, crop=crop, token_stride=token_stride,
-                        encoder_padding=encoder_padding, encoder_stages=parse_stages(encoder_stages))
-        train = overlay(base.train, iters=iters, batch_size=batch_size, seed=seed)
-        if iters is not None and train.warmup_iters >= iters:
-            train = overlay(train, warmup_iters=iters // 10)
-        return RunConfig(model=model, train=train, data=overlay(
-            base.data, categories=tuple(parse_categories(categories)) or None))
+        if data is not None and not data.is_dir():
+            fail(f"--data {data}: no such directory")
+        return config_from_flags(
+            base, data=data, dataset=dataset if data is not None else None, categories=categories, encoder=encoder,
+            encoder_stages=encoder_stages,
+            model=dict(encoder_weights=encoder_weights, resize=resize, crop=crop, token_stride=token_stride,
+                       encoder_padding=encoder_padding),
+            train=dict(iters=iters, batch_size=batch_size, seed=seed))
 
     cfg = run(build)
-    result = run(lambda: run_quality(cfg, pick_device(device), reporter=RichReporter()))
+    resolved = pick_device(device)
+    result = run(lambda: run_quality(cfg, resolved, reporter=RichReporter()))
+    result["provenance"] = provenance(_command_line(ctx, "inpctl bench quality"), resolved)
     console.print(rows_table(f"Mean over categories, % ({cfg.model.encoder})", ["method", *METRIC_TITLES.values()],
                              ([name, *(percent(m[k]) for k in METRIC_TITLES)] for name, m in result["rows"].items())))
     meta, loss = result["meta"], result.get("loss")
@@ -193,6 +192,26 @@ def bench_quality(
                       f"{loss['at_75']:.3f} (75%) -> {loss['last']:.3f}; still falling over the last 20%: {falling} "
                       f"({100 * loss['tail_change']:+.1f}%, t {loss['tail_t']:.1f})", highlight=False, soft_wrap=True)
     write_json(json_path, result)
+    if md_path is not None:
+        atomic_write_text(md_path, markdown_report(result))
+        console.print(f"Wrote {md_path}", highlight=False)
+
+
+def _command_line(ctx: typer.Context, name: str) -> str:
+    """The command as given: ``name`` and the options typed on the command line (for provenance)."""
+    import shlex
+
+    words = name.split()
+    for param in ctx.command.params:   # (Typer may bring its own click: the source is compared by name)
+        if getattr(ctx.get_parameter_source(param.name), "name", None) != "COMMANDLINE" or not param.opts:
+            continue
+        value, flag = ctx.params[param.name], param.opts[0]
+        if getattr(param, "is_flag", False):
+            words += [flag if value else (param.secondary_opts or [flag])[0]]
+        else:
+            words += [word for item in (value if isinstance(value, (list, tuple)) else [value])
+                      for word in (flag, str(item))]
+    return shlex.join(words)
 
 
 @bench_app.command("compile")

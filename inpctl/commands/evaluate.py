@@ -16,11 +16,11 @@ def eval_command(
     dataset: Optional[str] = typer.Option(None, help="Layout of --data [default: the checkpoint's]."),
     categories: Optional[str] = typer.Option(None, help="Comma-separated categories [default: all]."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: beside --ckpt]."),
-    batch_size: Optional[int] = typer.Option(None, min=1, help="Images per batch." + default("eval", "batch_size")),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Images per batch." + default("inference", "batch_size")),
     precision: Optional[str] = typer.Option(None, metavar=choices("Precision"), help="bf16: autocast [default: "
                                             "fp32; bf16 with --fast on CUDA]."),
     map_mode: Optional[str] = typer.Option(None, "--map", metavar=choices("MapMode"), help="prototype: the "
-                                           "zero-shot map." + default("eval", "map_mode")),
+                                           "zero-shot map." + default("inference", "map_mode")),
     fast: bool = typer.Option(False, "--fast/--no-fast", help="CUDA: bf16, fused kernels, CUDA graphs."),
     encoder_weights: Optional[str] = typer.Option(None, help="Encoder weights, if not as at training."),
     allow_encoder_mismatch: bool = typer.Option(False, "--allow-encoder-mismatch", help="Evaluate even if the "
@@ -29,6 +29,8 @@ def eval_command(
     crop: Optional[int] = typer.Option(None, min=14, help="Centre crop [default: the checkpoint's; model.pth: 392]."),
     save_thresholds: bool = typer.Option(False, "--save-thresholds", help="Merge the calibrated thresholds into "
                                          "the checkpoint (per category), for inpctl predict."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an evaluation of other categories, data, "
+                                   "map or precision already in the output folder (refused otherwise)."),
     report: bool = typer.Option(False, "--report", help="Also write report.html (metrics, figures)."),
     report_samples: int = typer.Option(3, min=0, help="Sample images per category in --report."),
     exact_pixels: Optional[int] = typer.Option(None, min=0, help="Exact pixel metrics up to this many pixels "
@@ -40,16 +42,20 @@ def eval_command(
 
     The checkpoint is not modified unless --save-thresholds.
     """
-    from inp_former.config import EvalConfig, overlay
+    from inp_former.config import overlay
+    from inp_former.evaluate import EvalConfig
+    from inp_former.inference import InferenceConfig
     from inp_former.workflow import DataOverride, evaluate_checkpoint
 
     def job():
-        evaluation = overlay(EvalConfig(), batch_size=batch_size, precision=precision, map_mode=map_mode,
-                             exact_pixels=exact_pixels, fast=fast or None)
+        inference = overlay(InferenceConfig(), batch_size=batch_size, precision=precision, map_mode=map_mode,
+                            fast=fast or None)
+        evaluation = overlay(EvalConfig(inference), exact_pixels=exact_pixels)
         override = DataOverride(root=str(data) if data is not None else None, dataset=dataset,
                                 categories=tuple(parse_categories(categories)), resize=resize, crop=crop)
         return evaluate_checkpoint(ckpt, override, evaluation, out, device, encoder_weights, allow_encoder_mismatch,
-                                   save_thresholds, report_samples if report else None, RichReporter())
+                                   save_thresholds, report_samples if report else None, RichReporter(),
+                                   overwrite=overwrite)
 
     outcome = run(job)
     setting = "single-class " if outcome.result.meta.get("setting") == "single-class" else ""

@@ -7,16 +7,17 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from inpctl.helpers import RichReporter, choices, console, err_console, fail, run
+from inpctl.helpers import RichReporter, choices, console, err_console, fail, rows_table, run
 
 
 def predict_command(
     inputs: list[Path] = typer.Argument(..., help="Images and/or folders (searched recursively)."),
-    ckpt: Path = typer.Option(..., "--ckpt", help="A checkpoint.pt written by inpctl train."),
+    ckpt: Path = typer.Option(..., "--ckpt", help="A checkpoint.pt of inpctl train, or its run directory."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: predictions-<time>]."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Anomalous when score >= it [default: "
                                               "the one stored in --ckpt]."),
-    category: Optional[str] = typer.Option(None, "--category", help="Use this category's stored threshold."),
+    category: Optional[str] = typer.Option(None, "--category", help="Use this category's stored threshold "
+                                           "[default: each image's, from its folder names, else its look]."),
     save_maps: bool = typer.Option(False, "--save-maps", help="Also write each raw map (float32 .npy)."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="A heatmap overlay PNG per image."),
     batch_size: int = typer.Option(16, min=1, help="Images per batch."),
@@ -30,25 +31,32 @@ def predict_command(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Score new images: predictions.csv/.json, an overlay per image, raw maps on request."""
-    from inp_former.config import MapMode, Precision, choice
+    from inp_former.inference import InferenceConfig
     from inp_former.workflow import PredictOptions, default_output_dir, predict_images
 
     out_dir = out or default_output_dir("predictions")
 
     def job():
-        options = PredictOptions(threshold, category, choice(MapMode, map_mode, "map_mode"),
-                                 precision and choice(Precision, precision, "precision"), batch_size, overlays,
-                                 save_maps, fast)
+        inference = InferenceConfig(precision=precision, map_mode=map_mode, fast=fast, batch_size=batch_size)
+        options = PredictOptions(inference, threshold, category, overlays, save_maps)
         return predict_images(ckpt, inputs, out_dir, options, device, encoder_weights, allow_encoder_mismatch,
                               RichReporter())
 
     summary = run(job)
-    counts, threshold_info = summary["counts"], summary["threshold"]
-    verdict = ""
-    if threshold_info["image"] is not None:
-        verdict = (f": {counts['anomalous']} anomalous, {counts['normal']} normal at threshold "
-                   f"{threshold_info['image']:.6g} ({threshold_info['source']})")
+    counts = summary["counts"]
+    labelled = any(group["threshold"] is not None for group in summary["categories"])
+    verdict = f": {counts['anomalous']} anomalous, {counts['normal']} normal" if labelled else " (no threshold)"
     console.print(f"Scored {counts['scored']} images{verdict}", highlight=False)
+    if labelled:
+        console.print(rows_table("Decisions (score >= threshold is anomalous)",
+                                 ["category", "chosen by", "threshold", "images", "anomalous", "normal"],
+                                 [(group["category"] or "pooled",
+                                   ", ".join(f"{how} {n}" if len(group["chosen_by"]) > 1 else how
+                                             for how, n in group["chosen_by"].items()),
+                                   f"{group['threshold']:.6g}" + (" given" if group["threshold_source"] == "given"
+                                                                 else ""),
+                                   group["images"], group["anomalous"], group["normal"])
+                                  for group in summary["categories"]]))
     for item in summary["skipped"]:
         err_console.print(f"[yellow]skipped:[/] {escape(item['path'])}: {escape(item['error'])}",
                           highlight=False, soft_wrap=True)

@@ -10,7 +10,7 @@ from inpctl.helpers import choices, fail, pick_device, run
 
 
 def serve_command(
-    ckpt: Path = typer.Option(..., "--ckpt", help="A checkpoint.pt written by inpctl train."),
+    ckpt: Path = typer.Option(..., "--ckpt", help="A checkpoint.pt of inpctl train, or its run directory."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on (0: any free port)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -22,7 +22,7 @@ def serve_command(
     max_upload_mb: float = typer.Option(32.0, "--max-upload-mb", min=0.001, help="Largest request body (413 "
                                         "above)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Image-score threshold: anomalous when "
-                                              "score > it [default: the one stored in --ckpt]."),
+                                              "score >= it [default: the one stored in --ckpt]."),
     max_megapixels: float = typer.Option(40.0, "--max-megapixels", min=0.001, help="Largest image, read from "
                                          "its header before decoding (413 above)."),
     request_timeout: float = typer.Option(60.0, "--request-timeout", min=0.001, help="Seconds before a request "
@@ -42,18 +42,20 @@ def serve_command(
         require_web_stack()
     except ImportError as exc:
         fail(str(exc))
-    if not ckpt.is_file():
-        fail(f"--ckpt {ckpt}: no such file")
+    from inp_former.checkpoint import resolve_checkpoint
+
+    ckpt = run(lambda: resolve_checkpoint(ckpt, arg="ckpt"))  # a run directory means its checkpoint.pt
 
     def job() -> None:
+        from inp_former.inference import InferenceConfig
         from inp_former.serve import serve
 
-        config = ServeConfig(ckpt, host=host, port=port, device=pick_device(device), max_batch=max_batch,
+        inference = InferenceConfig(precision=precision, map_mode=map_mode, fast=fast, batch_size=max_batch)
+        config = ServeConfig(ckpt, inference, host=host, port=port, device=pick_device(device),
                              max_wait_ms=max_wait_ms, max_queue=max_queue, max_upload_mb=max_upload_mb,
                              max_megapixels=max_megapixels, request_timeout_s=request_timeout,
-                             threshold=threshold, map_mode=map_mode, precision=precision,
-                             encoder_weights=encoder_weights, allow_encoder_mismatch=allow_encoder_mismatch,
-                             fast=fast)
+                             threshold=threshold, encoder_weights=encoder_weights,
+                             allow_encoder_mismatch=allow_encoder_mismatch)
         serve(config)
 
-    run(job, {"max_batch": "--max-batch", "max_queue": "--max-queue", "map_mode": "--map"})
+    run(job, {"batch_size": "--max-batch", "max_queue": "--max-queue", "map_mode": "--map"})

@@ -1,15 +1,17 @@
 """``inpctl train``: flags -> RunConfig -> :func:`inp_former.workflow.train_run` -> tables."""
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from inpctl.helpers import (RichReporter, choices, console, default, err_console, fail, parse_categories, parse_stages,
                             print_evaluation, run)
+
+if TYPE_CHECKING:
+    from inp_former.config import RunConfig
 
 
 def train_command(
@@ -54,7 +56,7 @@ def train_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory [default: runs/<dataset>-<encoder>-<time>]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Allow --out to hold a run already."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Do not evaluate after training."),
-    eval_batch_size: Optional[int] = typer.Option(None, min=1, help="Evaluation batch." + default("eval", "batch_size")),
+    eval_batch_size: Optional[int] = typer.Option(None, min=1, help="Evaluation batch." + default("inference", "batch_size")),
     num_workers: Optional[int] = typer.Option(None, min=0, help="Data-loading processes [default: by device]."),
     on_nonfinite: Optional[str] = typer.Option(None, metavar=choices("OnNonfinite"), help="What a NaN/inf loss does."
                                                + default("train", "on_nonfinite")),
@@ -69,11 +71,12 @@ def train_command(
     Several GPUs: torchrun --nproc-per-node N -m inpctl train ... (--batch-size is global).
     """
     given = {name: value for name, value in locals().items() if value not in (None, False, [])}
-    from inp_former.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig, overlay
-    from inp_former.settings import with_setting
+    from inp_former.config import RunConfig, overlay
+    from inp_former.evaluate import EvalConfig
+    from inp_former.inference import InferenceConfig
     from inp_former.workflow import resume_run, train_run
 
-    evaluation = None if no_eval else overlay(EvalConfig(), batch_size=eval_batch_size)
+    evaluation = None if no_eval else EvalConfig(overlay(InferenceConfig(), batch_size=eval_batch_size))
     reporter = RichReporter(rank_zero_only=True)
     if resume is not None:
         ignored = sorted(set(given) - {"resume", "device", "no_eval", "eval_batch_size"})
@@ -105,25 +108,21 @@ def train_command(
             base, notice = demo_config()
             console.print(notice, highlight=False)
         else:
-            base = RunConfig(data=DataConfig(root=str(data or "")))
-        cnn = dict(token_stride=token_stride, encoder_padding=encoder_padding, encoder_stages=parse_stages(encoder_stages))
-        model = overlay(base.model, encoder_weights=encoder_weights, num_prototypes=num_prototypes, resize=resize,
-                        crop=crop, **cnn)
-        if encoder is not None and encoder != base.model.encoder:  # another encoder: its own design defaults
-            model = overlay(ModelConfig(resize=model.resize, crop=model.crop), encoder=encoder,
-                            encoder_weights=encoder_weights, num_prototypes=num_prototypes, **cnn)
-        train = overlay(base.train, iters=iters, epochs=epochs, batch_size=batch_size, lr=lr, final_lr=final_lr,
-                        warmup_iters=warmup_iters, weight_decay=weight_decay, eps=eps, grad_clip=grad_clip,
-                        coherence_weight=coherence_weight, mining_gamma=gamma, seed=seed, num_workers=num_workers,
-                        on_nonfinite=on_nonfinite, precision=precision, checkpoint_every=checkpoint_every)
-        if iters is not None and warmup_iters is None and train.warmup_iters >= iters:
-            train = overlay(train, warmup_iters=iters // 10)  # a short run still decays its learning rate
-        data_cfg = overlay(base.data, dataset=dataset, categories=tuple(parse_categories(categories)) or None)
-        data_cfg = with_setting(data_cfg, setting, shots or 0, source or None)
-        return RunConfig(model=model, train=train, data=data_cfg)
+            base = RunConfig()
+        return config_from_flags(
+            base, data=data, dataset=dataset, categories=categories, setting=setting, shots=shots, source=source,
+            encoder=encoder, encoder_stages=encoder_stages,
+            model=dict(encoder_weights=encoder_weights, num_prototypes=num_prototypes, resize=resize, crop=crop,
+                       token_stride=token_stride, encoder_padding=encoder_padding),
+            train=dict(iters=iters, epochs=epochs, batch_size=batch_size, lr=lr, final_lr=final_lr,
+                       warmup_iters=warmup_iters, weight_decay=weight_decay, eps=eps, grad_clip=grad_clip,
+                       coherence_weight=coherence_weight, mining_gamma=gamma, seed=seed, num_workers=num_workers,
+                       on_nonfinite=on_nonfinite, precision=precision, checkpoint_every=checkpoint_every))
 
     cfg = run(build)
-    if out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    from inp_former.distributed import launched
+
+    if out is None and launched():
         fail("--out: required under torchrun, so that every process writes to the same run directory")
     from inp_former.workflow import default_output_dir
 
@@ -131,6 +130,40 @@ def train_command(
     outcome = run(lambda: train_run(cfg, run_dir, device, evaluation, overwrite=overwrite, reporter=reporter),
                   flags={"run_dir": "--out"}, on_interrupt=_interrupted)
     _show(outcome, reporter)
+
+
+def config_from_flags(base: RunConfig, *, data: Optional[Path] = None, dataset: Optional[str] = None,
+                      categories: Optional[str] = None, setting: Optional[str] = None, shots: Optional[int] = None,
+                      source: Optional[list[str]] = None, encoder: Optional[str] = None,
+                      encoder_stages: Optional[str] = None, model: Optional[dict] = None,
+                      train: Optional[dict] = None) -> RunConfig:
+    """The run config of a command's flags put over ``base`` (a ``RunConfig``), the one way
+    ``inpctl train`` and ``inpctl bench quality`` build theirs; None (or an absent key) = not given.
+
+    ``model``/``train``: ModelConfig/TrainConfig fields as flags give them; ``encoder_stages`` is the
+    flag's text (``3,4``). Another ``encoder`` than the base's starts from that encoder's own design
+    defaults, keeping only the (flag-given or base) resize and crop. A given ``iters`` not above the
+    warm-up, without ``warmup_iters``, shortens the warm-up to iters // 10, so that a short run still
+    decays its learning rate. ``data`` (a directory), ``dataset``, ``categories`` (comma-separated),
+    ``setting``, ``shots``, ``source`` (``DATASET=ROOT`` texts): the data flags, checked together.
+    """
+    from inp_former.config import ModelConfig, RunConfig, overlay
+    from inp_former.settings import with_setting
+
+    model_flags = {**(model or {}), "encoder_stages": parse_stages(encoder_stages)}
+    train_flags = dict(train or {})
+    model_cfg = overlay(base.model, **model_flags)
+    if encoder is not None and encoder != base.model.encoder:  # another encoder: its own design defaults
+        model_cfg = overlay(ModelConfig(resize=model_cfg.resize, crop=model_cfg.crop), encoder=encoder,
+                            **{k: v for k, v in model_flags.items() if k not in ("resize", "crop")})
+    train_cfg = overlay(base.train, **train_flags)
+    iters = train_flags.get("iters")
+    if iters is not None and train_flags.get("warmup_iters") is None and train_cfg.warmup_iters >= iters:
+        train_cfg = overlay(train_cfg, warmup_iters=iters // 10)
+    data_cfg = overlay(base.data, root=None if data is None else str(data), dataset=dataset,
+                       categories=tuple(parse_categories(categories)) or None)
+    data_cfg = with_setting(data_cfg, setting, shots or 0, source or None)
+    return RunConfig(model=model_cfg, train=train_cfg, data=data_cfg)
 
 
 def _interrupted(exc) -> None:

@@ -1,8 +1,9 @@
 """Recipes for the CNN-encoder quality study (issue 17) and the runtime wrappers they need.
 
-A recipe is a set of overrides on a base run config plus optional runtime mechanisms that the
-library does not have (yet): they wrap the encoder or the model at run time, without editing the
-library:
+A recipe is a set of overrides on a base run config (any ModelConfig/TrainConfig field: mirror
+padding is ``model.encoder_padding``, the feature levels ``model.encoder_stages``, both real config
+fields now) plus optional runtime mechanisms the library does not have, which wrap the encoder or
+the model at run time without editing the library:
 
 - ``token_norm``: ``"layernorm"`` applies a parameter-free LayerNorm (no affine, eps 1e-6) over the
   C channels of every token of every returned token map (after the encoder's projection), as
@@ -13,8 +14,9 @@ library:
 - ``reflect_pad``: the study's name for mirror padding before it became
   ``ModelConfig.encoder_padding``; now simply that field (same numbers), so old commands reproduce.
 
-``CachedEncoder`` memoises the frozen encoder's outputs per image (keyed by the image tensor's
-bytes): identical numbers, about 40% less time per training step on a CPU. Experiments only.
+``WrappedEncoder`` also memoises the frozen encoder's outputs per image (keyed by the image
+tensor's bytes; ``cache=True``): identical numbers, about 40% less time per training step on a
+CPU. Experiments only.
 """
 from __future__ import annotations
 
@@ -159,12 +161,8 @@ def recipe_config(name: str, dataset: str, overrides: dict[str, Any] | None = No
 def build_wrapped_encoder(cfg: RunConfig, runtime: dict[str, Any],
                           cache: bool = True) -> tuple[WrappedEncoder, RunConfig]:
     """The wrapped encoder and the config completed with the encoder's choices (stages, stride, C)."""
-    built = build_encoder(cfg.model)
-    if isinstance(built, tuple):          # the encoders package: (encoder, completed config)
-        inner, model_cfg = built
-        cfg = dataclasses.replace(cfg, model=model_cfg)
-    else:                                 # the single-module encoders: the config was completed in place
-        inner = built
+    inner, model_cfg = build_encoder(cfg.model)
+    cfg = dataclasses.replace(cfg, model=model_cfg)
     groups = runtime.get("groups")
     wrapped = WrappedEncoder(inner, runtime.get("token_norm"), cache=cache,
                              groups=tuple(tuple(g) for g in groups) if groups else None)

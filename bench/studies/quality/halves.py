@@ -2,7 +2,7 @@
 the square resize then distorts 1.27:1 instead of 2.54:1. The aspect-ratio experiment of
 docs/quality.md, for a pipeline whose token grids are square.
 
-    python bench/quality/halves.py SRC_CATEGORY_DIR DST_CATEGORY_DIR
+    python3 -m bench.studies.quality.halves SRC_CATEGORY_DIR DST_CATEGORY_DIR
     # e.g. .../kolektorsdd/kolektor /tmp/kolektor-halves/kolektor, then:
     inpctl bench quality --data /tmp/kolektor-halves --categories kolektor
 

@@ -5,7 +5,9 @@ loads it (too late to change from inside a process that has imported torch). Set
 conditions are interleaved and repeated; the 1-minute load average is recorded before every run,
 since "idle" on a shared machine is only approximate.
 
-    python3 bench/threads_bench.py --repeats 3 --steps 3 --out bench/results/threads-cpu-2026-12-01
+    python3 -m bench.studies.threads_bench --repeats 3 --steps 3 --out bench/results/threads-cpu-2026-12-01
+
+(from the repository root: the children run as ``python3 -m`` there too).
 
 Model: the demo's CPU design (EfficientNet-Lite0 encoder, 224 px, token stride 16, batch 8) with
 random weights (speed does not depend on the values), on random images: compute only, no loader.
@@ -24,7 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]   # the repository
+MODULE = "bench.studies.threads_bench"
 # name: (torch intra-op threads, OMP_WAIT_POLICY or None for libgomp's default)
 SETTINGS = {
     "threads=1": (1, None),          # one thread: no OpenMP team, so no wait policy matters
@@ -40,7 +43,6 @@ def child(threads: int, steps: int, warmup: int, batch: int, size: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    sys.path.insert(0, str(ROOT))
     from inp_former.config import ModelConfig
     from inp_former.losses import coherence_loss, soft_mining_loss
     from inp_former.model import INPFormer
@@ -82,9 +84,10 @@ def run_setting(name: str, condition: str, args: argparse.Namespace) -> dict:
     competitor = busy_loop(args.timeout) if condition == "contended" else None
     started = time.perf_counter()
     try:
-        done = subprocess.run([sys.executable, __file__, "--child", "--threads", str(threads), "--steps", str(args.steps),
-                               "--warmup", str(args.warmup), "--batch", str(args.batch), "--size", str(args.size)],
-                              env=env, capture_output=True, text=True, timeout=args.timeout)
+        done = subprocess.run([sys.executable, "-m", MODULE, "--child", "--threads", str(threads), "--steps",
+                               str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
+                               "--size", str(args.size)],
+                              env=env, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT)
         wall = time.perf_counter() - started
         if done.returncode != 0:
             raise RuntimeError(f"{name}: child failed:\n{done.stderr[-2000:]}")
@@ -152,7 +155,7 @@ def main() -> None:
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
         "machine": {"cpus": os.cpu_count(), "processor": _cpu_name(), "platform": platform.platform()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
-        "command": "python3 " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
+        "command": " ".join(["python3 -m", MODULE, *sys.argv[1:]]),
         "workload": {"encoder": "efficientnet_lite0 (random weights)", "size": args.size, "token_stride": 16,
                      "batch": args.batch, "timed_steps": args.steps, "warmup_steps": args.warmup},
         "summary": summary, "runs": runs,

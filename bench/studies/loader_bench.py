@@ -1,10 +1,13 @@
 """Data loading alone: images/s of the evaluation loader (decode + 448 resize + 392 crop + normalise),
 0 vs N worker processes, on the demo data (224 px PNGs) and on generated 1024 px images.
 
-Also measures how far the tensor preprocessing of ``inp_former.runtime.preprocess_uint8`` (the GPU
-decode path's resize/crop/normalise, run here on CPU) is from the PIL path, in 8-bit levels.
+Also measures how far the tensor preprocessing of ``inp_former.runtime.preprocess_uint8`` (the
+resize/crop/normalise of images already decoded to tensors, run here on CPU) is from the PIL path,
+in 8-bit levels.
 
-    python3 bench/loader_bench.py --repeats 3 --out bench/results/loader-cpu-2026-12-01
+    python3 -m bench.studies.loader_bench --repeats 3 --out bench/results/loader-cpu-2026-12-01
+
+(from the repository root).
 
 Worker counts are interleaved and repeated; each run times two passes over the images with
 persistent workers: the first includes starting the workers (what one evaluation category pays),
@@ -23,19 +26,18 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+from inp_former.data import AnomalyDataset, image_transform, load_rgb
+from inp_former.data.demo import ensure_demo_dataset
+from inp_former.data.records import Sample
+from inp_former.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from inp_former.runtime import loader_kwargs, preprocess_uint8
 
-from inp_former.data import AnomalyDataset, image_transform, load_rgb  # noqa: E402
-from inp_former.data.demo import ensure_demo_dataset  # noqa: E402
-from inp_former.data.records import Sample  # noqa: E402
-from inp_former.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from inp_former.runtime import loader_kwargs, preprocess_uint8  # noqa: E402
+MODULE = "bench.studies.loader_bench"
 
 
 def demo_images(limit: int) -> list[Path]:
@@ -136,7 +138,7 @@ def main() -> None:
                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "libgomp default")},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": __import__("torchvision").__version__, "pillow": Image.__version__},
-        "command": "python3 " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
+        "command": " ".join(["python3 -m", MODULE, *sys.argv[1:]]),
         "transform": "PIL bilinear resize 448 -> ToTensor -> CenterCrop 392 -> ImageNet normalise",
         "summary": summary, "tensor_vs_pil_preprocessing": difference, "runs": runs,
     }

@@ -5,13 +5,14 @@ and end, and compares images/s with the model's own batch throughput (``Predicto
 at batch 16, what ``inpctl predict`` runs) measured in the same run on the same machine.
 
     # a small random-weights model (speed does not depend on weight values), then the load test:
-    python3 bench/serve_load.py --make-ckpt /tmp/vits224.pt --clients 8 --seconds 30 \
+    python3 -m bench.studies.serve_load --make-ckpt /tmp/vits224.pt --clients 8 --seconds 30 \
         --out bench/results/serve-cpu-$(date +%F)
     # or against a server already running (pass its pid for the RSS):
-    python3 bench/serve_load.py --url http://127.0.0.1:8000 --pid 1234 --ckpt ckpt.pt
+    python3 -m bench.studies.serve_load --url http://127.0.0.1:8000 --pid 1234 --ckpt ckpt.pt
 
-Loopback only: the script refuses a --url that is not 127.0.0.1/localhost. Every loop is bounded
-in time (``--seconds``) and the client count is fixed (``--clients``).
+Run from the repository root. Loopback only: the script refuses a --url that is not
+127.0.0.1/localhost. Every loop is bounded in time (``--seconds``) and the client count is fixed
+(``--clients``).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_checkpoint(path: Path, encoder: str, resize: int, crop: int) -> None:
@@ -308,7 +309,7 @@ def main() -> None:
         "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared with other work), "
                    f"{platform.system()} {platform.release()}",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join(["python3 -m bench.studies.serve_load", *sys.argv[1:]]),
         "server_flags": server_flags, "model": model, "versions": versions(),
         "load": result_load, "server_rss_mb": {"start": rss_start and round(rss_start, 1),
                                                "end": rss_end and round(rss_end, 1)},

@@ -1,20 +1,17 @@
 """Collect the study's JSON rows (run_recipe.py output) into bench/results/quality-cnn-recipe.{json,md};
 ``loss_curves_svg`` draws their loss curves.
 
-    python bench/quality/report.py RUNS.jsonl [--md bench/results/quality-cnn-recipe.md]
+    python3 -m bench.studies.quality.report RUNS.jsonl [--md bench/results/quality-cnn-recipe.md]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from inp_former.benchmarks.quality import loss_summary
 
-from inp_former.benchmarks.quality import loss_summary  # noqa: E402
+ROOT = Path(__file__).resolve().parents[3]   # the repository
 KEYS = ("i_auroc", "p_auroc", "aupro")
 
 

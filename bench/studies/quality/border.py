@@ -1,4 +1,5 @@
-"""The border study of docs/quality.md: ``python bench/quality/diagnose.py RUN_DIR RECIPE DATASET --border``."""
+"""The border study of docs/quality.md:
+``python3 -m bench.studies.quality.diagnose RUN_DIR RECIPE DATASET --border``."""
 from __future__ import annotations
 
 import torch

@@ -1,7 +1,7 @@
 """Per-group diagnosis of a kept training run: which encoder group carries the anomaly signal?
 With ``--border``: where on the image are the errors (the border study of docs/quality.md)?
 
-    python bench/quality/diagnose.py RUN_DIR RECIPE DATASET [--set ...] [--border]
+    python3 -m bench.studies.quality.diagnose RUN_DIR RECIPE DATASET [--set ...] [--border]
 
 Loads RUN_DIR/checkpoint.pt onto the recipe's (wrapped) encoder and, on the test split, scores each
 reconstruction group alone (per-token 1 - cos(encoder group, decoder group), same upsampling/blur/
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -28,18 +27,14 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-for p in (ROOT, ROOT / "bench" / "quality"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
 from inp_former.data import AnomalyDataset, image_transform, mask_transform, masks_for_metrics  # noqa: E402
 from inp_former.metrics import category_metrics  # noqa: E402
 from inp_former.model import INPFormer  # noqa: E402
 from inp_former.settings import category_samples  # noqa: E402
 from inp_former.train import resolve_categories  # noqa: E402
 from kernels.scoring import top_k_count, upsample_token_map  # noqa: E402
-from recipes import build_wrapped_encoder, parse_sets, recipe_config  # noqa: E402
+
+from .recipes import build_wrapped_encoder, parse_sets, recipe_config  # noqa: E402
 
 
 def main() -> int:
@@ -59,7 +54,7 @@ def main() -> int:
     model.load_trainable_state_dict(payload["state_dict"])
     model.eval()
     if args.border:
-        from border import border_report
+        from .border import border_report
 
         border_report(model, encoder, cfg, resolve_categories(cfg))
         return 0

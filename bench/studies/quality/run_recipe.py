@@ -1,11 +1,12 @@
 """Run one recipe of the CNN-encoder quality study on one dataset; append a JSON row.
 
-    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python bench/quality/run_recipe.py RECIPE DATASET \
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python3 -m bench.studies.quality.run_recipe RECIPE DATASET \
         [--out bench/results/quality-cnn-runs.jsonl] [--set train.iters=300 ...] [--methods ...]
 
-DATASET: ``kolektor`` (KolektorSDD, MVTec layout) or ``demo``. RECIPE: a name in
-``bench/quality/recipes.py``. ``--set section.field=value`` overrides any ModelConfig/TrainConfig
-field (value parsed as JSON), ``--set token_norm="layernorm"`` a runtime option. One thread.
+from the repository root. DATASET: ``kolektor`` (KolektorSDD, MVTec layout) or ``demo``. RECIPE: a
+name in ``bench/studies/quality/recipes.py``. ``--set section.field=value`` overrides any
+ModelConfig/TrainConfig field (value parsed as JSON), ``--set token_norm="layernorm"`` a runtime
+option. One thread.
 """
 from __future__ import annotations
 
@@ -22,14 +23,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 import torch  # noqa: E402
 
-ROOT = Path(os.environ.get("INPCTL_ROOT") or Path(__file__).resolve().parents[2])
-for p in (ROOT, ROOT / "bench" / "quality"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
 import inp_former.benchmarks.quality as quality  # noqa: E402
 from inp_former.model import INPFormer  # noqa: E402
-from recipes import NoisyBottleneck, build_wrapped_encoder, parse_sets, recipe_config  # noqa: E402
+
+from .recipes import NoisyBottleneck, build_wrapped_encoder, parse_sets, recipe_config  # noqa: E402
+
+ROOT = Path(os.environ.get("INPCTL_ROOT") or Path(__file__).resolve().parents[3])   # the repository
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
            "runtime": runtime, "seed": args.seed, "wall_seconds": round(time.perf_counter() - started, 1),
            "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), 1 thread",
-           "torch": torch.__version__, "command": "python bench/quality/run_recipe.py " + " ".join(argv or sys.argv[1:]),
+           "torch": torch.__version__,
+           "command": "python3 -m bench.studies.quality.run_recipe " + " ".join(argv or sys.argv[1:]),
            **result}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as handle:
