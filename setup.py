@@ -1,8 +1,14 @@
+import re
+
 from setuptools import find_packages, setup
+
+# One source for the version: the package's __version__ (read, not imported: the dependencies may
+# not be installed yet).
+VERSION = re.search(r'^__version__ = "([^"]+)"', open("inp_former/__init__.py", encoding="utf-8").read(), re.M)[1]
 
 setup(
     name="inpctl",
-    version="0.1.0",
+    version=VERSION,
     description="INP-Former (CVPR 2025) for universal industrial visual anomaly detection: library, "
                 "fused Triton kernels and CLI",
     long_description=open("README.md", encoding="utf-8").read(),

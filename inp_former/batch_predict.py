@@ -7,7 +7,8 @@ Into ``out_dir``:
   files that could not be read;
 * ``overlays/<name>.png``: the anomaly map over the image the model sees (resized, centre-cropped),
   on a fixed colour scale (one per input image, unless ``overlays=False``);
-* ``maps/<name>.npy``: the raw anomaly map, float32 (map_size, map_size), lossless (``save_maps``).
+* ``maps/<name>.npy``: the raw anomaly map, float32 (map_size, map_size), lossless (``save_maps``);
+* while it runs, ``.partial/``: the results so far, batch by batch, for ``resume`` (:class:`PartialResults`).
 
 ``<name>`` keeps where the image came from, so that a picture is found by its image: for a folder,
 the file's path relative to it (prefixed by the folder's name: ``test/hole/000``); for files given
@@ -16,23 +17,30 @@ the extension. Names that still clash get ``_2``, ``_3``, ...
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
+import hashlib
 import io
 import json
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from inp_former import distributed
 from inp_former.data import IMAGE_EXTENSIONS, DatasetError, load_rgb
 from inp_former.io import atomic_write_text
 from inp_former.predictor import Predictor
 from inp_former.thresholds import LABEL_RULE
 from inp_former.visualize import model_view, overlay
 
+PARTIAL_DIR = ".partial"               # results of an unfinished run, for resume (PartialResults)
+PER_IMAGE = ("predictions", "skipped")  # the summary's lists of every image: rank 0's alone under torchrun
 CSV_COLUMNS = ["path", "score", "normalized_score", "label", "threshold", "threshold_source", "category",
                "category_source", "map_min", "map_max", "map_mean", "map_p99",
                "anomalous_area", "overlay", "map_file"]
@@ -85,58 +93,213 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+# --- scoring -----------------------------------------------------------------------------------
+
+@dataclass
+class _Item:
+    """One input of a batch: its prediction and the picture it is drawn over, or why it was skipped."""
+    path: Path
+    name: Path
+    prediction: Any = None
+    view: Any = None
+    error: str | None = None
+
+
+def _score_chunk(predictor: Predictor, chunk: list[tuple[Path, Path]], overlays: bool) -> list[_Item]:
+    """Read and score one batch; unreadable files are kept as items with their error."""
+    items, tensors = [], []
+    for path, name in chunk:
+        try:
+            image = load_rgb(path)
+            tensors.append(predictor.transform(image))
+        except (DatasetError, OSError, ValueError) as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            items.append(_Item(path, name, error=message.removeprefix(f"{path}: ")))
+            continue
+        mc = predictor.cfg.model
+        items.append(_Item(path, name, view=model_view(image, mc.resize, mc.crop) if overlays else None))
+    kept = [item for item in items if item.error is None]
+    if kept:
+        for item, p in zip(kept, predictor.predict_tensor(torch.stack(tensors), [str(i.path) for i in kept])):
+            item.prediction = p
+    return items
+
+
+def _overlay_range(predictor: Predictor, batches: list[list[tuple[Path, Path]]], mine: range,
+                   overlays: bool) -> tuple[tuple[float, float] | None, str, dict[int, list[_Item]]]:
+    """The one colour scale of every overlay, its source, and the batches of this process scored to
+    find it. Without a stored scale or a threshold it is the range of the first batch with a readable
+    image: every process scores those first batches itself (the same maps everywhere), and keeps
+    the ones that are its own for the main loop."""
+    if predictor.map_range is not None:
+        return predictor.map_range, "checkpoint calibration", {}
+    if predictor.threshold is not None and predictor.threshold > 0:
+        return (0.0, 2.0 * predictor.threshold), "0 .. 2 x threshold (no stored calibration)", {}
+    scored: dict[int, list[_Item]] = {}
+    for index, chunk in enumerate(batches):
+        items = _score_chunk(predictor, chunk, overlays and index in mine)
+        if index in mine:
+            scored[index] = items
+        maps = [item.prediction.map for item in items if item.prediction is not None]
+        if maps:
+            lo, hi = float(np.min(np.stack(maps))), float(np.max(np.stack(maps)))
+            return (lo, hi if hi > lo else lo + 1e-6), "range of the first batch", scored
+    return None, "checkpoint calibration", scored
+
+
+def _record(item: _Item, out_dir: Path, value_range: tuple[float, float] | None, overlays: bool,
+            save_maps: bool) -> dict[str, Any]:
+    """Write an item's overlay and map; its result: a row of predictions.csv, or a skipped file."""
+    base = {"name": item.name.as_posix(), "path": str(item.path)}
+    if item.prediction is None:
+        return {**base, "skipped": {"path": str(item.path), "error": item.error}}
+    p = item.prediction
+    row: dict[str, Any] = {"path": str(item.path), "score": p.score, "normalized_score": p.normalized_score,
+                           **p.decision.fields(), **p.stats(), "overlay": None, "map_file": None}
+    if overlays:
+        target = out_dir / "overlays" / item.name.with_name(item.name.name + ".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        overlay(item.view, p.map, value_range, pixel_threshold=p.pixel_threshold).save(target)
+        row["overlay"] = target.relative_to(out_dir).as_posix()
+    if save_maps:
+        target = out_dir / "maps" / item.name.with_name(item.name.name + ".npy")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        np.save(target, p.map.astype(np.float32))
+        row["map_file"] = target.relative_to(out_dir).as_posix()
+    return {**base, "row": row}
+
+
+# --- results of an unfinished run --------------------------------------------------------------
+
+class PartialResults:
+    """What a run into ``out_dir`` has written so far, batch by batch, so that ``resume`` skips it.
+
+    ``out_dir/.partial/batch-<index>.json`` holds the results of one batch (rows and skipped files,
+    by output name), written atomically once its overlays and maps are written, and tagged with the
+    job's settings (``identity``): only results of the same checkpoint file, thresholds, map, precision,
+    batch size, overlays and maps are taken up again. The folder goes once the final files are written.
+    """
+
+    def __init__(self, out_dir: Path, identity: dict[str, Any]) -> None:
+        self.dir = Path(out_dir) / PARTIAL_DIR
+        self.identity = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+        self.ignored = 0   # earlier batches of other settings, found by read()
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        """The results written so far with the same settings: {output name: record}."""
+        records: dict[str, dict[str, Any]] = {}
+        for part in sorted(self.dir.glob("batch-*.json")) if self.dir.is_dir() else []:
+            try:
+                payload = json.loads(part.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue   # not ours, or unreadable: that batch is scored again
+            if payload.get("identity") != self.identity:
+                self.ignored += 1
+                continue
+            records.update((record["name"], record) for record in payload.get("records", []))
+        return records
+
+    def write(self, index: int, records: list[dict[str, Any]]) -> None:
+        atomic_write_text(self.dir / f"batch-{index:08d}.json",
+                          json.dumps({"identity": self.identity, "records": records}) + "\n")
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _identity(predictor: Predictor, checkpoint: str | None, overlays: bool, save_maps: bool,
+              batch_size: int) -> dict[str, Any]:
+    """What makes two runs' results the same: the checkpoint file as it is now, the scoring settings."""
+    stamp = None
+    source = predictor.checkpoint or (Path(checkpoint) if checkpoint else None)
+    if source is not None:
+        source = source / "checkpoint.pt" if source.is_dir() else source
+        with contextlib.suppress(OSError):
+            info = source.stat()
+            stamp = [str(source.resolve()), info.st_size, info.st_mtime_ns]
+    return {"checkpoint": stamp, "calibration": predictor.calibration.to_dict() if predictor.calibration else None,
+            "threshold": predictor.decision.given, "category": predictor.category, "map_mode": str(predictor.map_mode),
+            "precision": str(predictor.precision), "batch_size": batch_size, "overlays": overlays,
+            "save_maps": save_maps}
+
+
+# --- the job -----------------------------------------------------------------------------------
+
 def predict_files(predictor: Predictor, inputs: list[Path], out_dir: Path, overlays: bool = True,
                   save_maps: bool = False, batch_size: int | None = None, checkpoint: str | None = None,
-                  on_progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+                  on_progress: Callable[[int, int, str], None] | None = None, resume: bool = False) -> dict[str, Any]:
     """Score every image under ``inputs`` and write the outputs; returns the JSON summary.
 
     ``on_progress(done, total, name)`` is called after each batch; ``batch_size`` defaults to the
-    predictor's."""
+    predictor's. ``resume``: take up the results an interrupted run into ``out_dir`` wrote
+    (:class:`PartialResults`) instead of scoring those images again; the outputs are those of an
+    uninterrupted run. The summary returned also says (not written) how many images were taken up
+    (``resumed``) and how many earlier batches of other settings were ignored (``ignored_partial``).
+
+    In a process group of several processes (``torchrun``; every process calls it with the same
+    inputs) each scores a contiguous block of the batches and writes their overlays and maps;
+    rank 0 writes predictions.csv/.json once every block is done, with the rows in the one-process
+    order. Every process returns the summary; on the others it lacks the per-image lists
+    (``predictions``, ``skipped``)."""
     batch_size = batch_size or predictor.batch_size
     files, skipped = collect_inputs(inputs)
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    mc = predictor.cfg.model
-    rows: list[dict[str, Any]] = []
-    value_range, range_source = predictor.map_range, "checkpoint calibration"
-    if value_range is None and predictor.threshold is not None and predictor.threshold > 0:
-        value_range, range_source = (0.0, 2.0 * predictor.threshold), "0 .. 2 x threshold (no stored calibration)"
-    # one batch at a time: memory does not grow with the number of files
-    for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
-        tensors, kept, views = [], [], []
-        for path, name in chunk:
-            try:
-                image = load_rgb(path)
-                tensors.append(predictor.transform(image))
-            except (DatasetError, OSError, ValueError) as exc:
-                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                skipped.append({"path": str(path), "error": message.removeprefix(f"{path}: ")})
-                continue
-            kept.append((path, name))
-            views.append(model_view(image, mc.resize, mc.crop) if overlays else None)
-        if kept:
-            predictions = predictor.predict_tensor(torch.stack(tensors), [str(p) for p, _ in kept])
-            if value_range is None:  # no calibration, no threshold: the first batch fixes the scale
-                maps = np.stack([p.map for p in predictions])
-                lo, hi = float(maps.min()), float(maps.max())
-                value_range, range_source = (lo, hi if hi > lo else lo + 1e-6), "range of the first batch"
-            for (path, name), view, p in zip(kept, views, predictions):
-                row: dict[str, Any] = {"path": str(path), "score": p.score, "normalized_score": p.normalized_score,
-                                       **p.decision.fields(), **p.stats(),
-                                       "overlay": None, "map_file": None}
-                if overlays:
-                    target = out_dir / "overlays" / name.with_name(name.name + ".png")
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    overlay(view, p.map, value_range, pixel_threshold=p.pixel_threshold).save(target)
-                    row["overlay"] = target.relative_to(out_dir).as_posix()
-                if save_maps:
-                    target = out_dir / "maps" / name.with_name(name.name + ".npy")
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    np.save(target, p.map.astype(np.float32))
-                    row["map_file"] = target.relative_to(out_dir).as_posix()
-                rows.append(row)
+    batches = [files[start:start + batch_size] for start in range(0, len(files), batch_size)]
+    mine = distributed.share(len(batches))
+    partial = PartialResults(out_dir, _identity(predictor, checkpoint, overlays, save_maps, batch_size))
+    if not resume:  # a fresh run: no stale results are taken up later (rank 0 clears, the others wait)
+        distributed.on_writer(partial.clear)
+    earlier = partial.read() if resume else {}
+    taken = {index for index in mine  # batches whose every image has its result already (same file)
+             if all(earlier.get(name.as_posix(), {}).get("path") == str(path) for path, name in batches[index])}
+    value_range, range_source, scored = _overlay_range(predictor, batches, mine, overlays)
+    job, last = distributed.Job("predict"), [""]
+
+    def progress(count: int) -> None:
         if on_progress is not None:
-            on_progress(min(start + batch_size, len(files)), len(files), chunk[-1][1].name if chunk else "")
+            on_progress(count, len(files), last[0])
+
+    records: list[dict[str, Any]] = []   # this process's results, in input order
+    resumed = sum(len(batches[index]) for index in taken)
+    if resumed:
+        progress(job.advance(resumed))
+    # one batch at a time: memory does not grow with the number of files
+    for index in mine:
+        if index in taken:
+            records.extend(earlier[name.as_posix()] for _, name in batches[index])
+            continue
+        items = scored.pop(index, None) or _score_chunk(predictor, batches[index], overlays)
+        batch_records = [_record(item, out_dir, value_range, overlays, save_maps) for item in items]
+        partial.write(index, batch_records)
+        records.extend(batch_records)
+        last[0] = batches[index][-1][1].name
+        progress(job.advance(len(batches[index])))
+    job.wait(progress)   # every block is scored (or a process failed: all stop, nothing final is written)
+    shares = distributed.gather((records, resumed))
+    del records
+
+    def write() -> dict[str, Any]:   # rank 0: the final files, only now that every block arrived
+        every = [record for share, _ in shares for record in share]
+        rows = [record["row"] for record in every if "row" in record]
+        unreadable = [record["skipped"] for record in every if "skipped" in record]
+        summary = _summary(predictor, checkpoint, files, rows, skipped + unreadable, value_range, range_source)
+        atomic_write_text(out_dir / "predictions.csv", _csv_text(rows))
+        atomic_write_text(out_dir / "predictions.json", json.dumps(summary, indent=2) + "\n")
+        # returned, not written: how this run went, not what it found
+        summary.update(resumed=sum(n for _, n in shares), ignored_partial=partial.ignored)
+        return summary
+
+    summary = distributed.on_writer(write, give=lambda s: {k: v for k, v in s.items() if k not in PER_IMAGE})
+    partial.clear()
+    return summary
+
+
+def _summary(predictor: Predictor, checkpoint: str | None, files: list[tuple[Path, Path]], rows: list[dict[str, Any]],
+             skipped: list[dict[str, str]], value_range: tuple[float, float] | None,
+             range_source: str) -> dict[str, Any]:
+    """predictions.json: the settings, the decisions per category, counts, the rows and skipped files."""
+    mc = predictor.cfg.model
     labelled = [r for r in rows if r["label"] is not None]
     by_category: dict[str, dict[str, Any]] = {}
     for r in rows:  # one line per (category, threshold) actually used: what decided the labels
@@ -149,10 +312,11 @@ def predict_files(predictor: Predictor, inputs: list[Path], out_dir: Path, overl
         entry["chosen_by"][chosen] = entry["chosen_by"].get(chosen, 0) + 1
         if r["label"] is not None:
             entry["anomalous" if r["label"] == 1 else "normal"] += 1
-    summary = {
+    return {
         "checkpoint": checkpoint,
         "map_mode": str(predictor.map_mode),
         "precision": str(predictor.precision),
+        "precision_reason": predictor.precision_reason,
         "threshold": {"image": predictor.threshold, "source": predictor.threshold_source,
                       "pixel": predictor.pixel_threshold, "rule": LABEL_RULE},
         "score_range": (predictor.calibration.score_range if predictor.calibration is not None else None),
@@ -167,8 +331,3 @@ def predict_files(predictor: Predictor, inputs: list[Path], out_dir: Path, overl
         "predictions": rows,
         "skipped": skipped,
     }
-    atomic_write_text(out_dir / "predictions.csv", _csv_text(rows))
-    atomic_write_text(out_dir / "predictions.json", json.dumps(summary, indent=2) + "\n")
-    return summary
-
-

@@ -28,8 +28,9 @@ class Choice(str, Enum):
 
 
 class Precision(Choice):
+    AUTO = "auto"      # scoring only: bf16 where the hardware runs it natively, else fp32 (inference.py)
     FP32 = "fp32"
-    BF16 = "bf16"      # autocast: the fast path on GPUs (the rule for "not given": inference.resolve_precision)
+    BF16 = "bf16"      # autocast: the fast path on GPUs
 
 
 class MapMode(Choice):
@@ -131,11 +132,17 @@ class TrainConfig:
     on_nonfinite: OnNonfinite = OnNonfinite.STOP
     precision: Precision = Precision.FP32
     checkpoint_every: int = 500           # iterations between resumable training states (0 = never)
+    tensorboard: bool = False             # also TensorBoard events in RUN_DIR/tensorboard (train_log.csv always)
 
     def __post_init__(self) -> None:
         _tuple(self, "betas")
         object.__setattr__(self, "on_nonfinite", choice(OnNonfinite, self.on_nonfinite, "on_nonfinite"))
-        object.__setattr__(self, "precision", choice(Precision, self.precision, "precision"))
+        if str(self.precision) == Precision.AUTO.value:
+            raise ConfigError("precision auto: chooses how images are scored; training takes fp32 or bf16",
+                              arg="precision")
+        if str(self.precision) not in (Precision.FP32.value, Precision.BF16.value):
+            raise ConfigError(f"precision {str(self.precision)!r}: expected one of fp32, bf16", arg="precision")
+        object.__setattr__(self, "precision", Precision(self.precision))
         _positive(self, "iters", "epochs", "batch_size")
         _positive(self, "warmup_iters", "checkpoint_every", "num_workers", "lr", "final_lr", "weight_decay", "eps",
                   "grad_clip", "coherence_weight", "mining_gamma", minimum=0)

@@ -57,6 +57,23 @@ class TrainingError(InpFormerError, RuntimeError):
     """Training cannot go on (non-finite loss, nothing to resume, ...)."""
 
 
+class DistributedError(InpFormerError, RuntimeError):
+    """A process of a ``torchrun`` job failed (or made no progress for too long): every process stops.
+
+    The message names the rank and the cause: ``rank 1: <that process's error>``. ``reported_elsewhere``
+    is True where another process (rank 0) reports it, so that a job prints the line once."""
+
+    def __init__(self, rank: int, cause: str, cause_arg: str | None = None, cause_others: tuple[str, ...] = (),
+                 reported_elsewhere: bool = False) -> None:
+        super().__init__(f"rank {rank}: {cause}")
+        self.rank, self.cause, self.reported_elsewhere = rank, cause, reported_elsewhere
+        self.cause_arg, self.cause_others = cause_arg, tuple(cause_others)
+
+    def render(self, flags: Mapping[str, str] | None = None) -> str:
+        """``rank N:`` and the cause in the front end's terms (its argument names rendered as flags)."""
+        return f"rank {self.rank}: " + InpFormerError(self.cause, self.cause_arg, self.cause_others).render(flags)
+
+
 class TrainingInterrupted(InpFormerError):
     """SIGINT/SIGTERM stopped training at an iteration boundary; a resumable state was saved."""
 

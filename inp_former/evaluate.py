@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
+from inp_former import distributed
 from inp_former.config import RunConfig
 from inp_former.data import AnomalyDataset, image_transform, mask_transform, masks_for_metrics
 from inp_former.errors import ConfigError
@@ -121,6 +122,23 @@ class CategoryStream:
     def image_outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.cat(self.labels), torch.cat(self.scores)
 
+    @classmethod
+    def combine(cls, parts: "list[CategoryStream]") -> "CategoryStream":
+        """One stream of several that saw consecutive shares of one category (one per process, in
+        rank order): what one stream fed every batch would hold (see
+        :meth:`inp_former.metrics.PixelMetricAccumulator.combine`)."""
+        if len(parts) == 1:   # one process: the stream itself
+            return parts[0]
+        out = cls.__new__(cls)
+        out.labels = [t for part in parts for t in part.labels]
+        out.scores = [t for part in parts for t in part.scores]
+        out.pixels = PixelMetricAccumulator.combine([part.pixels for part in parts])
+        first = parts[0].histogram
+        out.histogram = type(first)(first.bins, (first.lo, first.hi))
+        for part in parts:
+            out.histogram.add(part.histogram)
+        return out
+
     def compute(self) -> dict[str, float]:
         """The seven metrics (pixel ones exact, or binned within :meth:`error_bounds`)."""
         labels, scores = self.image_outputs()
@@ -148,7 +166,14 @@ def evaluate(model: INPFormer, cfg: RunConfig, categories: list[str], device: to
     :class:`inp_former.thresholds.PixelHistogram` of the maps against the masks) -- never the full maps
     (e.g. :class:`inp_former.thresholds.Calibrator` computes thresholds from them).
 
-    ``scorer`` (images -> maps, scores) replaces :func:`score_batch`, e.g. the CUDA fast path."""
+    ``scorer`` (images -> maps, scores) replaces :func:`score_batch`, e.g. the CUDA fast path.
+
+    Sharded in a process group of several processes (``torchrun``; every process calls this): each
+    scores its block of whole batches of every category (:func:`inp_former.distributed.share`, so a
+    batch holds the images it holds in one process), rank 0 combines the shares in rank order and
+    computes the metrics, and every process returns the result one process would give: the same rows
+    in the same order, the same metrics and error bounds. ``on_category`` then runs on rank 0 alone;
+    ``on_batch`` counts the images of all processes."""
     device = torch.device(device)
     precision, map_mode, batch_size = inference.precision_on(device), inference.map_mode, inference.batch_size
     mc = cfg.model
@@ -156,22 +181,41 @@ def evaluate(model: INPFormer, cfg: RunConfig, categories: list[str], device: to
     per_category: dict[str, dict[str, float]] = {}
     bounds: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
+    job = distributed.Job("eval")
     for category in categories:
         samples = category_samples(cfg.data, category, "test")  # also "<dataset>/<category>" of several datasets
         dataset = AnomalyDataset(samples, image_transform(mc.resize, mc.crop), mask_transform(mc.resize, mc.crop))
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, **loader_kwargs(device, num_workers))
-        stream = CategoryStream(exact_pixels, pixel_bins)
-        for batch in loader:
-            images = batch["image"].to(device, non_blocking=True)
-            if scorer is not None:
-                image_maps, image_scores = scorer(images)
-            else:
-                image_maps, image_scores, _ = score_batch(model, images, cfg, precision, map_mode)
-            stream.update(batch["label"], image_scores, masks_for_metrics(batch["mask"], mc.map_size), image_maps)
-            for path, label, score in zip(batch["path"], batch["label"], image_scores.tolist()):
-                rows.append({"path": path, "category": category, "label": int(label), "score": score})
-            if on_batch is not None:
-                on_batch(category, len(batch["label"]), len(dataset))
+        batches = distributed.share(-(-len(dataset) // batch_size))
+        mine = range(batches.start * batch_size, min(batches.stop * batch_size, len(dataset)))
+        stream, own_rows, reported = CategoryStream(exact_pixels, pixel_bins), [], [0]
+
+        def progress(count: int, category: str = category, size: int = len(dataset),
+                     reported: list[int] = reported) -> None:
+            if on_batch is not None and count > reported[0]:   # images of this category, all processes
+                on_batch(category, count - reported[0], size)
+                reported[0] = count
+
+        if len(mine):
+            loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False,
+                                **loader_kwargs(device, num_workers))
+            for batch in loader:
+                images = batch["image"].to(device, non_blocking=True)
+                if scorer is not None:
+                    image_maps, image_scores = scorer(images)
+                else:
+                    image_maps, image_scores, _ = score_batch(model, images, cfg, precision, map_mode)
+                stream.update(batch["label"], image_scores, masks_for_metrics(batch["mask"], mc.map_size), image_maps)
+                for path, label, score in zip(batch["path"], batch["label"], image_scores.tolist()):
+                    own_rows.append({"path": path, "category": category, "label": int(label), "score": score})
+                progress(job.advance(len(batch["label"])))
+        job.wait(progress)   # every share of the category is scored (or a process failed: all stop)
+        shares = distributed.gather((stream, own_rows))
+        del stream
+        if shares is None:  # another process than rank 0: its share is handed over
+            continue
+        stream = CategoryStream.combine([s for s, _ in shares])
+        rows.extend(row for _, share_rows in shares for row in share_rows)
+        del shares
         per_category[category] = stream.compute()
         if stream.binned:
             bounds[category] = {"pixels": stream.pixels.pixels_seen, "error_bounds": stream.error_bounds()}
@@ -180,10 +224,11 @@ def evaluate(model: INPFormer, cfg: RunConfig, categories: list[str], device: to
             on_category(category, {"labels": labels, "scores": scores, "pixel_histogram": stream.histogram,
                                    "paths": [s.path for s in samples]})
         del stream
-    return EvalResult(per_category, mean_metrics(per_category), rows,
-                      {"map_mode": str(map_mode), "precision": str(precision), "device": str(device),
-                       "dataset": cfg.data.dataset, "data_root": str(cfg.data.root),
-                       "pixel_metrics": pixel_metrics_meta(bounds, exact_pixels, pixel_bins)})
+    return distributed.on_writer(lambda: EvalResult(
+        per_category, mean_metrics(per_category), rows,
+        {"map_mode": str(map_mode), "precision": str(precision), "device": str(device),
+         "processes": distributed.processes(), "dataset": cfg.data.dataset, "data_root": str(cfg.data.root),
+         "pixel_metrics": pixel_metrics_meta(bounds, exact_pixels, pixel_bins)}))
 
 
 def pixel_metrics_meta(bounds: dict[str, dict[str, Any]], exact_pixels: int, bins: int) -> dict[str, Any]:

@@ -171,8 +171,6 @@ def export_onnx(model: INPFormer, cfg: RunConfig, path: Path, map_mode: str = "d
     or "dynamo" (the torch.export-based exporter; needs ``onnxscript``)."""
     from kernels.dispatch import kernel_mode
 
-    from inp_former.io import atomic_write_text
-
     if exporter not in EXPORTERS:
         raise ConfigError(f"exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}", arg="exporter")
     try:
@@ -203,16 +201,24 @@ def export_onnx(model: INPFormer, cfg: RunConfig, path: Path, map_mode: str = "d
                                         dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
                                         opset_version=max(opset, 18), dynamo=True, external_data=False)
             program.save(str(tmp), external_data=False)
-    meta = metadata or export_metadata(cfg, map_mode, None)
-    _add_onnx_metadata(tmp, meta)
-    tmp.replace(path)
-    sidecar = path.with_name(path.name + ".json")
-    atomic_write_text(sidecar, json.dumps(meta, indent=2) + "\n")
+    sidecar = publish(tmp, path, metadata or export_metadata(cfg, map_mode, None))
     mc = cfg.model
     return ExportInfo(path, sidecar, exporter, opset if exporter == "torchscript" else max(opset, 18),
                       {"image": ["batch", 3, mc.crop, mc.crop]},
                       {"map": ["batch", mc.map_size, mc.map_size], "score": ["batch"],
                        "embedding": ["batch", model.encoder.embed_dim]})
+
+
+def publish(staged: Path, path: Path, meta: dict[str, Any]) -> Path:
+    """Put ``meta`` into the staged ONNX file, move it to ``path`` and write ``path.json`` beside it
+    (each step atomic: a reader never sees a half-written model); returns the sidecar's path."""
+    from inp_former.io import atomic_write_text
+
+    _add_onnx_metadata(staged, meta)
+    Path(staged).replace(path)
+    sidecar = path.with_name(path.name + ".json")
+    atomic_write_text(sidecar, json.dumps(meta, indent=2) + "\n")
+    return sidecar
 
 
 def _add_onnx_metadata(path: Path, meta: dict[str, Any]) -> None:

@@ -31,7 +31,7 @@ import torch
 
 from inp_former.categories import image_embeddings
 from inp_former.config import MapMode, Precision, RunConfig, choice
-from inp_former.inference import InferenceConfig, score_batch
+from inp_former.inference import InferenceConfig, choose_precision, resolve_precision, score_batch
 from inp_former.model import INPFormer
 from kernels.dispatch import kernel_mode
 
@@ -73,13 +73,14 @@ class FastScorer:
     def __init__(self, model: INPFormer, cfg: RunConfig, map_mode: str = "decoder", precision: str = "bf16",
                  device: torch.device | str | None = None, *, use_graphs: bool = True,
                  kernels: str | None = None, max_graphs: int = 8, pad_batches: bool = True,
-                 warmup: int = 3, verify: bool = True,
+                 warmup: int = 3, verify: bool = True, precision_reason: str | None = None,
                  on_fallback: Callable[[str], None] | None = None) -> None:
         map_mode = str(choice(MapMode, map_mode, "map_mode"))
-        precision = str(choice(Precision, precision, "precision"))
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        precision = str(resolve_precision(choice(Precision, precision, "precision"), self.device))
         self.model = model.eval().to(self.device)
         self.cfg, self.map_mode, self.precision, self.kernels = cfg, map_mode, precision, kernels
+        self.precision_reason = precision_reason   # why this precision (inference.choose_precision)
         self.max_graphs, self.pad_batches, self.warmup, self.verify = max_graphs, pad_batches, max(1, warmup), verify
         self.on_fallback = on_fallback
         self.graphs: dict[tuple[int, ...], _Graph] = {}
@@ -113,7 +114,8 @@ class FastScorer:
 
     def describe(self) -> str:
         """One line for logs and metrics meta: which path runs and, if eager, why."""
-        text = f"{self.mode}, {self.precision}, map {self.map_mode}"
+        why = f" ({self.precision_reason})" if self.precision_reason else ""
+        text = f"{self.mode}, {self.precision}{why}, map {self.map_mode}"
         return text + (f" (eager because: {self.fallback_reason})" if self.fallback_reason else
                        f", {len(self.graphs)} graph(s) captured")
 
@@ -222,10 +224,11 @@ def scoring_function(model: INPFormer, cfg: RunConfig, inference: InferenceConfi
 
     ``inference.fast``: CUDA graphs on CUDA (eager elsewhere, ``fallback_reason`` "no CUDA device");
     otherwise eager. The precision is ``inference.precision_on(device)`` (one rule:
-    :func:`inp_former.inference.resolve_precision`). Both use the dispatcher's kernels (a fused
+    :func:`inp_former.inference.choose_precision`). Both use the dispatcher's kernels (a fused
     kernel where a recorded measurement shows it faster on this GPU and dtype, kernels/evidence.py;
     the PyTorch reference elsewhere) unless ``inference.kernels`` forces a mode.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    return FastScorer(model, cfg, inference.map_mode, inference.precision_on(device), device,
-                      use_graphs=inference.fast, kernels=inference.kernels, on_fallback=on_fallback)
+    precision, reason = choose_precision(inference.precision, device)
+    return FastScorer(model, cfg, inference.map_mode, precision, device, use_graphs=inference.fast,
+                      kernels=inference.kernels, precision_reason=reason, on_fallback=on_fallback)

@@ -19,33 +19,49 @@ from kernels.dispatch import MODES as KERNEL_MODES
 from kernels.scoring import anomaly_maps_and_scores, upsample_token_map
 
 
-def resolve_precision(precision: Precision | str | None, fast: bool, device: torch.device | str) -> Precision:
-    """The precision scoring runs with: the one given; else bf16 on the fast path on CUDA; else fp32.
+def choose_precision(precision: Precision | str | None, device: torch.device | str) -> tuple[Precision, str]:
+    """(the precision scoring runs with on ``device``, why): the one place this rule is written.
 
-    The one place this rule is written (fp32 on CPU by default: bf16 autocast is allowed there but
-    is slower than fp32 on CPUs without bf16 matrix units)."""
-    if precision is not None:
-        return Precision(precision)
-    return Precision.BF16 if fast and torch.device(device).type == "cuda" else Precision.FP32
+    - ``fp32`` / ``bf16``: as given.
+    - ``auto`` (the default; None means it too): bf16 autocast on CUDA, and on a CPU with native
+      bf16 matrix units (AMX-BF16 or AVX-512-BF16, read at run time:
+      :func:`inp_former.runtime.cpu_capabilities`); fp32 on other CPUs, where bf16 autocast runs
+      but is slower than fp32. The fp32 path is the one checked against the authors' code.
+    """
+    precision = Precision.AUTO if precision is None else Precision(precision)
+    if precision != Precision.AUTO:
+        return precision, "given"
+    if torch.device(device).type == "cuda":
+        return Precision.BF16, "auto: CUDA"
+    from inp_former.runtime import cpu_capabilities
+
+    unit = cpu_capabilities().native_bf16
+    if unit is not None:
+        return Precision.BF16, f"auto: CPU has {unit}"
+    return Precision.FP32, "auto: CPU has no native bf16 unit (AMX-BF16 or AVX-512-BF16)"
+
+
+def resolve_precision(precision: Precision | str | None, device: torch.device | str) -> Precision:
+    """The precision scoring runs with on ``device`` (:func:`choose_precision` without the reason)."""
+    return choose_precision(precision, device)[0]
 
 
 @dataclass(frozen=True)
 class InferenceConfig:
     """How images are scored; the same settings for ``eval``, ``predict``, ``serve`` and the API.
 
-    ``precision=None`` lets :func:`resolve_precision` choose for the device (:meth:`precision_on`).
+    ``precision`` ``auto`` lets :func:`choose_precision` pick for the device (:meth:`precision_on`).
     ``kernels`` forces a :func:`kernels.dispatch.kernel_mode` around every batch (None: the
     dispatcher's own choice, ``INPCTL_KERNELS`` or ``auto``).
     """
-    precision: Precision | None = None
+    precision: Precision = Precision.AUTO
     map_mode: MapMode = MapMode.DECODER
     fast: bool = False                    # CUDA: the fused, graph-captured path (inp_former/fast_path.py)
     batch_size: int = 16                  # images per forward pass
     kernels: str | None = None
 
     def __post_init__(self) -> None:
-        if self.precision is not None:
-            object.__setattr__(self, "precision", choice(Precision, self.precision, "precision"))
+        object.__setattr__(self, "precision", choice(Precision, self.precision or Precision.AUTO, "precision"))
         object.__setattr__(self, "map_mode", choice(MapMode, self.map_mode, "map_mode"))
         if int(self.batch_size) < 1:
             raise ConfigError(f"batch_size {self.batch_size}: must be at least 1", arg="batch_size")
@@ -53,13 +69,18 @@ class InferenceConfig:
             raise ConfigError(f"kernels {self.kernels!r}: expected one of {', '.join(KERNEL_MODES)}", arg="kernels")
 
     def precision_on(self, device: torch.device | str) -> Precision:
-        """The precision used on ``device`` (:func:`resolve_precision`)."""
-        return resolve_precision(self.precision, self.fast, device)
+        """The precision used on ``device`` (:func:`choose_precision`)."""
+        return resolve_precision(self.precision, device)
+
+    def precision_reason(self, device: torch.device | str) -> str:
+        """Why :meth:`precision_on` is what it is (``auto: CPU has AMX-BF16``), for every output."""
+        return choose_precision(self.precision, device)[1]
 
     def describe(self, device: torch.device | str) -> dict[str, Any]:
         """The settings as recorded beside results (metrics meta, predictions.json, serve's model block)."""
-        return {"precision": str(self.precision_on(device)), "map_mode": str(self.map_mode), "fast": self.fast,
-                "batch_size": self.batch_size}
+        precision, reason = choose_precision(self.precision, device)
+        return {"precision": str(precision), "precision_reason": reason, "map_mode": str(self.map_mode),
+                "fast": self.fast, "batch_size": self.batch_size}
 
 
 def autocast(device: torch.device | str, precision: Precision | str, cache: bool = True):
@@ -94,4 +115,4 @@ def score_batch(model: INPFormer, images: torch.Tensor, cfg: RunConfig, precisio
     return maps, scores, out
 
 
-__all__ = ["InferenceConfig", "autocast", "resolve_precision", "score_batch"]
+__all__ = ["InferenceConfig", "autocast", "choose_precision", "resolve_precision", "score_batch"]

@@ -411,6 +411,45 @@ class PixelMetricAccumulator:
             self._hist_pro += torch.bincount(anomalous, weights=w, minlength=self.bins)
             self._regions += regions
 
+    @classmethod
+    def combine(cls, parts: "list[PixelMetricAccumulator]") -> "PixelMetricAccumulator":
+        """One accumulator of several that saw consecutive parts of one stream (e.g. one process's
+        share each), given in stream order; it computes what one accumulator fed the whole stream would.
+
+        Exact when the whole stream has at most ``exact_pixels`` pixels (the parts' batches, in order),
+        else binned: the parts' batches are folded and their histograms added (counts exactly; the
+        region weights up to float64 summation order). The parts must agree on bins, exact_pixels and
+        fpr_limit, and, if the result is binned, on one ``value_range`` fixed before any was filled.
+        """
+        if not parts:
+            raise ValueError("combine: no accumulators given")
+        if len(parts) == 1:   # one process: the stream itself
+            return parts[0]
+        first = parts[0]
+        settings = (first.bins, first.exact_pixels, first.fpr_limit, first.value_range)
+        for part in parts[1:]:
+            if (part.bins, part.exact_pixels, part.fpr_limit, part.value_range) != settings:
+                raise ValueError(f"combine: accumulators differ in (bins, exact_pixels, fpr_limit, value_range): "
+                                 f"{settings} and {(part.bins, part.exact_pixels, part.fpr_limit, part.value_range)}")
+        out = cls(first.value_range, first.bins, first.exact_pixels, first.device, first.fpr_limit)
+        out.pixels_seen = sum(part.pixels_seen for part in parts)
+        if out.pixels_seen <= out.exact_pixels:  # then no part has binned: each holds its batches
+            out._buffer = [pair for part in parts for pair in part._buffer]
+            return out
+        if out.value_range is None:
+            raise ValueError("combine: binned accumulators need one value_range agreed before filling "
+                             "(an estimated range differs from part to part)")
+        out.device = out.device or torch.device("cpu")
+        out._start_histograms([])
+        for part in parts:
+            if part._hist is not None:
+                out._hist += part._hist.to(out.device)
+                out._hist_pro += part._hist_pro.to(out.device)
+                out._regions += part._regions
+            for masks, maps in part._buffer:
+                out._fold(masks.to(out.device), maps.to(out.device))
+        return out
+
     # -- results
     def _binned_curve(self) -> tuple[_Curve, torch.Tensor, torch.Tensor]:
         """Curve at the non-empty bins, highest first; and per-bin (pos, neg) in the same order."""

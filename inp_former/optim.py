@@ -53,23 +53,54 @@ class StableAdamW(torch.optim.Optimizer):
         return loss
 
 
+def warm_cosine(base: float, final: float, steps: int, warmup: int = 0, start: float = 0.0) -> list[float]:
+    """``steps`` learning rates: a linear warm-up from ``start`` to ``base`` over ``warmup`` steps
+    (the authors' ``np.linspace``, so its first rate is ``start``), then a cosine from ``base`` down
+    to ``final`` over the remaining steps."""
+    warmup = min(warmup, steps)
+    ramp = np.linspace(start, base, warmup)
+    decay = np.arange(steps - warmup)
+    cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * decay / max(len(decay), 1)))
+    return np.concatenate([ramp, cosine]).tolist()
+
+
 class WarmCosineSchedule(LRScheduler):
     """Linear warm-up from ``start`` to ``base`` over ``warmup`` steps, then cosine to ``final``.
 
     Stepped every iteration; the table is the authors' (np.linspace warm-up, cosine over the
-    remaining iterations), and past the end the rate stays at ``final``.
+    remaining iterations), and past the end the rate stays at ``final``. :meth:`extend` lengthens
+    a schedule part-way (``inpctl train --resume RUN_DIR --iters N``).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, base: float, final: float, total_iters: int,
                  warmup: int = 0, start: float = 0.0) -> None:
-        warmup = min(warmup, total_iters)
-        ramp = np.linspace(start, base, warmup)
-        steps = np.arange(total_iters - warmup)
-        cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * steps / max(len(steps), 1)))
-        self.table = np.concatenate([ramp, cosine]).tolist()
+        self.table = warm_cosine(base, final, total_iters, warmup, start)
         self.final = final
         super().__init__(optimizer)
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
-        lr = self.table[self.last_epoch] if self.last_epoch < len(self.table) else self.final
-        return [lr for _ in self.optimizer.param_groups]
+        return [self.rate(self.last_epoch) for _ in self.optimizer.param_groups]
+
+    def rate(self, step: int) -> float:
+        """The learning rate of the 0-based ``step``."""
+        return self.table[step] if step < len(self.table) else self.final
+
+    def extend(self, total_iters: int, at: int | None = None, warmup: int = 0) -> None:
+        """Continue the schedule to ``total_iters`` from step ``at`` (default: the current one).
+
+        The rates before ``at`` stay as they were. From ``at`` on, a cosine over the remaining
+        ``total_iters - at`` steps goes from ``rate(at)`` (what step ``at`` had in the old schedule,
+        ``final`` past its end) down to ``final``: the decay is re-stretched from where the run
+        stands, with no jump. ``warmup`` > 0 (an optimiser that restarts) first ramps linearly from
+        0 to ``rate(at)`` over that many steps, as at the start of a run.
+        """
+        at = self.last_epoch if at is None else at
+        if total_iters <= at:
+            raise ValueError(f"total_iters {total_iters}: must be above the step {at} the schedule continues from")
+        current = self.rate(at)
+        self.table = [self.rate(step) for step in range(at)] + warm_cosine(current, self.final, total_iters - at,
+                                                                           warmup)
+        self.last_epoch = at
+        self._last_lr = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr):
+            group["lr"] = lr

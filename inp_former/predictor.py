@@ -157,6 +157,11 @@ class Predictor:
         return self.inference.precision_on(self.device)
 
     @property
+    def precision_reason(self) -> str:
+        """Why :attr:`precision` (``auto: CPU has AMX-BF16``, ``given``, ...)."""
+        return self.inference.precision_reason(self.device)
+
+    @property
     def batch_size(self) -> int:
         return self.inference.batch_size
 
@@ -183,6 +188,19 @@ class Predictor:
         return (f"{where} holds no category references (it predates them): an image whose path names no trained "
                 f"category ({', '.join(self.decision.categories)}) is labelled with the pooled threshold; add "
                 f"them with: inpctl eval --ckpt {where} --save-thresholds")
+
+    @property
+    def precision_warning(self) -> str | None:
+        """One line when the stored thresholds were calibrated on scores of another precision than
+        this predictor scores with (a threshold follows the path it was calibrated on)."""
+        calibrated = (self.calibration.source or {}).get("precision") if self.calibration is not None else None
+        now = str(self.precision)
+        if calibrated is None or calibrated == now or self.decision.given is not None:
+            return None
+        where = self.checkpoint or "this checkpoint"
+        return (f"the thresholds in {where} were calibrated on {calibrated} scores; this run scores in {now} "
+                f"({self.precision_reason}), so an image scored within rounding of its threshold may get another "
+                f"label; recalibrate for {now} with: inpctl eval --ckpt {where} --precision {now} --save-thresholds")
 
     def decide(self, score: float, category: str | None = None, path: str | Path | None = None,
                embedding: torch.Tensor | np.ndarray | None = None) -> Decision:

@@ -2,7 +2,8 @@
 data URIs, plots inline SVG), readable offline in any browser.
 
 Contents: the run (checkpoint, encoder, data, map mode), the metrics table per category with the
-mean, the stored thresholds, and per category: the density of anomaly scores of normal vs anomalous
+mean, the stored thresholds, the training loss curve (when the checkpoint's run directory has a
+``train_log.csv``), and per category: the density of anomaly scores of normal vs anomalous
 pixels (paper Fig. 5) and, for a sample of test images, the input with its ground truth and the
 anomaly-map overlay (Fig. 3), the distance to the nearest INP (Fig. 4/8) and the attention map of each
 INP (Fig. 7). See :mod:`inp_former.visualize` for what each picture is and how it is scaled.
@@ -229,6 +230,28 @@ def meta_text(key: str, value: Any) -> str:
     return str(value)
 
 
+def training_log(result: Any) -> tuple[Path | None, list[dict[str, float]]]:
+    """The ``train_log.csv`` of the run directory of the evaluated checkpoint (``result.meta``'s
+    ``checkpoint``) and its rows; (None, []) when there is none (e.g. the authors' model.pth)."""
+    from inp_former.train import TRAIN_LOG, read_train_log
+
+    checkpoint = (getattr(result, "meta", {}) or {}).get("checkpoint")
+    path = Path(checkpoint).parent / TRAIN_LOG if checkpoint else None
+    rows = read_train_log(path) if path is not None else []
+    return (path, rows) if rows else (None, [])
+
+
+def loss_curve_html(path: Path, rows: list[dict[str, float]]) -> str:
+    """The report's training section: the loss against the iteration, and where it came from."""
+    from inp_former.visualize import loss_curve_svg
+
+    last = rows[-1]
+    return ("<h2>Training loss</h2>"
+            + loss_curve_svg([r["iteration"] for r in rows], [r["loss"] for r in rows], "training loss")
+            + f"<p>From {html.escape(str(path))}: {len(rows)} steps up to iteration {last['iteration']:.0f}, "
+              f"{last['seconds']:.0f} s of training; last loss {_num(last['loss'])}.</p>")
+
+
 def build_report_html(result: Any, calibration: Calibration | None, calibrator: Calibrator | None,
                       figures: list[SampleFigures], title: str = "INP-Former evaluation report",
                       info: dict[str, Any] | None = None) -> str:
@@ -247,6 +270,9 @@ def build_report_html(result: Any, calibration: Calibration | None, calibrator: 
         parts.append('<p class="note">The encoder has random weights: these numbers and pictures do not measure '
                      "INP-Former.</p>")
     parts.append("<h2>Metrics per category (%)</h2>" + metrics_table_html(result.categories, result.mean))
+    log_path, log_rows = training_log(result)
+    if log_rows:
+        parts.append(loss_curve_html(log_path, log_rows))
     scales = figures[0].scales if figures else None
     if calibration is not None:
         parts.append("<h2>Decision thresholds (F1-maximising; in thresholds.json)</h2>"

@@ -26,6 +26,49 @@ from typing import TYPE_CHECKING, Any, MutableMapping, Sequence
 if TYPE_CHECKING:
     import torch
 
+# --- the CPU's matrix units --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CpuCapabilities:
+    """What the CPU can do natively, read at run time (never guessed from a model or host name)."""
+    amx_bf16: bool          # Intel AMX tiles with bf16 (Sapphire Rapids and later)
+    avx512_bf16: bool       # AVX-512 BF16 dot products (Cooper Lake, Zen 4 and later)
+    amx_int8: bool
+    avx512_vnni: bool       # int8 dot products (what int8 inference uses without AMX)
+    source: str             # where it was read: "torch.cpu" or "/proc/cpuinfo"
+
+    @property
+    def native_bf16(self) -> str | None:
+        """The name of the CPU's native bf16 matrix unit, or None."""
+        return "AMX-BF16" if self.amx_bf16 else "AVX-512-BF16" if self.avx512_bf16 else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"amx_bf16": self.amx_bf16, "avx512_bf16": self.avx512_bf16, "amx_int8": self.amx_int8,
+                "avx512_vnni": self.avx512_vnni, "native_bf16": self.native_bf16, "source": self.source}
+
+
+def cpu_capabilities(cpuinfo: str | None = None) -> CpuCapabilities:
+    """The CPU's bf16/int8 matrix units: from ``/proc/cpuinfo`` flags (Linux; ``cpuinfo`` replaces the
+    file's text, for tests), else from torch's own CPU probe; none found on other systems."""
+    text = cpuinfo
+    if text is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+                text = handle.read()
+        except OSError:
+            text = None
+    if text is not None:
+        flags = set(text.split())
+        return CpuCapabilities("amx_bf16" in flags, "avx512_bf16" in flags, "amx_int8" in flags,
+                               "avx512_vnni" in flags, "/proc/cpuinfo")
+    import torch
+
+    probe = getattr(torch, "cpu", None)
+    amx = bool(getattr(probe, "_is_amx_tile_supported", lambda: False)())
+    avx512_bf16 = bool(getattr(probe, "_is_avx512_bf16_supported", lambda: False)())
+    return CpuCapabilities(amx, avx512_bf16, amx, avx512_bf16, "torch.cpu")
+
+
 # --- data loading ----------------------------------------------------------------------------
 
 MAX_CUDA_WORKERS = 8   # decoding + resizing one 448 px image takes ~2-6 ms of one core; 8 feed >1000 img/s
@@ -171,5 +214,5 @@ def preprocess_uint8(images: "Sequence[torch.Tensor]", resize: int = 448, crop: 
     return normalize(batch, IMAGENET_MEAN, IMAGENET_STD)
 
 
-__all__ = ["apply_env_defaults", "configure_cpu_threads", "default_cpu_threads",
+__all__ = ["CpuCapabilities", "cpu_capabilities", "apply_env_defaults", "configure_cpu_threads", "default_cpu_threads",
            "default_num_workers", "loader_kwargs", "preprocess_uint8", "ThreadChoice"]

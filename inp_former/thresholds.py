@@ -202,6 +202,10 @@ class PixelHistogram:
         self.normal += torch.bincount(idx[~masks], minlength=self.bins)
 
     def add(self, other: "PixelHistogram") -> None:
+        """Count ``other``'s pixels too (e.g. another process's share of a category): exact."""
+        if (other.bins, other.lo, other.hi) != (self.bins, self.lo, self.hi):
+            raise ValueError(f"PixelHistogram.add: bins/range differ ({other.bins} over [{other.lo}, {other.hi}], "
+                             f"{self.bins} over [{self.lo}, {self.hi}])")
         self.normal += other.normal
         self.anomalous += other.anomalous
 

@@ -4,11 +4,14 @@ Also: resumable training states (``last.pt``: model, optimiser, schedule, RNG, d
 written atomically every ``checkpoint_every`` iterations, removed once ``checkpoint.pt`` is written)
 and multi-process training with PyTorch's DistributedDataParallel when launched by ``torchrun``
 (the batch size is the global batch, split evenly over the processes; docs/reliability.md).
-A resumed run on CPU ends with exactly the weights of an uninterrupted one. SIGINT/SIGTERM stop a
-run at the next iteration boundary with a resumable state saved (:class:`StopOnSignal`).
+A resumed run on CPU ends with exactly the weights of an uninterrupted one; a run can be extended
+to more iterations, a finished one too (:func:`train`). SIGINT/SIGTERM stop a run at the next
+iteration boundary with a resumable state saved (:class:`StopOnSignal`). Every step is logged to
+``train_log.csv`` (and TensorBoard, optionally: :class:`TrainingLog`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
@@ -17,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TextIO
 
 import numpy as np
 import torch
@@ -25,16 +28,19 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from inp_former import distributed
-from inp_former.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from inp_former.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
 from inp_former.config import RunConfig
 from inp_former.errors import ConfigError, TrainingError, TrainingInterrupted
 from inp_former.inference import autocast
-from inp_former.io import atomic_torch_save
+from inp_former.io import atomic_torch_save, atomic_write_text
 from inp_former.losses import coherence_loss, soft_mining_loss
 from inp_former.model import INPFormer
 from inp_former.optim import StableAdamW, WarmCosineSchedule
 
 TRAINING_STATE = "last.pt"   # resumable state inside the run directory
+TRAIN_LOG = "train_log.csv"  # one row per step: LOG_COLUMNS
+LOG_COLUMNS = ("iteration", "loss", "lr", "seconds")
+TENSORBOARD_DIR = "tensorboard"  # event files, with TrainConfig.tensorboard
 
 
 @dataclass
@@ -204,6 +210,86 @@ class StopOnSignal:
         return flag
 
 
+def require_tensorboard() -> type:
+    """TensorBoard's ``SummaryWriter`` (torch's), or a ConfigError naming the install command: the
+    tensorboard package is optional, not a dependency of inpctl."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("tensorboard: the tensorboard package is not installed; install it with: "
+                          "pip install tensorboard", arg="tensorboard") from None
+    return SummaryWriter
+
+
+def read_train_log(path: Path | str) -> list[dict[str, float]]:
+    """The rows of a ``train_log.csv`` as numbers, ``{column: value}``; [] without the file. A row
+    that does not parse (one a crash cut short) is left out."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    if not lines or tuple(lines[0].split(",")) != LOG_COLUMNS:
+        return []
+    rows = []
+    for line in lines[1:]:
+        fields = line.split(",")
+        try:
+            values = [float(field) for field in fields]
+        except ValueError:
+            continue
+        if len(values) == len(LOG_COLUMNS):
+            rows.append(dict(zip(LOG_COLUMNS, values)))
+    return rows
+
+
+class TrainingLog:
+    """What a person plots: ``RUN_DIR/train_log.csv`` (``LOG_COLUMNS``, one row per step, flushed as
+    it is written, so a crash leaves every row written so far) and, with ``tensorboard``, TensorBoard
+    event files in ``RUN_DIR/tensorboard``.
+
+    ``resumed_at``: the iteration a resumed run continues from. Rows after it (steps done after the
+    saved state, which the run does again) are dropped first, and ``seconds`` carries on from the
+    last row kept: training time summed over the run's sessions. None: a new run starts a new log.
+    """
+
+    def __init__(self, run_dir: Path, resumed_at: int | None = None, tensorboard: bool = False) -> None:
+        self.path = Path(run_dir) / TRAIN_LOG
+        rows = read_train_log(self.path) if resumed_at is not None else []
+        kept = [row for row in rows if row["iteration"] <= resumed_at]
+        atomic_write_text(self.path, ",".join(LOG_COLUMNS) + "\n" + "".join(
+            self._line(int(row["iteration"]), row["loss"], row["lr"], row["seconds"]) for row in kept))
+        self.offset = kept[-1]["seconds"] if kept else 0.0
+        self._file: TextIO = open(self.path, "a", encoding="utf-8")
+        self._events = None
+        if tensorboard:  # purge_step: TensorBoard hides what an earlier attempt logged from that step on
+            writer = require_tensorboard()
+            self._events = writer(str(Path(run_dir) / TENSORBOARD_DIR), purge_step=(resumed_at or 0) + 1)
+
+    @staticmethod
+    def _line(iteration: int, loss: float, lr: float, seconds: float) -> str:
+        return f"{iteration},{float(loss)!r},{float(lr)!r},{seconds:.3f}\n"   # repr: exact, 'nan' for a bad step
+
+    def write(self, step: StepInfo, seconds: float) -> None:
+        """The row of ``step``, done ``seconds`` after this session started."""
+        self._file.write(self._line(step.iteration, step.loss, step.lr, self.offset + seconds))
+        self._file.flush()
+        if self._events is not None:
+            for name in ("loss", "mining", "coherence", "lr"):
+                self._events.add_scalar(f"train/{name}", getattr(step, name), step.iteration)
+            self._events.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        if self._events is not None:
+            self._events.close()
+
+    def __enter__(self) -> "TrainingLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _ignore_interrupts(worker_id: int) -> None:
     """DataLoader workers ignore Ctrl-C (the terminal sends it to them too): the main process
     decides, finishes the iteration with their batches, and saves the state."""
@@ -228,13 +314,39 @@ def prepare_run(cfg: RunConfig) -> tuple[RunConfig, Dataset]:
     return cfg.updated(data={"categories": tuple(categories)}, train={"iters": total}), dataset
 
 
+def restart_warmup(cfg: RunConfig, extra: int) -> int:
+    """The warm-up of a finished run extended by ``extra`` iterations, whose optimiser restarts: the
+    run's own warm-up, at most a tenth of the extension (the rule of a short run's warm-up)."""
+    return min(cfg.train.warmup_iters, extra // 10)
+
+
+def _saved_state(run_dir: Path, batches_per_epoch: int) -> dict[str, Any]:
+    """What a resumed run continues from: ``last.pt`` (an interrupted run: everything, so it goes on
+    exactly), else the weights of ``checkpoint.pt`` (a finished run, being extended: no optimiser,
+    schedule or RNG state; the data position follows from its iteration count)."""
+    state_path = run_dir / TRAINING_STATE
+    if state_path.is_file():
+        return load_training_state(state_path)
+    if not (run_dir / CHECKPOINT_NAME).is_file():
+        raise TrainingError(f"resume {run_dir}: no {TRAINING_STATE} to resume from", arg="resume")
+    payload = read_checkpoint(run_dir / CHECKPOINT_NAME)
+    done = int(payload["meta"]["iterations"])
+    return {"config": payload["config"], "model": payload["state_dict"], "iteration": done,
+            "epoch": done // batches_per_epoch, "batch_in_epoch": done % batches_per_epoch,
+            "skipped": int(payload["meta"].get("skipped_steps", 0))}
+
+
 def train(cfg: RunConfig, run_dir: Path, device: torch.device | str | None = None,
           on_step: Callable[[StepInfo], None] | None = None,
           model: INPFormer | None = None, resume: bool = False) -> TrainResult:
     """Train one model on the configured data.
 
     Writes ``run_dir/config.json``, ``run_dir/last.pt`` every ``checkpoint_every`` iterations and
-    ``run_dir/checkpoint.pt`` at the end (rank 0 only). ``resume=True`` continues from ``last.pt``.
+    ``run_dir/checkpoint.pt`` at the end, and a row per step to ``run_dir/train_log.csv``
+    (:class:`TrainingLog`; rank 0 only). ``resume=True`` continues from ``last.pt``; with more
+    iterations in ``cfg`` than the run was planned for, the schedule is extended
+    (:meth:`WarmCosineSchedule.extend`), and a finished run (``checkpoint.pt``, no ``last.pt``)
+    continues from its weights with a new optimiser (warm-up: :func:`restart_warmup`).
     SIGINT/SIGTERM write ``last.pt`` at the next iteration boundary and raise
     :class:`inp_former.errors.TrainingInterrupted`.
     """
@@ -258,24 +370,35 @@ def train(cfg: RunConfig, run_dir: Path, device: torch.device | str | None = Non
     model = (model or INPFormer(cfg.model)).to(device)
     cfg = dataclasses.replace(cfg, model=model.cfg)  # with the encoder's own choices (a CNN's stages)
     params = model.trainable_parameters()
+    if tc.tensorboard and distributed.is_writer():
+        require_tensorboard()  # before the first step, not after it
+    state = _saved_state(run_dir, batches_per_epoch) if resume else None
+    planned = state["config"]["train"]["iters"] if state is not None else total  # the schedule as saved
     optimizer = StableAdamW(params, lr=tc.lr, betas=tc.betas, eps=tc.eps, weight_decay=tc.weight_decay, amsgrad=True)
-    schedule = WarmCosineSchedule(optimizer, tc.lr, tc.final_lr, total, warmup=tc.warmup_iters)
+    schedule = WarmCosineSchedule(optimizer, tc.lr, tc.final_lr, planned, warmup=tc.warmup_iters)
     iteration, epoch, skipped, losses = 0, 0, 0, []
     state_path = run_dir / TRAINING_STATE
     if rank == 0:  # half-written files of a killed run (the atomic writes' temporaries) are garbage
         for name in (TRAINING_STATE, CHECKPOINT_NAME):
             for stale in run_dir.glob(f".{name}.*.tmp"):
                 stale.unlink(missing_ok=True)
-    if resume:
-        if not state_path.is_file():
-            raise TrainingError(f"resume {run_dir}: no {TRAINING_STATE} to resume from", arg="resume")
-        state = load_training_state(state_path)
+    if state is not None:
         model.load_trainable_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        _set_rng_state(state["rng"])
+        restarted = "optimizer" not in state   # a finished run: its optimiser state is gone
+        if not restarted:
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            _set_rng_state(state["rng"])
         iteration, epoch, skipped = state["iteration"], state["epoch"], state["skipped"]
         sampler.set_position(epoch, state["batch_in_epoch"])
+        if total != planned or restarted:  # extended: the new total is the run's from now on
+            if total <= iteration:
+                raise ConfigError(f"iters {total}: the run has done {iteration} iterations already; extending it "
+                                  "needs more", arg="iters")
+            schedule.extend(total, at=iteration, warmup=restart_warmup(cfg, total - iteration) if restarted else 0)
+            if rank == 0:
+                cfg.save_json(run_dir / "config.json")
+        del state
     elif rank == 0:
         cfg.save_json(run_dir / "config.json")
         state_path.unlink(missing_ok=True)  # a stale state of an overwritten run must never be resumed
@@ -285,7 +408,8 @@ def train(cfg: RunConfig, run_dir: Path, device: torch.device | str | None = Non
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     model.train()
     started = time.perf_counter()
-    with StopOnSignal() as stop:
+    log = TrainingLog(run_dir, iteration if resume else None, tc.tensorboard) if distributed.is_writer() else None
+    with StopOnSignal() as stop, log or contextlib.nullcontext():
         while iteration < total:
             batch_in_epoch = sampler.start_batch
             for batch in loader:
@@ -313,11 +437,14 @@ def train(cfg: RunConfig, run_dir: Path, device: torch.device | str | None = Non
                         raise TrainingError(_nonfinite_message(bad, iteration + 1, state_path),
                                             others=("eps", "on_nonfinite", "checkpoint_every"))
                     skipped += 1  # the step is dropped (weights and optimiser untouched), the schedule moves on
+                step = StepInfo(iteration + 1, total, value, float(mining.detach()), float(coherence.detach()),
+                                optimizer.param_groups[0]["lr"], tc.batch_size)   # the rate this step used
                 schedule.step()
                 iteration += 1
+                if log is not None:
+                    log.write(step, time.perf_counter() - started)
                 if on_step is not None and rank == 0:
-                    on_step(StepInfo(iteration, total, value, float(mining.detach()), float(coherence.detach()),
-                                     optimizer.param_groups[0]["lr"], tc.batch_size))
+                    on_step(step)
                 at_epoch_end = batch_in_epoch == batches_per_epoch
                 position = (epoch + at_epoch_end, 0 if at_epoch_end else batch_in_epoch)
                 interrupted = iteration < total and stop.stop_requested(world)

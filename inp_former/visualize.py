@@ -16,6 +16,7 @@
   upsampled and blurred like the anomaly maps (the zero-shot map).
 * :func:`density_svg`: the density of anomaly scores of normal vs anomalous pixels (Fig. 5), from the
   calibration histograms (a histogram density, not a KDE), as an inline SVG plot.
+* :func:`loss_curve_svg`: the training loss against the iteration (a run's ``train_log.csv``).
 
 Colours: the "jet" colormap (blue -> cyan -> yellow -> red), as in the paper's figures; ground truth is
 drawn as a green contour, the predicted region (map >= pixel threshold) as a white contour.
@@ -263,6 +264,48 @@ def density_svg(density: dict[str, list[float]], title: str = "", threshold: flo
         parts.append(f'<line x1="{legend_x}" y1="{y - 4}" x2="{legend_x + 16}" y2="{y - 4}" stroke="{colour}" '
                      f'stroke-width="3"/><text x="{legend_x + 20}" y="{y}">{name}</text>')
     parts.append("</svg>")
+    return "".join(parts)
+
+
+def loss_curve_svg(iterations: Sequence[float], losses: Sequence[float], title: str = "", width: int = 420,
+                   height: int = 220, points: int = 400) -> str:
+    """An inline SVG of the training loss against the iteration (``train_log.csv``'s columns).
+
+    Non-finite losses (skipped steps) are left out; a long run is drawn as ``points`` averages of
+    consecutive steps, so the file stays small and the curve readable."""
+    x, y = np.asarray(iterations, dtype=np.float64), np.asarray(losses, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    span = (float(x.min()), float(x.max())) if len(x) else (0.0, 0.0)   # of the steps, not of the averages
+    if len(x) > points:  # the mean of each run of consecutive steps
+        x, y = (np.array([chunk.mean() for chunk in np.array_split(v, points)]) for v in (x, y))
+    left, right, top, bottom = 52, 12, 26, 34
+    pw, ph = width - left - right, height - top - bottom
+    head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} '
+            f'{height}" font-family="sans-serif" font-size="11"><rect width="{width}" height="{height}" fill="white"/>'
+            f'<text x="{width / 2}" y="15" text-anchor="middle" font-size="12">{html.escape(title)}</text>')
+    if not len(x):
+        return head + f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">no finite losses</text></svg>'
+    (x0, x1), (y0, y1) = span, (float(y.min()), float(y.max()))
+    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1e-12)
+
+    def sx(value: float) -> float:
+        return left + (value - x0) / (x1 - x0) * pw
+
+    def sy(value: float) -> float:
+        return top + ph - (value - y0) / (y1 - y0) * ph
+
+    parts = [head, f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>',
+             f'<polyline points="{" ".join(f"{sx(a):.1f},{sy(b):.1f}" for a, b in zip(x, y))}" fill="none" '
+             'stroke="#1f77b4" stroke-width="1.5"/>']
+    for i in range(5):
+        tx, ty = x0 + (x1 - x0) * i / 4, y0 + (y1 - y0) * i / 4
+        anchor = "end" if i == 4 else "middle"  # the last label would run past the right edge
+        parts.append(f'<text x="{sx(tx):.1f}" y="{top + ph + 16}" text-anchor="{anchor}">{tx:.0f}</text>'
+                     f'<text x="{left - 4}" y="{sy(ty) + 4:.1f}" text-anchor="end">{_fmt(ty)}</text>')
+    parts.append(f'<text x="{left + pw / 2}" y="{height - 3}" text-anchor="middle">iteration</text>'
+                 f'<text x="12" y="{top + ph / 2}" text-anchor="middle" transform="rotate(-90 12 {top + ph / 2})">'
+                 "loss</text></svg>")
     return "".join(parts)
 
 

@@ -106,6 +106,10 @@ def evaluate_and_calibrate(model: INPFormer, cfg: RunConfig, device: torch.devic
 
     The thresholds are merged into the checkpoint ``store_in`` only if it is given (training does
     so; an evaluation only when asked): evaluating never changes what a later prediction does.
+
+    In a process group of several processes (``torchrun``) every process calls it: they score
+    shares of the test images (:func:`inp_former.evaluate.evaluate`), rank 0 alone calibrates,
+    writes and stores, and every process returns the same :class:`Evaluation`.
     """
     from inp_former.fast_path import scoring_function
 
@@ -122,17 +126,23 @@ def evaluate_and_calibrate(model: INPFormer, cfg: RunConfig, device: torch.devic
     result.meta.update({"encoder": cfg.model.encoder, "encoder_source": model.encoder.weights_source,
                         "random_encoder": model.encoder.is_random, "fast_path": getattr(scorer, "mode", "eager"),
                         "scope": evaluation_scope(cfg, categories, inference, device), **(meta or {})})
-    calibration = calibrator.result({"dataset": result.meta.get("dataset"), "data_root": result.meta.get("data_root"),
-                                     "precision": result.meta.get("precision")})
-    result.meta["calibration"] = calibration.to_dict()
-    outcome = Evaluation(result, calibration, out_dir)
-    if out_dir is not None:
-        write_evaluation(outcome)
-    if store_in is not None:
-        outcome.stored_in, outcome.stored_changes = store_in, store_calibration(store_in, calibration)
-    if report_samples is not None and out_dir is not None:
-        outcome.report = _write_report(model, cfg, outcome, calibrator, device, evaluation, report_samples, reporter)
-    return outcome
+
+    def finish() -> Evaluation:  # on rank 0 alone under torchrun: its calibrator saw every category
+        calibration = calibrator.result({"dataset": result.meta.get("dataset"),
+                                         "data_root": result.meta.get("data_root"),
+                                         "precision": result.meta.get("precision")})
+        result.meta["calibration"] = calibration.to_dict()
+        outcome = Evaluation(result, calibration, out_dir)
+        if out_dir is not None:
+            write_evaluation(outcome)
+        if store_in is not None:
+            outcome.stored_in, outcome.stored_changes = store_in, store_calibration(store_in, calibration)
+        if report_samples is not None and out_dir is not None:
+            outcome.report = _write_report(model, cfg, outcome, calibrator, device, evaluation, report_samples,
+                                           reporter)
+        return outcome
+
+    return distributed.on_writer(finish)
 
 
 def evaluation_scope(cfg: RunConfig, categories: list[str], inference: InferenceConfig,
@@ -217,7 +227,7 @@ def combine_evaluations(evaluations: dict[str, Evaluation], out_dir: Path, meta:
                               source={"combined_from": {c: str(e.out_dir) for c, e in evaluations.items()}})
     meta = {**meta, "random_encoder": any(e.random_encoder for e in evaluations.values())}
     combined = Evaluation(EvalResult(per_category, mean_metrics(per_category), rows, meta), calibration, out_dir)
-    write_evaluation(combined)
+    distributed.on_writer(lambda: write_evaluation(combined))
     return combined
 
 
@@ -274,31 +284,42 @@ def evaluate_checkpoint(checkpoint: Path | str, data: DataOverride = DataOverrid
 
     ``save_thresholds`` merges the thresholds of the evaluated categories into the checkpoint
     (keeping the others') and, for a multi-category model, the category references that let
-    ``predict`` and ``serve`` pick each image's category (:mod:`inp_former.categories`)."""
-    checkpoint, device = Path(checkpoint), resolve_device(device)
-    if checkpoint.is_dir():
-        if (checkpoint / CHECKPOINT_NAME).is_file():
-            checkpoint = checkpoint / CHECKPOINT_NAME
-        else:
-            return _evaluate_single_class_run(checkpoint, data, evaluation, out_dir, device, encoder_weights,
-                                              allow_encoder_mismatch, save_thresholds, reporter, overwrite)
-    model, cfg, loaded = load_checkpoint(checkpoint, device, encoder_weights, allow_encoder_mismatch)
-    authors = "imported_from" in loaded
-    if authors and save_thresholds:
-        raise ConfigError(f"save_thresholds: {checkpoint} is the authors' file, which is never modified; the "
-                          f"thresholds are in the evaluation's {THRESHOLDS_FILE}", arg="save_thresholds")
-    cfg = data.apply(cfg)
-    categories, target = resolve_categories(cfg), Path(out_dir) if out_dir is not None else checkpoint.parent
-    check_evaluation_target(target, evaluation_scope(cfg, categories, evaluation.inference, device), overwrite)
-    meta = {"checkpoint": str(checkpoint),
-            **{key: loaded[key] for key in ("encoder_mismatch", "imported_from") if key in loaded}}
-    outcome = evaluate_and_calibrate(model, cfg, device, evaluation, target, categories, meta=meta,
-                                     store_in=checkpoint if save_thresholds else None, report_samples=report_samples,
-                                     reporter=reporter)
-    if save_thresholds and "encoder_mismatch" not in loaded:
-        _add_missing_references(model, cfg, checkpoint, device, categories, str(evaluation.inference.map_mode),
-                                outcome, reporter)
-    return outcome
+    ``predict`` and ``serve`` pick each image's category (:mod:`inp_former.categories`).
+
+    Under ``torchrun`` (or in a process group the caller has joined) every process calls it with the
+    same arguments; the images are split over the processes, rank 0 checks the output folder first
+    and writes alone, and a failure on any process stops all of them (:mod:`inp_former.distributed`)."""
+    with distributed.process_group(device) as (device, _), distributed.guard():
+        checkpoint = Path(checkpoint)
+        if checkpoint.is_dir():
+            if (checkpoint / CHECKPOINT_NAME).is_file():
+                checkpoint = checkpoint / CHECKPOINT_NAME
+            else:
+                return _evaluate_single_class_run(checkpoint, data, evaluation, out_dir, device, encoder_weights,
+                                                  allow_encoder_mismatch, save_thresholds, reporter, overwrite)
+        model, cfg, loaded = load_checkpoint(checkpoint, device, encoder_weights, allow_encoder_mismatch)
+        authors = "imported_from" in loaded
+        if authors and save_thresholds:
+            raise ConfigError(f"save_thresholds: {checkpoint} is the authors' file, which is never modified; the "
+                              f"thresholds are in the evaluation's {THRESHOLDS_FILE}", arg="save_thresholds")
+        cfg = data.apply(cfg)
+        categories, target = resolve_categories(cfg), Path(out_dir) if out_dir is not None else checkpoint.parent
+        scope = evaluation_scope(cfg, categories, evaluation.inference, device)
+        distributed.on_writer(lambda: check_evaluation_target(target, scope, overwrite))
+        meta = {"checkpoint": str(checkpoint),
+                **{key: loaded[key] for key in ("encoder_mismatch", "imported_from") if key in loaded}}
+        outcome = evaluate_and_calibrate(model, cfg, device, evaluation, target, categories, meta=meta,
+                                         store_in=checkpoint if save_thresholds else None,
+                                         report_samples=report_samples, reporter=reporter)
+
+        def add_references() -> list[str]:  # writes the checkpoint: rank 0 alone
+            _add_missing_references(model, cfg, checkpoint, device, categories, str(evaluation.inference.map_mode),
+                                    outcome, reporter)
+            return outcome.stored_changes
+
+        if save_thresholds and "encoder_mismatch" not in loaded:
+            outcome.stored_changes = distributed.on_writer(add_references)
+        return outcome
 
 
 def _add_missing_references(model: INPFormer, cfg: RunConfig, checkpoint: Path, device: torch.device,
@@ -343,7 +364,7 @@ def _evaluate_single_class_run(run_dir: Path, data: DataOverride, evaluation: Ev
         name = names[category]
         if scope is None:  # before the first evaluation runs
             scope = evaluation_scope(cfg, list(names.values()), evaluation.inference, device)
-            check_evaluation_target(Path(out_dir or run_dir), scope, overwrite)
+            distributed.on_writer(lambda: check_evaluation_target(Path(out_dir or run_dir), scope, overwrite))
         evaluations[name] = evaluate_and_calibrate(model, cfg, device, evaluation, None, [name],
                                                    meta={"setting": "single-class", "checkpoint": str(path)},
                                                    store_in=path if save_thresholds else None, reporter=reporter)
@@ -363,9 +384,12 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> None:
     for name in (CHECKPOINT_NAME, TRAINING_STATE):
         held = sorted(Path(run_dir).rglob(name)) if Path(run_dir).is_dir() else []
         if held:
+            # never suggest what would refuse: a finished run is extended (iters N), an interrupted one continued
+            onward = (f"extend it with resume {held[0].parent} and iters N (more than it has)"
+                      if held[0].name == CHECKPOINT_NAME and finished_checkpoint(held[0].parent) is not None
+                      else f"continue it with resume {held[0].parent}")
             raise ConfigError(f"run_dir {run_dir}: already holds a run ({held[0]}); choose another directory, pass "
-                              f"overwrite, or continue it with resume {run_dir}", arg="run_dir",
-                              others=("overwrite", "resume"))
+                              f"overwrite, or {onward}", arg="run_dir", others=("overwrite", "resume", "iters"))
 
 
 def train_run(cfg: RunConfig, run_dir: Path | str, device: torch.device | str = "auto",
@@ -374,11 +398,11 @@ def train_run(cfg: RunConfig, run_dir: Path | str, device: torch.device | str = 
     """Train the run ``cfg`` describes into ``run_dir``, then evaluate it (unless ``evaluation`` is
     None) and store the calibrated thresholds in its checkpoint. The single-class setting trains one
     model per category into ``run_dir/<category>/``. Under ``torchrun`` every process calls this;
-    only rank 0 writes and evaluates."""
+    only rank 0 writes and returns the evaluation, which every process computes a share of."""
     run_dir = Path(run_dir)
     if not resume:
         check_run_dir(run_dir, overwrite)
-    if cfg.data.setting == Setting.SINGLE_CLASS:
+    if cfg.data.setting == Setting.SINGLE_CLASS and not resume:  # resuming: one category's run, trained as usual
         return _train_single_class(cfg, run_dir, device, evaluation, reporter)
     if evaluation is not None:  # a category without test images fails now, not after hours of training
         for category in resolve_categories(cfg):
@@ -390,19 +414,20 @@ def train_run(cfg: RunConfig, run_dir: Path | str, device: torch.device | str = 
             reporter.message(f"Encoder: {model.cfg.encoder} ({model.encoder.weights_source}); device {device}")
         with reporter.training("train") as on_step:
             trained = train(cfg, run_dir, device, on_step=on_step if rank == 0 else None, model=model, resume=resume)
-    if rank != 0:
-        return RunOutcome(run_dir, trained.config, {"": trained}, None)
-    reporter.message(f"Trained {trained.iterations} iterations in {trained.seconds:.1f}s; checkpoint "
-                     f"{trained.checkpoint}")
-    categories = resolve_categories(trained.config)
-    if len(categories) > 1:  # the image rule of inp_former/categories.py; one category needs none
-        store_category_references(model, trained.config, trained.checkpoint, device, categories)
-    outcome = None
-    if evaluation is not None:
-        outcome = evaluate_and_calibrate(model, trained.config, device, evaluation, run_dir,
-                                         meta={"checkpoint": str(trained.checkpoint)}, store_in=trained.checkpoint,
-                                         reporter=reporter)
-    return RunOutcome(run_dir, trained.config, {"": trained}, outcome)
+        with distributed.guard():  # every process evaluates its share; a failure on one stops all
+            if rank == 0:
+                reporter.message(f"Trained {trained.iterations} iterations in {trained.seconds:.1f}s; checkpoint "
+                                 f"{trained.checkpoint}")
+            categories = resolve_categories(trained.config)
+            if len(categories) > 1:  # the image rule of inp_former/categories.py; one category needs none
+                distributed.on_writer(lambda: store_category_references(model, trained.config, trained.checkpoint,
+                                                                        device, categories))
+            outcome = None
+            if evaluation is not None:
+                outcome = evaluate_and_calibrate(model, trained.config, device, evaluation, run_dir,
+                                                 meta={"checkpoint": str(trained.checkpoint)},
+                                                 store_in=trained.checkpoint, reporter=reporter)
+    return RunOutcome(run_dir, trained.config, {"": trained}, outcome if rank == 0 else None)
 
 
 def store_category_references(model: INPFormer, cfg: RunConfig, checkpoint: Path, device: torch.device,
@@ -422,27 +447,74 @@ def finished_checkpoint(run_dir: Path | str) -> Path | None:
     return done if done.is_file() and not (run_dir / TRAINING_STATE).is_file() else None
 
 
-def resume_run(run_dir: Path | str, device: torch.device | str = "auto",
-               evaluation: EvalConfig | None = EvalConfig(), reporter: Reporter = SILENT) -> RunOutcome:
-    """Continue the run in ``run_dir`` from its ``last.pt`` with its saved config."""
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where the run in a directory stands: its saved config (with its planned total in
+    ``config.train.iters``), the iterations done, and whether it finished (``checkpoint.pt`` written,
+    no ``last.pt``: only an extension to more iterations continues it)."""
+    config: RunConfig
+    iteration: int
+    finished: bool
+
+
+def resume_point(run_dir: Path | str) -> ResumePoint:
+    """Read where the run in ``run_dir`` stands: from ``last.pt`` (an interrupted run), else from
+    ``checkpoint.pt`` (a finished one); a ConfigError (``arg='resume'``) for anything else."""
     run_dir = Path(run_dir)
     state_path = run_dir / TRAINING_STATE
     if not run_dir.is_dir():
         raise ConfigError(f"resume {run_dir}: no such run directory", arg="resume")
-    if not state_path.is_file():
-        if finished_checkpoint(run_dir) is not None:
-            raise ConfigError(f"resume {run_dir}: the run is complete ({CHECKPOINT_NAME} is written, no "
-                              f"{TRAINING_STATE} left); evaluate {run_dir / CHECKPOINT_NAME} instead", arg="resume")
+    done = finished_checkpoint(run_dir)
+    if done is not None:
+        payload = read_checkpoint(done)
+        source, raw, iteration = done, payload["config"], int(payload["meta"]["iterations"])
+    elif state_path.is_file():
+        state = load_training_state(state_path)
+        source, raw, iteration = state_path, state["config"], int(state["iteration"])
+    else:
         raise ConfigError(f"resume {run_dir}: no {TRAINING_STATE} there (nothing to resume; expected the directory "
-                          f"of an interrupted training run)", arg="resume")
-    state = load_training_state(state_path)
+                          f"of an interrupted or finished training run)", arg="resume")
     try:
-        cfg = RunConfig.from_dict(state["config"], saved=True)
+        cfg = RunConfig.from_dict(raw, saved=True)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"resume {state_path}: its run config is not readable ({exc})", arg="resume") from exc
+        raise ConfigError(f"resume {source}: its run config is not readable ({exc})", arg="resume") from exc
+    return ResumePoint(cfg, iteration, done is not None)
+
+
+def resume_run(run_dir: Path | str, device: torch.device | str = "auto",
+               evaluation: EvalConfig | None = EvalConfig(), reporter: Reporter = SILENT,
+               iters: int | None = None) -> RunOutcome:
+    """Continue the run in ``run_dir`` from its ``last.pt`` with its saved config.
+
+    ``iters`` above the run's planned total extends it to ``iters`` (config.json and the checkpoint
+    record the new total). An interrupted run keeps its optimiser state, and its learning rate decays
+    from where it stands to the final rate over the longer remainder; a finished run (``checkpoint.pt``,
+    no ``last.pt``) continues from its weights with a new optimiser, whose rate warms up to the final
+    one (:meth:`inp_former.optim.WarmCosineSchedule.extend`, docs/reliability.md)."""
+    from inp_former.train import restart_warmup
+
+    run_dir = Path(run_dir)
+    point = resume_point(run_dir)
+    cfg, planned = point.config, point.config.train.iters
+    if iters is not None and iters <= planned:
+        raise ConfigError(f"iters {iters}: the run in {run_dir} is planned for {planned} iterations (done: "
+                          f"{point.iteration}); to extend it, give more than {planned}", arg="iters")
+    if point.finished and iters is None:
+        raise ConfigError(f"resume {run_dir}: the run is complete ({CHECKPOINT_NAME} is written after {planned} "
+                          f"iterations, no {TRAINING_STATE} left); evaluate {run_dir / CHECKPOINT_NAME}, or extend "
+                          f"it with iters above {planned}", arg="resume", others=("iters",))
+    if iters is not None:
+        cfg = cfg.updated(train={"iters": iters})
     if distributed.is_writer():
-        reporter.message(f"Resuming {run_dir} at iteration {state['iteration']} of {cfg.train.iters}")
-    del state
+        tc = cfg.train
+        if point.finished:
+            reporter.message(f"Extending the finished run {run_dir} from {point.iteration} to {iters} iterations: "
+                             f"its weights, a new optimiser (its state is not kept), the learning rate warming up "
+                             f"over {restart_warmup(cfg, iters - point.iteration)} iterations to {tc.final_lr:g}")
+        else:
+            extended = f" (extended from {planned}; the learning rate decays from here to {tc.final_lr:g})"
+            reporter.message(f"Resuming {run_dir} at iteration {point.iteration} of {tc.iters}"
+                             + (extended if iters is not None else ""))
     return train_run(cfg, run_dir, device, evaluation, resume=True, reporter=reporter)
 
 
@@ -506,31 +578,39 @@ class PredictOptions:
 
 def predict_images(checkpoint: Path | str, inputs: list[Path], out_dir: Path, options: PredictOptions = PredictOptions(),
                    device: torch.device | str = "auto", encoder_weights: str | None = None,
-                   allow_encoder_mismatch: bool = False, reporter: Reporter = SILENT) -> dict[str, Any]:
+                   allow_encoder_mismatch: bool = False, reporter: Reporter = SILENT,
+                   resume: bool = False) -> dict[str, Any]:
     """Score every image in ``inputs`` (files and folders) with a checkpoint; writes
     predictions.csv/.json, overlays and maps into ``out_dir`` (:mod:`inp_former.batch_predict`);
-    returns the summary written to predictions.json."""
+    returns the summary written to predictions.json. ``resume``: skip the images whose results an
+    interrupted run into ``out_dir`` already wrote (with the same checkpoint and settings).
+
+    Under ``torchrun`` (or in a process group the caller has joined) every process calls it with the
+    same arguments: the batches are split over the processes, each writes its overlays and maps, and
+    rank 0 writes predictions.csv/.json once all are done (:func:`inp_former.batch_predict.predict_files`)."""
     from inp_former.batch_predict import collect_inputs, predict_files
     from inp_former.data import IMAGE_EXTENSIONS
     from inp_former.errors import DatasetError
     from inp_former.predictor import Predictor
 
-    files, missing = collect_inputs(inputs)
-    if not files:
-        if missing:
-            raise DatasetError(f"{missing[0]['path']}: no such file or directory")
-        raise DatasetError(f"{', '.join(map(str, inputs))}: no images found (extensions: "
-                           f"{', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)})")
-    predictor = Predictor.from_checkpoint(checkpoint, device, options.inference, options.threshold, options.category,
-                                          encoder_weights, allow_encoder_mismatch)
-    if predictor.category_warning:
-        reporter.message("warning: " + predictor.category_warning)
-    if predictor.threshold is None:
-        reporter.message("warning: no threshold: the checkpoint holds none (evaluate it with save_thresholds, or "
-                         "train it with evaluation) and none was given, so images are scored but not labelled")
-    with reporter.counting("predict", len(files)) as on_progress:
-        summary = predict_files(predictor, inputs, Path(out_dir), options.overlays, options.save_maps,
-                                checkpoint=str(checkpoint), on_progress=on_progress)
+    with distributed.process_group(device) as (device, _), distributed.guard():
+        files, missing = collect_inputs(inputs)
+        if not files:
+            if missing:
+                raise DatasetError(f"{missing[0]['path']}: no such file or directory")
+            raise DatasetError(f"{', '.join(map(str, inputs))}: no images found (extensions: "
+                               f"{', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)})")
+        predictor = Predictor.from_checkpoint(checkpoint, device, options.inference, options.threshold,
+                                              options.category, encoder_weights, allow_encoder_mismatch)
+        for warning in (predictor.category_warning, predictor.precision_warning):
+            if warning:
+                reporter.message("warning: " + warning)
+        if predictor.threshold is None:
+            reporter.message("warning: no threshold: the checkpoint holds none (evaluate it with save_thresholds, "
+                             "or train it with evaluation) and none was given, so images are scored but not labelled")
+        with reporter.counting("predict", len(files)) as on_progress:
+            summary = predict_files(predictor, inputs, Path(out_dir), options.overlays, options.save_maps,
+                                    checkpoint=str(checkpoint), on_progress=on_progress, resume=resume)
     summary["threshold_source"] = predictor.threshold_source
     return summary
 
@@ -538,24 +618,66 @@ def predict_images(checkpoint: Path | str, inputs: list[Path], out_dir: Path, op
 def export_model(checkpoint: Path | str, target: Path | None = None, map_mode: MapMode = MapMode.DECODER,
                  exporter: str = "torchscript", opset: int = 17, check: bool = True,
                  encoder_weights: str | None = None, allow_encoder_mismatch: bool = False,
-                 reporter: Reporter = SILENT) -> dict[str, Any]:
+                 reporter: Reporter = SILENT, int8: bool = False, int8_calibration: Path | None = None,
+                 check_data: DataOverride | None = None, force: bool = False) -> dict[str, Any]:
     """Export a checkpoint's whole inference graph as ONNX (:mod:`inp_former.export`) to ``target``
-    (default: the checkpoint file with the suffix ``.onnx``); with ``check``, compare onnxruntime with
-    torch. Returns what was written and the check's largest differences."""
+    (default: the checkpoint file with the suffix ``.onnx``, ``.int8.onnx`` with ``int8``); with
+    ``check``, compare onnxruntime with torch. Returns what was written and the check's largest
+    differences.
+
+    ``int8``: the model statically quantised for CPUs (:mod:`inp_former.quantize`), calibrated on
+    the normal images under ``int8_calibration`` (default: the checkpoint's training images) and
+    checked against the fp32 export on the test split of ``check_data`` (default: the checkpoint's
+    data); refused (nothing written) when its image AUROC drops by more than 1 point, unless
+    ``force``. ``outcome["int8"]`` is that check."""
     from inp_former.categories import CategoryReferences
     from inp_former.checkpoint import resolve_checkpoint
     from inp_former.export import check_onnx, export_metadata, export_onnx, onnxruntime_available
 
     checkpoint = resolve_checkpoint(checkpoint)
-    target = Path(target) if target is not None else checkpoint.with_suffix(".onnx")
+    target = Path(target) if target is not None else checkpoint.with_suffix(".int8.onnx" if int8 else ".onnx")
     model, cfg, meta = load_checkpoint(checkpoint, "cpu", encoder_weights, allow_encoder_mismatch)
     calibration = read_calibration(meta, str(map_mode))
     metadata = export_metadata(cfg, str(map_mode), calibration.to_dict() if calibration else None, str(checkpoint),
                                CategoryReferences.from_meta(meta))
     reporter.message(f"Exporting to ONNX ({exporter} exporter, opset {opset})")
-    info = export_onnx(model, cfg, Path(target), str(map_mode), exporter, opset, metadata=metadata)
+    fp32_path = target.with_name(f".{target.name}.fp32.onnx") if int8 else target
+    info = export_onnx(model, cfg, fp32_path, str(map_mode), exporter, opset, metadata=metadata)
     outcome: dict[str, Any] = {"info": info, "config": cfg, "calibration": calibration, "check": None,
-                               "checked": False}
+                               "checked": False, "int8": None}
     if check and onnxruntime_available():
         outcome["check"], outcome["checked"] = check_onnx(info.path, model, cfg, str(map_mode)), True
+    if int8:
+        try:
+            outcome["int8"] = _quantize_export(info, cfg, target, metadata, int8_calibration, check_data, force,
+                                               reporter)
+        finally:
+            for leftover in (fp32_path, fp32_path.with_name(fp32_path.name + ".json")):
+                leftover.unlink(missing_ok=True)
+        info.path, info.sidecar = target, target.with_name(target.name + ".json")
     return outcome
+
+
+def _quantize_export(info: Any, cfg: RunConfig, target: Path, metadata: dict[str, Any], calibration_dir: Path | None,
+                     check_data: DataOverride | None, force: bool, reporter: Reporter) -> Any:
+    """The int8 model of the fp32 export ``info.path``, checked, then written to ``target``."""
+    from inp_former.export import publish
+    from inp_former.quantize import (MAX_AUROC_DROP, calibration_images, check_images, check_int8, quantize_onnx,
+                                     refuse_if_worse)
+
+    normal = calibration_images(cfg, calibration_dir)
+    reporter.message(f"Quantising to int8, calibrated on {len(normal)} normal images")
+    staged = target.with_name(f".{target.name}.int8.tmp")
+    try:
+        nodes = quantize_onnx(info.path, staged, normal)
+        images, labels, categories = check_images((check_data or DataOverride()).apply(cfg))
+        reporter.message(f"Checking the int8 model against fp32 on {len(images)} labelled images")
+        result = check_int8(info.path, staged, images, labels, categories)
+        refuse_if_worse(result, force, MAX_AUROC_DROP)
+        publish(staged, target, {**metadata, "precision": "int8",
+                                 "int8": {**result.as_dict(), "quantised_nodes": len(nodes),
+                                          "calibration_images": len(normal), "max_auroc_drop": MAX_AUROC_DROP,
+                                          "forced": bool(force and result.auroc_drop > MAX_AUROC_DROP)}})
+    finally:
+        staged.unlink(missing_ok=True)
+    return result

@@ -16,11 +16,24 @@ from typing import Any, Callable, Iterable, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+
+class _Console(Console):
+    """rich's Console with one line-breaking rule for every command. In a terminal rich wraps a long
+    line at word boundaries (a path moves to the next line whole instead of the terminal cutting it
+    mid-word); anywhere else (a log, a pipe, CI) a line is never broken, whatever the caller asked,
+    since rich would break it at 80 columns mid-phrase. Tables wrap their cells instead (see
+    :func:`rows_table`)."""
+
+    def print(self, *objects: Any, soft_wrap: Optional[bool] = None, **kwargs: Any) -> None:
+        super().print(*objects, soft_wrap=not self.is_terminal, **kwargs)
+
+
+console = _Console()
+err_console = _Console(stderr=True)
 
 METRIC_TITLES = {"i_auroc": "I-AUROC", "i_ap": "I-AP", "i_f1max": "I-F1max", "p_auroc": "P-AUROC",
                  "p_ap": "P-AP", "p_f1max": "P-F1max", "aupro": "AUPRO"}
@@ -74,7 +87,7 @@ def run(job: Callable[[], Any], flags: Optional[dict[str, str]] = None,
     """
     import torch
 
-    from inp_former.errors import InpFormerError, TrainingInterrupted
+    from inp_former.errors import DistributedError, InpFormerError, TrainingInterrupted
 
     try:
         return job()
@@ -82,20 +95,31 @@ def run(job: Callable[[], Any], flags: Optional[dict[str, str]] = None,
         if on_interrupt is None:
             raise
         on_interrupt(exc)
+    except DistributedError as exc:  # a process of a torchrun job failed: one line for the whole job
+        if exc.reported_elsewhere:   # rank 0 prints it
+            raise typer.Exit(1)
+        fail(exc.render({**FLAGS, **(flags or {})}), code=1)
     except InpFormerError as exc:
-        fail(exc.render({**FLAGS, **(flags or {})}))
+        fail(_rank_prefix() + exc.render({**FLAGS, **(flags or {})}))
     except (ValueError, OSError) as exc:
-        fail(one_line(exc))
+        fail(_rank_prefix() + one_line(exc))
     except KeyboardInterrupt:
         fail("interrupted", code=130)
     except torch.cuda.OutOfMemoryError:
-        fail("the GPU ran out of memory: lower --batch-size (or --eval-batch-size)")
+        fail(_rank_prefix() + "the GPU ran out of memory: lower --batch-size (or --eval-batch-size)")
     except typer.Exit:
         raise
     except Exception as exc:  # a bug, not bad input: one line here, the traceback in a file to report
         log = _write_traceback()
-        fail(f"internal error ({exc.__class__.__name__}: {one_line(exc)}); please report it with the "
-             f"traceback in {log}", code=1)
+        fail(f"{_rank_prefix()}internal error ({exc.__class__.__name__}: {one_line(exc)}); please report it with "
+             f"the traceback in {log}", code=1)
+
+
+def _rank_prefix() -> str:
+    """``rank N: `` under torchrun, where an error line names the process it comes from."""
+    from inp_former import distributed
+
+    return f"rank {distributed.rank()}: " if distributed.launched() else ""
 
 
 # --- flags -------------------------------------------------------------------------------------
@@ -116,6 +140,10 @@ def choices(enum_name: str) -> str:
     import inp_former.config as config
 
     return "[" + "|".join(m.value for m in getattr(config, enum_name)) + "]"
+
+
+PRECISION_HELP = ("auto: bf16 where the GPU or CPU (AMX-BF16, AVX-512-BF16) runs it natively, else fp32; "
+                  "fp32: the reference path [default: auto].")
 
 
 def default(section: str, name: str) -> str:
@@ -158,11 +186,19 @@ def write_json(path: Optional[Path], payload: dict) -> None:
 # --- progress ----------------------------------------------------------------------------------
 
 class PlainProgress:
-    """The progress of a long job as a plain line every ``every`` seconds, for logs, ``nohup`` and
-    CI, where a live bar prints nothing. Same calls as the rich bar this module builds."""
+    """The progress of a long job as plain lines, for logs, ``nohup`` and CI, where a live bar prints
+    nothing: the first line after ``first`` seconds (a log shows soon that the job runs, and its ETA),
+    then one every ``every`` seconds while unfinished, and the closing line. Same calls as the rich bar.
 
-    def __init__(self, every: float, fields: tuple[str, ...], stream=None) -> None:
+    The rate (per second, unitless: the caller's fields say a rate in its unit instead) is shown only
+    when it was measured: after an update that advanced past the first one (a resumed job starts
+    part-way); ``rate=False`` never shows it (items of very different cost: the ETA is still given).
+    """
+
+    def __init__(self, every: float, fields: tuple[str, ...], stream=None, first: float = 5.0,
+                 rate: bool = True) -> None:
         self.every, self.fields, self.stream = every, fields, stream or sys.stderr
+        self.first, self.rate = min(first, every), rate
         self.tasks: list[dict[str, Any]] = []
 
     def __enter__(self) -> "PlainProgress":
@@ -175,7 +211,7 @@ class PlainProgress:
     def add_task(self, description: str, total: Optional[float] = None, **fields: Any) -> int:
         now = time.monotonic()
         self.tasks.append({"description": description, "total": total, "completed": 0, "fields": fields,
-                           "start": now, "last": now})
+                           "start": now, "last": now, "lines": 0})
         return len(self.tasks) - 1
 
     def update(self, task_id: int, *, advance: float = 0, completed: Optional[float] = None,
@@ -185,25 +221,27 @@ class PlainProgress:
             task["total"] = total
         task["completed"] = completed if completed is not None else task["completed"] + advance
         if "base" not in task:  # the rate counts from the first update (a resumed run starts part-way)
-            task["base"], task["start"] = task["completed"], time.monotonic()
+            task["base"], task["rate_start"] = task["completed"], time.monotonic()
         task["fields"].update(fields)
-        if time.monotonic() - task["last"] >= self.every:
-            self._line(task)
+        finished = task["total"] is not None and task["completed"] >= task["total"]
+        if not finished and time.monotonic() - task["last"] >= (self.every if task["lines"] else self.first):
+            self._line(task)   # a finished task's only line is the closing one: never twice
 
     def advance(self, task_id: int, advance: float = 1) -> None:
         self.update(task_id, advance=advance)
 
     def _line(self, task: dict[str, Any], final: bool = False) -> None:
         now = time.monotonic()
-        task["last"] = now
-        done, total, elapsed = task["completed"], task["total"], now - task["start"]
-        rate = (done - task.get("base", 0)) / elapsed if elapsed > 0 else 0.0
+        task["last"], task["lines"] = now, task["lines"] + 1
+        done, total = task["completed"], task["total"]
+        counted, seconds = done - task.get("base", done), now - task.get("rate_start", now)
+        rate = counted / seconds if counted > 0 and seconds > 0 else None
         parts = [f"{task['description']}: {done:g}" + (f"/{total:g}" if total else "")]
         parts += [str(task["fields"][name]) for name in self.fields if task["fields"].get(name)]
-        if not any("/s" in part for part in parts):  # a field may already say the rate in its own unit
-            parts.append(f"{rate:.2f}/s")
-        parts.append(f"elapsed {_clock(elapsed)}")
-        if total and rate > 0 and not final:
+        if self.rate and rate and not any("/s" in part for part in parts):  # a field may say it in its unit
+            parts.append(f"{rate:.0f}/s" if rate >= 100 else f"{rate:.3g}/s")   # 3 digits, no exponent
+        parts.append(f"elapsed {_clock(now - task['start'])}")
+        if total and rate and not final:
             parts.append(f"eta {_clock((total - done) / rate)}")
         print("  ".join(parts), file=self.stream, flush=True)
 
@@ -216,11 +254,13 @@ def _clock(seconds: float) -> str:
 PLAIN_PROGRESS_SECONDS = float(os.environ.get("INPCTL_PROGRESS_SECONDS", "30"))
 
 
-def progress_bar(*extra: str, disable: bool = False):
-    """A rich progress bar (count, elapsed, ETA, ``extra`` fields) on a terminal; elsewhere a plain
-    line every ``INPCTL_PROGRESS_SECONDS`` (30) seconds; nothing when ``disable``."""
+def progress_bar(*extra: str, disable: bool = False, rate: bool = True, first: float = 5.0):
+    """A rich progress bar (count, elapsed, ETA, ``extra`` fields) on a terminal; elsewhere plain
+    lines (:class:`PlainProgress`: the first ``first`` seconds after the start, then every
+    ``INPCTL_PROGRESS_SECONDS`` (30) seconds); nothing when ``disable``. ``rate=False``: the plain
+    lines give no items-per-second rate (items of very different cost)."""
     if not disable and not console.is_terminal:
-        return PlainProgress(PLAIN_PROGRESS_SECONDS, extra)
+        return PlainProgress(PLAIN_PROGRESS_SECONDS, extra, rate=rate, first=first)
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
                     *(TextColumn(f"{{task.fields[{name}]}}") for name in extra),
                     TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, disable=disable)
@@ -261,27 +301,39 @@ class RichReporter:
 
             yield on_step
 
+    # Under torchrun the library reports the images of all processes: rank 0 shows the job's count and speed.
     @contextlib.contextmanager
     def evaluating(self, label: str):
-        with progress_bar("category", disable=self.quiet) as progress:
-            task = progress.add_task(label, total=None, category="")
+        with progress_bar("category", "speed", disable=self.quiet) as progress:
+            task = progress.add_task(label, total=None, category="", speed="")
             seen: set[str] = set()
-            total = [0]
+            total, done, first = [0], [0], []
 
             def on_batch(category: str, count: int, size: int) -> None:
                 if category not in seen:
                     seen.add(category)
                     total[0] += size
                     progress.update(task, total=total[0])
-                progress.update(task, advance=count, category=category)
+                done[0] += count
+                progress.update(task, advance=count, category=category, speed=_speed(first, done[0]))
 
             yield on_batch
 
     @contextlib.contextmanager
     def counting(self, label: str, total: int):
-        with progress_bar("name", disable=self.quiet) as progress:
-            task = progress.add_task(label, total=total, name="")
-            yield lambda done, _total, name: progress.update(task, completed=done, name=name)
+        with progress_bar("name", "speed", disable=self.quiet) as progress:
+            task = progress.add_task(label, total=total, name="", speed="")
+            first: list = []
+            yield lambda done, _total, name: progress.update(task, completed=done, name=name,
+                                                             speed=_speed(first, done))
+
+
+def _speed(first: list, done: int) -> str:
+    """Images per second since the first call (which fills ``first``; a resumed job starts part-way)."""
+    now = time.monotonic()
+    first[:] = first or [(now, done)]
+    t0, done0 = first[0]
+    return f"{(done - done0) / (now - t0):.1f} img/s" if now > t0 and done > done0 else ""
 
 
 def print_evaluation(evaluation: Any, title: str) -> None:
@@ -339,22 +391,35 @@ def percent(value: float) -> str:
 
 
 def metrics_table(categories: dict[str, dict[str, float]], mean: dict[str, float], title: str) -> Table:
-    table = Table(title=title, header_style="bold")
-    table.add_column("category")
-    for title_ in METRIC_TITLES.values():
-        table.add_column(title_, justify="right")
-    for name, values in categories.items():
-        table.add_row(name, *(percent(values.get(k, float("nan"))) for k in METRIC_TITLES))
-    table.add_section()
-    table.add_row("[bold]mean", *(f"[bold]{percent(mean.get(k, float('nan')))}" for k in METRIC_TITLES))
-    return table
+    return rows_table(title, ["category", *METRIC_TITLES.values()],
+                      [[name, *(percent(values.get(k, float("nan"))) for k in METRIC_TITLES)]
+                       for name, values in categories.items()],
+                      footer=["[bold]mean", *(f"[bold]{percent(mean.get(k, float('nan')))}" for k in METRIC_TITLES)])
 
 
-def rows_table(title: str, columns: list[str], rows: Iterable[Iterable[object]]) -> Table:
-    """A table whose first column is a label and the others numbers."""
+def _is_number(text: str) -> bool:
+    try:
+        float(text.replace(" ", ""))
+        return True
+    except ValueError:
+        return text in ("", "—")
+
+
+def rows_table(title: str, columns: list[str], rows: Iterable[Iterable[object]],
+               footer: Optional[list[str]] = None) -> Table:
+    """A table whose first column is a label; columns of numbers are right-aligned, others left.
+
+    No cell is ever cut short: a cell too wide for the terminal wraps, the widest column first (a
+    long name continues on the next line, never "industrial_si…"). ``footer``: a last row below a
+    rule (a mean)."""
+    cells = [[escape(str(v)) for v in row] for row in rows]   # a name is text, never rich markup
     table = Table(title=title, header_style="bold")
     for index, column in enumerate(columns):
-        table.add_column(column, justify="left" if index == 0 else "right")
-    for row in rows:
-        table.add_row(*(str(v) for v in row))
+        numeric = index > 0 and all(_is_number(row[index]) for row in cells if index < len(row))
+        table.add_column(column, justify="right" if numeric else "left", overflow="fold")
+    for row in cells:
+        table.add_row(*row)
+    if footer is not None:
+        table.add_section()
+        table.add_row(*footer)
     return table

@@ -187,6 +187,7 @@ def test_onnx_sidecar_carries_the_decision_and_the_docs_example_applies_it(two_p
     example in docs/deployment.md, run as written, labels images as inpctl predict does."""
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
+    from inp_former.inference import InferenceConfig
     from inp_former.predictor import Predictor
     from inp_former.workflow import export_model
 
@@ -202,7 +203,7 @@ def test_onnx_sidecar_carries_the_decision_and_the_docs_example_applies_it(two_p
     code = text.split("```python\n# ONNX: label images without inpctl\n", 1)[1].split("```", 1)[0]
     namespace: dict = {"ort": ort}
     exec(compile(code, "docs/deployment.md", "exec"), namespace)
-    predictor = Predictor.from_checkpoint(ckpt, "cpu")
+    predictor = Predictor.from_checkpoint(ckpt, "cpu", InferenceConfig(precision="fp32"))   # the graph is fp32
     images = sorted(flat.iterdir()) + [data / "cable" / "test" / "good" / "001.png"]
     for path in images:
         ours = predictor.predict(path)

@@ -65,7 +65,8 @@ def test_eval_scores_equal_the_library(trained, tmp_path):
     from inp_former.inference import score_batch
 
     root, run_dir, _ = trained
-    runner.invoke(app, ["eval", "--ckpt", str(run_dir / "checkpoint.pt"), "--out", str(tmp_path), "--device", "cpu"])
+    runner.invoke(app, ["eval", "--ckpt", str(run_dir / "checkpoint.pt"), "--out", str(tmp_path), "--device", "cpu",
+                        "--precision", "fp32"])   # the reference path, as score_batch's default below
     rows = {r["path"]: float(r["score"]) for r in csv.DictReader((tmp_path / "scores.csv").open())}
     model, cfg, _ = load_checkpoint(run_dir / "checkpoint.pt")
     samples = build_samples("mvtec", root, "cable", "test")

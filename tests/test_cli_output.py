@@ -46,10 +46,20 @@ def test_plain_progress_is_quiet_between_its_intervals():
 def test_bench_tables_fit_80_columns(command):
     result = runner.invoke(app, command, terminal_width=80, env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
-    table = [line for line in result.output.splitlines() if line[:1] in "┏┃┡│└├"]
+    lines = result.output.splitlines()
+    table = [line for line in lines if line[:1] in "┏┃┡│└├"]
     assert table, result.output
     assert max(len(line) for line in table) <= 80
     assert "…" not in result.output
+    # progress from the start (a first plain line before any row is timed), legends and fields only
+    # for what is shown: on CPU no copy bandwidth (%bw, copy_gb_per_s) and no peak memory
+    assert lines[0].startswith(f"bench {command[1]}: 0/")
+    headers = {cell.strip() for line in table if line.startswith("┃") for cell in line.strip("┃").split("┃")}
+    legends = [line.split(": ", 1)[0] for line in lines if line[:1] not in "┏┃┡│└├" and ": " in line]
+    explained = [name for name in legends if name in headers or name.split(" / ")[0] in headers]
+    assert "x ref" in explained and "GB/s" in explained
+    assert "%bw" not in result.output and "copy_gb_per_s" not in result.output and "peak MB" not in result.output
+    assert "None" not in result.output
 
 
 def test_training_progress_in_a_log_shows_iteration_loss_images_per_second_and_eta(monkeypatch, capsys):

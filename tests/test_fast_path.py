@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from inp_former.config import RunConfig
-from inp_former.inference import InferenceConfig, score_batch
+from inp_former.inference import InferenceConfig, resolve_precision, score_batch
 from inp_former.fast_path import DISABLED, NO_CUDA, FastScorer, scoring_function
 from tests.conftest import requires_cuda
 from tests.helpers import tiny_model
@@ -36,7 +36,8 @@ def test_fp32_fast_path_gives_score_batch_maps_exactly(map_mode):
     assert maps.shape == (3, cfg.model.map_size, cfg.model.map_size) and maps.dtype == torch.float32
     assert torch.equal(maps, expected_maps) and torch.equal(scores, expected_scores)
     # the eager path (--no-fast) gives the same numbers
-    slow_maps, slow_scores = scoring_function(model, cfg, InferenceConfig(map_mode=map_mode), "cpu")(images)
+    slow_maps, slow_scores = scoring_function(model, cfg, InferenceConfig(map_mode=map_mode, precision="fp32"),
+                                              "cpu")(images)
     assert torch.equal(slow_maps, expected_maps) and torch.equal(slow_scores, expected_scores)
 
 
@@ -57,7 +58,9 @@ def test_cpu_runs_eager_and_says_why():
     model, cfg, images = _setup(batch=2)
     fast = scoring_function(model, cfg, InferenceConfig(fast=True), "cpu")
     assert fast.mode == "eager" and fast.fallback_reason == NO_CUDA
-    assert fast.precision == "fp32" and fast.kernels is None  # CPU default: fp32, dispatcher's kernels
+    # CPU default: auto (bf16 where the CPU has AMX-BF16 / AVX-512-BF16, else fp32), dispatcher's kernels
+    assert fast.precision == str(resolve_precision("auto", "cpu")) and fast.kernels is None
+    assert fast.precision_reason.startswith("auto: CPU has") and fast.precision_reason in fast.describe()
     assert "no CUDA device" in fast.describe()
     slow = scoring_function(model, cfg, InferenceConfig(), "cpu")
     assert slow.mode == "eager" and slow.fallback_reason == DISABLED and slow.kernels is None
@@ -91,7 +94,7 @@ def test_bad_arguments_are_refused():
     model, cfg, images = _setup()
     with pytest.raises(ValueError, match="map_mode .nearest.: expected one of decoder, prototype"):
         FastScorer(model, cfg, "nearest", "fp32", "cpu")
-    with pytest.raises(ValueError, match="precision .fp16.: expected one of fp32, bf16"):
+    with pytest.raises(ValueError, match="precision .fp16.: expected one of auto, fp32, bf16"):
         FastScorer(model, cfg, "decoder", "fp16", "cpu")
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         FastScorer(model, cfg, "decoder", "fp32", "cpu")(images[0])

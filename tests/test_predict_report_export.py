@@ -144,7 +144,8 @@ def test_report_is_self_contained_with_its_figures(evaluated):
     # nothing fetched from elsewhere: no scripts, stylesheets or remote URLs (the SVG namespace is a name)
     assert not [t for t, a in parser.tags if t in ("script", "link", "iframe")]
     assert not re.search(r"(src|href)=\"(?!data:)", text)
-    assert text.count("<svg") == 1 + len(CATEGORIES)            # Fig. 5 pooled + per category
+    assert text.count("<svg") == 1 + len(CATEGORIES) + 1        # Fig. 5 pooled + per category + the loss curve
+    assert "<h2>Training loss</h2>" in text                     # the run's train_log.csv
     for expected in ("I-AUROC", "AUPRO", "mean", "INP attention", "distance to nearest INP", *CATEGORIES):
         assert expected in text
 

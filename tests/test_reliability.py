@@ -2,6 +2,7 @@
 evaluation, non-finite losses, bad input, determinism. All on CPU with tiny models."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -19,6 +20,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from inp_former.train import TRAIN_LOG, read_train_log
 from inpctl.cli import app
 from tests.datagen import make_mvtec_tree
 
@@ -109,8 +111,104 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(data_root, tmp_path):
     assert meta["iterations"] == 8
     assert not (part / ".last.pt.abc123.tmp").exists() and not (part / "last.pt").exists()
 
+    # the log: every iteration once (the rows the killed run wrote after its state are dropped), and
+    # the same losses and rates as the uninterrupted run's, since the weights are
+    ours, reference = read_train_log(part / TRAIN_LOG), read_train_log(full / TRAIN_LOG)
+    assert [row["iteration"] for row in ours] == list(range(1, 9))
+    assert [(row["loss"], row["lr"]) for row in ours] == [(row["loss"], row["lr"]) for row in reference]
+
     again = _invoke("train", "--resume", part)
-    _assert_one_line_error(again, f"--resume {part}: the run is complete", "inpctl eval --ckpt")
+    _assert_one_line_error(again, f"--resume {part}: the run is complete", "inpctl eval --ckpt",
+                           f"--resume {part} --iters N (more than its 8 iterations)")
+
+
+# --- extending a run: --resume RUN_DIR --iters N -------------------------------------------------
+
+FINAL_LR = 1e-4   # TrainConfig's final_lr; the peak is 1e-3
+
+
+def _rates(run_dir: Path) -> tuple[list[int], list[float]]:
+    rows = read_train_log(run_dir / TRAIN_LOG)
+    return [int(row["iteration"]) for row in rows], [row["lr"] for row in rows]
+
+
+def _totals(run_dir: Path) -> tuple[int, int, int]:
+    """The planned total in config.json and in the checkpoint's config, and the checkpoint's iterations."""
+    checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    return (json.loads((run_dir / "config.json").read_text())["train"]["iters"],
+            checkpoint["config"]["train"]["iters"], checkpoint["meta"]["iterations"])
+
+
+def test_a_finished_run_extends_from_its_weights_with_a_warm_up_to_the_final_rate(data_root, tmp_path):
+    run = tmp_path / "run"
+    result = _invoke("train", "--data", data_root, *TINY, "--warmup-iters", "2", "--batch-size", "2", "--iters", "4",
+                     "--no-eval", "--out", run)
+    assert result.exit_code == 0, result.output
+    _, before = _rates(run)
+    finished = _weights(run / "checkpoint.pt")
+
+    result = _invoke("train", "--resume", run, "--iters", "24", "--no-eval")
+    assert result.exit_code == 0, result.output
+    assert f"Extending the finished run {run} from 4 to 24 iterations" in " ".join(result.output.split())
+    iterations, rates = _rates(run)
+    assert iterations == list(range(1, 25))
+    assert rates[:4] == before
+    # docs/reliability.md: a new optimiser; a warm-up of min(warm-up 2, 20 extra // 10) = 2 iterations
+    # (the authors' linspace from 0), then the final rate (where the finished schedule ended)
+    assert rates[4:] == [0.0, FINAL_LR] + [FINAL_LR] * 18
+    assert _totals(run) == (24, 24, 24)
+    assert not (run / "last.pt").exists()
+    extended = _weights(run / "checkpoint.pt")
+    assert not all(torch.equal(extended[k], finished[k]) for k in finished)
+
+
+def test_an_interrupted_run_extends_its_cosine_from_where_it_stands(data_root, tmp_path):
+    from inp_former.config import DataConfig, RunConfig, TrainConfig
+    from inp_former.errors import TrainingInterrupted
+    from inp_former.workflow import Reporter, train_run
+    from tests.helpers import tiny_config
+
+    class CtrlCAt3(Reporter):
+        @contextlib.contextmanager
+        def training(self, label):
+            yield lambda step: signal.raise_signal(signal.SIGINT) if step.iteration == 3 else None
+
+    run = tmp_path / "run"
+    cfg = RunConfig(model=tiny_config(), train=TrainConfig(iters=8, batch_size=2, warmup_iters=2),
+                    data=DataConfig(root=str(data_root)))
+    with pytest.raises(TrainingInterrupted):
+        train_run(cfg, run, "cpu", evaluation=None, reporter=CtrlCAt3())
+    assert torch.load(run / "last.pt", weights_only=True)["iteration"] == 3
+
+    result = _invoke("train", "--resume", run, "--iters", "12", "--no-eval")
+    assert result.exit_code == 0, result.output
+    assert f"Resuming {run} at iteration 3 of 12 (extended from 8" in " ".join(result.output.split())
+    iterations, rates = _rates(run)
+    assert iterations == list(range(1, 13))
+
+    def cosine(start: float, steps: int) -> list[float]:   # from start down to the final rate
+        return [FINAL_LR + 0.5 * (start - FINAL_LR) * (1 + math.cos(math.pi * k / steps)) for k in range(steps)]
+
+    planned = [0.0, 1e-3] + cosine(1e-3, 6)        # the 8-iteration schedule: warm-up 2, cosine over 6
+    # docs/reliability.md: iterations 1-3 as planned; from 4 on, a cosine from the rate iteration 4 had
+    # in the old schedule down to the final rate over the 9 iterations left
+    np.testing.assert_allclose(rates, planned[:3] + cosine(planned[3], 9), rtol=1e-12, atol=0)
+    assert _totals(run) == (12, 12, 12)
+
+
+def test_extending_needs_more_iterations_than_the_run_has(data_root, tmp_path):
+    run = tmp_path / "run"
+    result = _invoke("train", "--data", data_root, *TINY, "--batch-size", "2", "--iters", "2", "--no-eval",
+                     "--out", run)
+    assert result.exit_code == 0, result.output
+    for iters in ("2", "1"):
+        _assert_one_line_error(_invoke("train", "--resume", run, "--iters", iters),
+                               f"--iters {iters}: the run in {run} is planned for 2 iterations", "more than 2")
+    # --iters is the one setting a resumed run takes; the others are still refused, by name
+    result = _invoke("train", "--resume", run, "--iters", "4", "--lr", "0.1")
+    _assert_one_line_error(result, "these flags cannot change it: --lr")
+    assert "--iters" not in result.output
+    assert _totals(run) == (2, 2, 2)
 
 
 def test_resume_refuses_what_is_not_a_training_state(tmp_path):

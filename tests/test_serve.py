@@ -37,7 +37,10 @@ from tests.helpers import tiny_config, tiny_model  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 CATEGORIES = ("bottle", "cable")
 STARTUP_S = 240  # importing torch and loading the model on a busy 2-core CI box is slow
-SERVER_FLAGS = ["--max-batch", "4", "--max-wait-ms", "20", "--max-queue", "6", "--max-upload-mb", "2"]
+# fp32, the reference path: scores then equal whatever batch an image shares (bf16 kernels vary with
+# the batch size), so serve's scores can be compared with predict's to 1e-6
+SERVER_FLAGS = ["--max-batch", "4", "--max-wait-ms", "20", "--max-queue", "6", "--max-upload-mb", "2",
+                "--precision", "fp32"]
 
 
 # --- the model, the images, the server ----------------------------------------------------------
@@ -202,8 +205,8 @@ def test_scores_equal_inpctl_predict(server, model_files, tmp_path):
     ckpt, inputs = model_files
     out = tmp_path / "predict"
     result = subprocess.run([sys.executable, "-m", "inpctl", "predict", str(inputs), "--ckpt", str(ckpt), "--out",
-                             str(out), "--device", "cpu", "--no-overlays"], cwd=REPO, capture_output=True, text=True,
-                            timeout=600)
+                             str(out), "--device", "cpu", "--no-overlays", "--precision", "fp32"], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     expected = {Path(row["path"]).name: float(row["score"]) for row in csv.DictReader((out / "predictions.csv").open())}
     files = sorted(inputs.iterdir())

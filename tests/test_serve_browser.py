@@ -1,6 +1,12 @@
 """The page at ``GET /`` of ``inpctl serve`` in a real browser: headless Chromium (Debian's package)
 driven by selenium through /usr/bin/chromedriver.
 
+What the page shows: the server's decisions (the slider a marked what-if), cards in upload order,
+each titled by the name uploaded (a dropped folder's files with their folders, which the server then
+uses to choose the category), the image beside its overlay, and one file picker. A folder is
+dropped as a person drops one: through Chromium's own drag-and-drop (DevTools
+``Input.dispatchDragEvent`` with the folder's path), not a script that fakes the event.
+
 Chromium is installed here with apt-get when missing and we are root; otherwise the test is
 skipped, saying why. Nothing is fetched by the browser but the page of the local server.
 """
@@ -13,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
@@ -46,7 +53,8 @@ def chromium() -> Path:
 @pytest.fixture(scope="module")
 def served(model_files, tmp_path_factory):
     ckpt, inputs = model_files
-    srv = Server(ckpt, tmp_path_factory.mktemp("browser-server") / "server.log")
+    # fp32: scores equal whatever batch an image shares (bf16 kernels vary with the batch size)
+    srv = Server(ckpt, tmp_path_factory.mktemp("browser-server") / "server.log", "--precision", "fp32")
     yield srv, inputs
     assert srv.stop() == 0
 
@@ -153,3 +161,122 @@ def test_upload_shows_the_server_decisions_and_the_slider_is_a_marked_trial(serv
     browser.find_element(By.ID, "reset").click()
     server_decisions_shown()
     assert browser.find_element(By.ID, "threshold-value").get_property("value") == ""
+
+
+def _pick(browser, files: list[Path]) -> None:
+    """Choose ``files`` in the page's file picker, in this order (as a person picks them)."""
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.ID, "files").send_keys("\n".join(str(f) for f in files))
+
+
+def _scored(browser, count: int) -> None:
+    from selenium.webdriver.common.by import By
+
+    wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, ".score[data-score]")) == count, what="the scores")
+    wait_for(lambda: all(img.get_property("naturalWidth") > 0
+                         for img in browser.find_elements(By.CSS_SELECTOR, "img.overlay, img.original")),
+             what="the images and overlays")
+
+
+def _names(browser) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [card.find_element(By.CSS_SELECTOR, ".name").text for card in browser.find_elements(By.CSS_SELECTOR, ".card")]
+
+
+def _open_page(browser, srv) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(srv.url + "/")
+    wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#category option")) == 3, what="the model info")
+
+
+def test_cards_follow_the_upload_order_and_show_the_image_beside_its_overlay(served, browser):
+    from selenium.webdriver.common.by import By
+
+    srv, inputs = served
+    # not in name order, so that neither a reversed nor a sorted list passes
+    files = [inputs / n for n in ("cable_good_001.png", "bottle_defect_000.png", "cable_defect_001.png",
+                                  "bottle_good_000.png")]
+    _open_page(browser, srv)
+    _pick(browser, files[:3])
+    _scored(browser, 3)
+    _pick(browser, files[3:])   # a second pick comes after the first
+    _scored(browser, 4)
+    assert _names(browser) == [f.name for f in files]
+
+    for card, path in zip(browser.find_elements(By.CSS_SELECTOR, ".card"), files):
+        original = card.find_element(By.CSS_SELECTOR, "img.original")
+        overlay = card.find_element(By.CSS_SELECTOR, "img.overlay")
+        # the image itself, from the browser's copy of the file, at its own size
+        assert original.get_attribute("src").startswith("blob:")
+        assert original.get_property("naturalWidth") == Image.open(path).width
+        assert overlay.get_attribute("src").startswith("data:image/png;base64,")
+        # beside it: the same row, the image on the left
+        left, right = original.rect, overlay.rect
+        assert abs(left["y"] - right["y"]) < 1 and left["x"] + left["width"] <= right["x"] + 1
+        assert left["width"] > 50 and abs(left["width"] - right["width"]) < 2
+
+
+def test_the_page_has_one_file_picker(served, browser):
+    from selenium.webdriver.common.by import By
+
+    srv, _ = served
+    _open_page(browser, srv)
+    inputs = browser.find_elements(By.CSS_SELECTOR, "input[type=file]")
+    assert len(inputs) == 1 and not inputs[0].is_displayed()   # no bare "Choose files" control beside ours
+    openers = [el for el in browser.find_elements(By.CSS_SELECTOR, "button, label[for=files], a")
+               if el.is_displayed() and "pick" in el.text.lower()]
+    assert [el.get_attribute("id") for el in openers] == ["pick"]
+    # the button opens that input's dialog (the dialog itself is stopped here: no person to close it)
+    browser.execute_script("window.opened = 0; document.getElementById('files').addEventListener('click', "
+                           "(e) => { e.preventDefault(); window.opened++; });")
+    browser.find_element(By.ID, "pick").click()
+    assert browser.execute_script("return window.opened") == 1
+
+
+def _drop(browser, paths: list[Path]) -> None:
+    """Drop files or folders on the page's drop zone through Chromium's own drag-and-drop."""
+    from selenium.webdriver.common.by import By
+
+    zone = browser.find_element(By.ID, "drop")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", zone)
+    box = browser.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.x, r.y, r.width, r.height];",
+                                 zone)
+    data = {"items": [], "files": [str(p) for p in paths], "dragOperationsMask": 1}
+    for kind in ("dragEnter", "dragOver", "drop"):
+        browser.execute_cdp_cmd("Input.dispatchDragEvent", {"type": kind, "x": box[0] + box[2] / 2,
+                                                            "y": box[1] + box[3] / 2, "data": data})
+
+
+def test_a_dropped_folder_keeps_its_folders_and_the_server_chooses_the_category_from_them(served, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    srv, inputs = served
+    # four different images, all named 000.png, in category folders; a text file the page skips
+    tree = tmp_path / "batch"
+    expected = []
+    for category in ("bottle", "cable"):
+        for kind in ("defect", "good"):
+            target = tree / category / kind / "000.png"
+            target.parent.mkdir(parents=True)
+            shutil.copy(inputs / f"{category}_{kind}_000.png", target)
+            expected.append(f"batch/{category}/{kind}/000.png")
+    (tree / "bottle" / "notes.txt").write_text("not an image")
+    api = {p["filename"]: p for p in httpx.post(
+        srv.url + "/predict", files=[("files", (name, (tmp_path / name).read_bytes())) for name in expected],
+        timeout=60).json()["predictions"]}
+    assert {p["category_source"] for p in api.values()} == {"path"}   # what the folder names make the server do
+
+    _open_page(browser, srv)
+    _pick(browser, [inputs / "cable_good_001.png"])   # picked first: its card stays first
+    _scored(browser, 1)
+    _drop(browser, [tree])
+    _scored(browser, 5)
+    assert _names(browser) == ["cable_good_001.png", *expected]   # the drop's files in name order
+    cards = browser.find_elements(By.CSS_SELECTOR, ".card")[1:]
+    for card, name in zip(cards, expected):
+        assert card.find_element(By.CSS_SELECTOR, ".category").text == f"{api[name]['category']} (path)"
+        assert float(card.find_element(By.CSS_SELECTOR, ".score").get_attribute("data-score")) == api[name]["score"]
+    assert "1 file(s) in dropped folders skipped" in browser.find_element(By.ID, "summary").text

@@ -188,9 +188,10 @@ def test_a_second_ctrl_c_aborts_at_once(data_root, tmp_path):
 
 
 def test_resume_refuses_flags_it_would_ignore(tmp_path):
-    result = invoke("train", "--resume", tmp_path, "--iters", "5", "--lr", "0.1")
+    result = invoke("train", "--resume", tmp_path, "--epochs", "5", "--lr", "0.1", "--iters", "9")
     assert result.exit_code == 2
-    assert "--iters" in result.output and "--lr" in result.output and "saved config" in result.output
+    assert "--epochs" in result.output and "--lr" in result.output and "saved config" in result.output
+    assert "--iters" not in result.output   # it extends the run (tests/test_reliability.py)
 
 
 # --- 3. the demo obeys its flags ----------------------------------------------------------------

@@ -11,7 +11,7 @@ that achieves and, on CUDA, that bandwidth as a share of the device's measured c
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -92,12 +92,15 @@ def _short(value: float | None, digits: int) -> float | None:
 
 
 def run_attention_bench(n: int, m: int, c: int, heads: int, batch: int, dtype: torch.dtype,
-                        device: torch.device | str, repeats: int = 20, max_seconds: float = 10.0) -> dict[str, Any]:
+                        device: torch.device | str, repeats: int = 20, max_seconds: float = 10.0,
+                        progress: Optional[Callable[[int, int, str], None]] = None) -> dict[str, Any]:
     """Time the four attentions (forward, forward + backward) at one size; JSON-serialisable result.
 
     ``rows`` holds short keys for an 80-column table (``path``, ``pass``, ``ms``, ``x ref``,
-    ``min MB``, ``GB/s``, ``%bw`` on CUDA, ``max err``, ``peak MB``); ``detail`` the same rows with
-    full names and full precision; ``columns`` says what each short key means."""
+    ``min MB``, ``GB/s``, ``%bw`` and ``peak MB`` on CUDA, ``max err``); ``detail`` the same rows
+    with full names and full precision; ``columns`` says what each short key shown means.
+    ``progress(rows done, rows in all, the row about to be timed)`` is called before each row and
+    once at the end."""
     if c % heads:
         raise ValueError(f"c = {c} is not divisible by heads = {heads}")
     device = torch.device(device)
@@ -132,6 +135,8 @@ def run_attention_bench(n: int, m: int, c: int, heads: int, batch: int, dtype: t
 
     detail: list[dict[str, Any]] = []
     truths: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+    tick = progress or (lambda done, total, name: None)
+    total = 2 * len(cases)
     for name, fn, inputs, formula in cases:
         if name == FUSED and fused_skip:
             for pass_name in ("forward", "forward+backward"):
@@ -157,6 +162,7 @@ def run_attention_bench(n: int, m: int, c: int, heads: int, batch: int, dtype: t
         errors = {"forward": _rel_err([forward()], [truth[0]]),
                   "forward+backward": _rel_err(forward_backward(), truth[1])}
         for pass_name, body in (("forward", forward), ("forward+backward", forward_backward)):
+            tick(len(detail), total, f"{_PATHS[name]} {pass_name}")
             timing = measure(body, device, warmup=0 if note else 3, repeats=1 if note else repeats,
                              max_seconds=max_seconds)
             detail.append({"name": name, "pass": pass_name, "formula": formula, "median_ms": timing.median_ms,
@@ -168,23 +174,25 @@ def run_attention_bench(n: int, m: int, c: int, heads: int, batch: int, dtype: t
         bw = bandwidth_columns(row_counts.bytes, row["median_ms"] if timed else None, peak_gbps)
         row["gb_per_s"], row["pct_of_copy_bw"] = bw["GB/s"], bw.get("%bw")
     _add_speedups(detail)
-    rows = [_table_row(row, peak_gbps is not None) for row in detail]
+    tick(total, total, "")
+    on_cuda = peak_gbps is not None
+    rows = [_table_row(row, on_cuda) for row in detail]
+    columns = {"path": "eager / SDPA: vanilla self-attention (eager, F.scaled_dot_product_attention); "
+                       "ref / fused: INP-guided reference and fused Triton kernel",
+               "x ref": f"{REFERENCE} median / row median, same pass",
+               "min MB": "bytes the row's attention must move at minimum (inputs read and outputs "
+                         "written once), 1e6 bytes",
+               "GB/s": "min MB / median time", "%bw": "GB/s as % of the measured copy bandwidth",
+               "max err": "vs the row's own formula in fp32 (vanilla: eager; INP: reference), relative "
+                          "to max |value|; forward+backward: worst input gradient"}
     fused_fwd = counts[("inp", "forward")]
     return {"rows": rows, "detail": detail,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "dtype": str(dtype).replace("torch.", ""), "batch": batch, "n": n, "m": m, "c": c, "heads": heads,
-            "torch": str(torch.__version__), "copy_gb_per_s": peak_gbps,
+            "torch": str(torch.__version__), **({"copy_gb_per_s": peak_gbps} if on_cuda else {}),
             "fused_forward": {"bytes": fused_fwd.bytes, "flops": fused_fwd.flops,
                               "flops_per_byte": fused_fwd.intensity},
-            "columns": {"path": "eager / SDPA: vanilla self-attention (eager, F.scaled_dot_product_attention); "
-                                "ref / fused: INP-guided reference and fused Triton kernel",
-                        "x ref": f"{REFERENCE} median / row median, same pass",
-                        "min MB": "bytes the row's attention must move at minimum (inputs read and outputs "
-                                  "written once), 1e6 bytes",
-                        "GB/s": "min MB / median time", "%bw": "GB/s as % of the measured copy bandwidth "
-                                                                 "(CUDA only)",
-                        "max err": "vs the row's own formula in fp32 (vanilla: eager; INP: reference), relative "
-                                   "to max |value|; forward+backward: worst input gradient"}}
+            "columns": {key: text for key, text in columns.items() if key in rows[0]}}
 
 
 INTERPRETER_NOTE = "fused rows ran in Triton's CPU interpreter: their times are not GPU times"
@@ -196,9 +204,11 @@ def _table_row(row: dict[str, Any], on_cuda: bool) -> dict[str, Any]:
     out = {"path": _PATHS[row["name"]], "pass": "fwd" if row["pass"] == "forward" else "fwd+bwd",
            "ms": _short(row["median_ms"], 3), "x ref": _short(row["speedup"], 3),
            "min MB": _short(row["min_bytes"] / 1e6, 3), "GB/s": _short(row["gb_per_s"], 3)}
-    if on_cuda:
+    if on_cuda:   # the copy bandwidth and peak memory are measured on CUDA only: no empty columns elsewhere
         out["%bw"] = _short(row["pct_of_copy_bw"], 2)
-    out.update({"max err": _short(row["max_rel_err"], 2), "peak MB": _short(row["peak_mem_mb"], 3)})
+    out["max err"] = _short(row["max_rel_err"], 2)
+    if on_cuda:
+        out["peak MB"] = _short(row["peak_mem_mb"], 3)
     if row["note"]:  # long notes print below the table, so no column is spent on them
         out["note"] = row["note"]
     return out

@@ -22,7 +22,6 @@ that cannot be compiled, so the report then runs itself in a subprocess without 
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import json
 import math
 import os
@@ -31,9 +30,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 ARCHS = (80, 90)
 DTYPES = ("fp32", "bf16", "fp16")
@@ -320,14 +320,19 @@ def compiler_unavailable() -> Optional[str]:
     return None
 
 
+Progress = Callable[[int, int, str], None]   # (configs compiled, configs in all, the last one compiled)
+
+
 def compile_report(archs: Sequence[int] = ARCHS, dtypes: Sequence[str] = DTYPES,
                    kernels: Sequence[str] = KERNELS, jobs: Optional[int] = None,
-                   sass: bool = True, targets: Optional[Sequence[tuple[int, str]]] = None) -> dict[str, Any]:
+                   sass: bool = True, targets: Optional[Sequence[tuple[int, str]]] = None,
+                   progress: Optional[Progress] = None) -> dict[str, Any]:
     """Compile every autotune config of each kernel for each arch and dtype; returns
     ``{"rows": [...], "triton": version, "shapes": ..., "limits": ...}``. Rows of configs that
     fail to compile carry ``error``. ``jobs``: parallel compiler processes (default: up to 4 cores);
     ``sass``: also disassemble (HMMA/HGMMA, STL/LDL, 128-bit LDG counts; slower); ``targets``:
-    (arch, dtype) pairs to compile instead of every arch with every dtype."""
+    (arch, dtype) pairs to compile instead of every arch with every dtype; ``progress`` is called
+    as the configs compile (a report already made in this process is returned at once)."""
     pairs = tuple(dict.fromkeys((int(a), str(d)) for a, d in targets)) if targets else \
         tuple((int(a), d) for a in archs for d in dtypes)
     _check_args([a for a, _ in pairs], [d for _, d in pairs], kernels)
@@ -335,24 +340,36 @@ def compile_report(archs: Sequence[int] = ARCHS, dtypes: Sequence[str] = DTYPES,
     reason = compiler_unavailable()
     if reason:
         raise RuntimeError(reason)
-    return _cached_report(pairs, kernels, jobs or min(4, os.cpu_count() or 1), bool(sass))
+    key = (pairs, kernels, jobs or min(4, os.cpu_count() or 1), bool(sass))
+    if key not in _REPORTS:
+        _REPORTS[key] = _report(*key, progress=progress or (lambda done, total, name: None))
+    return _REPORTS[key]
 
 
-@functools.lru_cache(maxsize=8)
-def _cached_report(targets: tuple[tuple[int, str], ...], kernels: tuple[str, ...], jobs: int,
-                   sass: bool) -> dict[str, Any]:
+_REPORTS: dict[tuple, dict[str, Any]] = {}   # the reports made in this process (compiling takes minutes)
+
+
+def _report(targets: tuple[tuple[int, str], ...], kernels: tuple[str, ...], jobs: int, sass: bool,
+            progress: Progress) -> dict[str, Any]:
     import triton
 
     from kernels.dispatch import interpreting
 
     if interpreting() or not _compilable():
-        return _report_in_subprocess(targets, kernels, jobs, sass)
+        return _report_in_subprocess(targets, kernels, jobs, sass, progress)
     work = _jobs(kernels, targets, sass)
+    progress(0, len(work), "")
     if jobs > 1 and len(work) > 1:
         with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
-            rows = list(pool.map(_compile_row, *zip(*work)))
+            futures = {pool.submit(_compile_row, *job): job for job in work}
+            for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+                progress(done, len(work), _job_label(futures[future]))
+            rows = [future.result() for future in futures]   # (a dict keeps the submission order)
     else:
-        rows = [_compile_row(*job) for job in work]
+        rows = []
+        for job in work:
+            rows.append(_compile_row(*job))
+            progress(len(rows), len(work), _job_label(job))
     return {"rows": rows, "triton": triton.__version__,
             "shapes": {"attention": dict(B=B, N=N, M=M, C=C, H=H, D=D),
                        "scoring": dict(B=B, groups=GROUPS, grid=GRID, image=IMAGE, out=OUT, C=C)},
@@ -360,18 +377,46 @@ def _cached_report(targets: tuple[tuple[int, str], ...], kernels: tuple[str, ...
                        for a in dict.fromkeys(a for a, _ in targets)}}
 
 
-def _report_in_subprocess(targets, kernels, jobs, sass) -> dict[str, Any]:
-    """The same report from a fresh interpreter without TRITON_INTERPRET (kernels compile there)."""
+def _job_label(job: tuple[str, str, int, int, bool]) -> str:
+    kernel, dtype, arch, index, _ = job
+    return f"{kernel} sm_{arch} {dtype} #{index}"
+
+
+SUBPROCESS_TIMEOUT_S = 1800
+PROGRESS_PREFIX = "progress\t"   # the subprocess's progress lines on stderr: prefix, done, total, name
+
+
+def _report_in_subprocess(targets, kernels, jobs, sass, progress: Progress) -> dict[str, Any]:
+    """The same report from a fresh interpreter without TRITON_INTERPRET (kernels compile there);
+    its progress comes back as lines on its stderr, the report as JSON on its stdout."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-m", "inp_former.benchmarks.compile", "--jobs", str(jobs),
+    cmd = [sys.executable, "-m", "inp_former.benchmarks.compile", "--jobs", str(jobs), "--progress",
            *(f"--target={a}:{d}" for a, d in targets), *(f"--kernel={k}" for k in kernels),
            *([] if sass else ["--no-sass"])]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=1800)
-    if done.returncode:
-        raise RuntimeError(f"compile report subprocess failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-    return json.loads(done.stdout)
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
+        watchdog = threading.Timer(SUBPROCESS_TIMEOUT_S, proc.kill)   # a hung compiler cannot hang us
+        watchdog.start()
+        errors: list[str] = []
+        try:
+            for line in proc.stderr:   # ends when the subprocess exits (or is killed)
+                if line.startswith(PROGRESS_PREFIX):
+                    done, total, name = line[len(PROGRESS_PREFIX):].rstrip("\n").split("\t", 2)
+                    progress(int(done), int(total), name)
+                else:
+                    errors.append(line)
+            code = proc.wait()
+        finally:
+            watchdog.cancel()
+            if proc.poll() is None:   # we were interrupted: the compiler goes too
+                proc.kill()
+                proc.wait()
+        if code:
+            raise RuntimeError(f"compile report subprocess failed ({code}): {''.join(errors).strip()[-2000:]}")
+        out.seek(0)
+        return json.loads(out.read())
 
 
 # --------------------------------------------------------------------------------------------
@@ -434,10 +479,14 @@ def _main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--jobs", type=int, default=None)
     parser.add_argument("--no-sass", action="store_true", help="skip the SASS disassembly (faster)")
     parser.add_argument("--table", action="store_true", help="print the short table instead of JSON")
+    parser.add_argument("--progress", action="store_true", help="progress lines on stderr (for a parent process)")
     ns = parser.parse_args(argv)
     targets = [(int(t.split(":")[0]), t.split(":")[1]) for t in ns.target] if ns.target else None
+    def progress(done: int, total: int, name: str) -> None:
+        print(f"{PROGRESS_PREFIX}{done}\t{total}\t{name}", file=sys.stderr, flush=True)
+
     report = compile_report(ns.arch or ARCHS, ns.dtype or DTYPES, ns.kernel or KERNELS, ns.jobs, not ns.no_sass,
-                            targets)
+                            targets, progress if ns.progress else None)
     if ns.table:
         columns, rows = format_rows(report)
         widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]

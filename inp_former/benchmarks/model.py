@@ -5,10 +5,14 @@ fused:     the fused kernels (on CUDA) in fp32 and bf16 autocast, optionally tor
 fast path: what ``--fast`` runs in eval/predict/serve (inp_former/fast_path.py): bf16, the
            dispatcher's kernels and the whole forward + scoring as a CUDA graph per batch shape.
 The encoder has random weights here: speed does not depend on the weights' values.
+
+What is timed when the caller does not say depends on the device
+(:func:`inp_former.benchmarks.sizes.default_sizes`): the paper's ViT-B at 392 px on a GPU, a ViT-S
+at 224 px on a CPU, where the GPU sizes take many minutes.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -38,18 +42,27 @@ def _train_step(model: INPFormer, optimizer: torch.optim.Optimizer, images: torc
     optimizer.step()
 
 
-def run_model_bench(encoder: str, batches: list[int], train_batch: int, crop: int, device: torch.device,
-                    repeats: int = 10, compile_model: bool = False, max_seconds: float = 20.0) -> dict[str, Any]:
-    torch.manual_seed(0)
-    cfg = RunConfig(model=ModelConfig(encoder=encoder, encoder_weights="random", resize=crop, crop=crop))
-    model = INPFormer(cfg.model).to(device).eval()
+def run_model_bench(encoder: str, batches: Sequence[int], train_batch: int, crop: int, device: torch.device,
+                    repeats: int = 10, compile_model: bool = False, max_seconds: float = 20.0,
+                    progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+    """Inference (per batch size) and training-step rows, each path against the reference fp32 row.
+
+    ``progress(rows done, rows in all, the row about to be timed)`` is called before each row and
+    once at the end; :func:`inp_former.benchmarks.sizes.resolve_sizes` gives the sizes to time when
+    the caller has none."""
     rows: list[dict[str, Any]] = []
     paths = dict(PATHS)
     if device.type != "cuda":
         paths.pop("fused fp32")  # on CPU the dispatcher picks the reference: same as the first row
-    compiled = torch.compile(model) if compile_model else None
-    if compiled is not None:
+    if compile_model:
         paths["compiled bf16"] = ("auto", "bf16")
+    total = len(batches) * (len(paths) + 1) + sum("compile" not in name for name in paths)
+    tick = progress or (lambda done, total, name: None)
+    tick(0, total, f"building the {encoder} model")   # seconds on a CPU: say so before
+    torch.manual_seed(0)
+    cfg = RunConfig(model=ModelConfig(encoder=encoder, encoder_weights="random", resize=crop, crop=crop))
+    model = INPFormer(cfg.model).to(device).eval()
+    compiled = torch.compile(model) if compile_model else None
 
     generator = torch.Generator(device="cpu").manual_seed(0)
     for batch in batches:
@@ -57,6 +70,7 @@ def run_model_bench(encoder: str, batches: list[int], train_batch: int, crop: in
         reference_maps = None
         for name, (mode, precision) in paths.items():
             net = compiled if "compile" in name else model
+            tick(len(rows), total, f"infer {name}, batch {batch}")
             with kernel_mode(mode):
                 maps, _, _ = score_batch(net, images, cfg, precision)
                 timing = measure(lambda: score_batch(net, images, cfg, precision), device,
@@ -65,6 +79,7 @@ def run_model_bench(encoder: str, batches: list[int], train_batch: int, crop: in
                 reference_maps = maps.float()
             rows.append(_row("infer", name, batch, timing, _relative_error(maps, reference_maps)))
         # the end-to-end fast path of eval/predict/serve: CUDA graphs + bf16 (eager elsewhere, and it says why)
+        tick(len(rows), total, f"infer fast path, batch {batch}")
         scorer = scoring_function(model, cfg, InferenceConfig(fast=True), device)
         maps, _ = scorer(images)
         timing = measure(lambda: scorer(images), device, repeats=repeats, max_seconds=max_seconds)
@@ -76,12 +91,14 @@ def run_model_bench(encoder: str, batches: list[int], train_batch: int, crop: in
     for name, (mode, precision) in paths.items():
         if "compile" in name:
             continue
+        tick(len(rows), total, f"train {name}, batch {train_batch}")
         optimizer = StableAdamW(model.trainable_parameters(), lr=1e-4, eps=1e-10, weight_decay=1e-4, amsgrad=True)
         with kernel_mode(mode):
             timing = measure(lambda: _train_step(model, optimizer, train_images, precision), device,
                              warmup=2, repeats=repeats, max_seconds=max_seconds)
         rows.append(_row("train", name, train_batch, timing, None))
     _add_speedups(rows)
+    tick(len(rows), total, "")
     return {"rows": rows, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "encoder": f"{encoder} (random weights)", "crop": crop}
 
@@ -93,7 +110,8 @@ def _relative_error(maps: torch.Tensor, reference: torch.Tensor) -> float:
 def _row(pass_: str, path: str, batch: int, timing: Any, error: float | None) -> dict[str, Any]:
     """One table row; short keys so that the printed table fits 80 columns."""
     return {"pass": pass_, "path": path, "batch": batch, "ms": timing.median_ms,
-            "img/s": batch / timing.median_ms * 1e3, "peak MB": timing.peak_mem_mb, "max err": error}
+            "img/s": batch / timing.median_ms * 1e3, "max err": error,
+            **({"peak MB": timing.peak_mem_mb} if timing.peak_mem_mb is not None else {})}   # CUDA only
 
 
 def _add_speedups(rows: list[dict[str, Any]]) -> None:

@@ -125,11 +125,12 @@ def loss_summary(losses: Sequence[float], tail_fraction: float = TAIL_FRACTION,
     that fraction of the run (index ``round(q * (n - 1))``); ``min``; ``mean_first_10pct`` /
     ``mean_last_10pct``; ``tail_change``: the relative change of a least-squares line fitted to the
     last ``tail_fraction`` of the losses, from its start to its end (negative = falling), and
-    ``tail_t`` its slope's t-statistic (clamped to +-1e6; batch-to-batch noise makes a short tail's
-    slope unreliable);
+    ``tail_t`` its slope's t-statistic, or None where there is none: a tail of fewer than 3 losses
+    (a line through 2 points leaves no noise to measure the slope against) or one exactly on a line;
     ``still_falling``: the fitted line dropped by more than ``threshold`` (1%) of the tail's mean
-    AND the drop is significant (``tail_t < -2``): more iterations would probably still lower the
-    loss. An empty curve gives ``steps = 0`` and NaN/None values.
+    AND the drop is significant (``tail_t < -2``; without a t, the drop alone decides): more
+    iterations would probably still lower the loss. An empty curve gives ``steps = 0`` and NaN/None
+    values.
     """
     values = [float(v) for v in losses]
     n = len(values)
@@ -145,7 +146,7 @@ def loss_summary(losses: Sequence[float], tail_fraction: float = TAIL_FRACTION,
     tenth = max(1, n // 10)
     tail = values[n - max(2, int(math.ceil(tail_fraction * n))):] if n >= 2 else values
     m = len(tail)
-    change, t_stat = 0.0, 0.0
+    change, t_stat = 0.0, None
     if m >= 2:
         xs = [i - (m - 1) / 2 for i in range(m)]
         sxx = sum(x * x for x in xs)
@@ -155,13 +156,12 @@ def loss_summary(losses: Sequence[float], tail_fraction: float = TAIL_FRACTION,
         if m > 2:
             residual = sum((y - mean - slope * x) ** 2 for x, y in zip(xs, tail)) / (m - 2)
             se = math.sqrt(residual / sxx)
-            t_stat = slope / se if se > 0 else (math.copysign(math.inf, slope) if slope else 0.0)
-        else:
-            t_stat = math.copysign(math.inf, slope) if slope else 0.0
+            t_stat = slope / se if se > 0 else (0.0 if slope == 0 else None)
     return {"steps": n, "first": values[0], "last": values[-1], "at_25": at(0.25), "at_50": at(0.5),
             "at_75": at(0.75), "min": min(values), "mean_first_10pct": sum(values[:tenth]) / tenth,
             "mean_last_10pct": sum(values[-tenth:]) / tenth, "tail_change": float(change),
-            "tail_t": max(-1e6, min(1e6, float(t_stat))), "still_falling": bool(change < -threshold and t_stat < -2.0)}
+            "tail_t": None if t_stat is None else float(t_stat),
+            "still_falling": bool(change < -threshold and (t_stat is None or t_stat < -2.0))}
 
 
 def _plain(value: Any) -> Any:

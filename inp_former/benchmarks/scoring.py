@@ -10,7 +10,7 @@ written once), the bandwidth that achieves, and on CUDA its share of the measure
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -55,12 +55,15 @@ INTERPRETER_NOTE = "fused ran in Triton's CPU interpreter: its time is not a GPU
 
 def run_scoring_bench(batch: int, grid: int, channels: int, image_size: int, out_size: int,
                       dtype: torch.dtype, device: torch.device | str, repeats: int = 20, groups: int = 2,
-                      max_seconds: float = 10.0) -> dict[str, Any]:
+                      max_seconds: float = 10.0,
+                      progress: Optional[Callable[[int, int, str], None]] = None) -> dict[str, Any]:
     """Time the three paths on random features. Errors: max |path - reference| over maps and scores, and
     the same against the reference run in float64 (on CUDA the reference's conv2d is TF32 by default).
 
     ``rows`` holds short keys for an 80-column table (``path``, ``ms``, ``x ref``, ``min MB``,
-    ``GB/s``, ``%bw`` on CUDA, ``map err``, ``sc err``, ``peak MB``); ``detail`` the full rows."""
+    ``GB/s``, ``%bw`` and ``peak MB`` on CUDA, ``map err``, ``sc err``); ``detail`` the full rows;
+    ``columns`` says what the short keys shown mean. ``progress(paths done, paths in all, the path
+    about to be timed)`` is called before each path and once at the end."""
     device = torch.device(device)
     enc, dec = _features(batch, grid, channels, dtype, device, groups)
 
@@ -84,7 +87,9 @@ def run_scoring_bench(batch: int, grid: int, channels: int, image_size: int, out
     paths: list[tuple[str, Callable[[], tuple[torch.Tensor, torch.Tensor]], str | None]] = [
         ("reference", reference, None), ("matrix", matrix, None), ("fused", fused, _fused_skip_reason(device))]
     detail: list[dict[str, Any]] = []
+    tick = progress or (lambda done, total, name: None)
     for name, fn, skip in paths:
+        tick(len(detail), len(paths), name)
         row: dict[str, Any] = {"name": name, "median_ms": None, "peak_mem_mb": None, "speedup": None,
                                "max_abs_err_map": None, "max_abs_err_score": None, "max_abs_err_map_fp64": None,
                                "max_abs_err_score_fp64": None, "min_bytes": counts.bytes, "flops": counts.flops,
@@ -104,12 +109,19 @@ def run_scoring_bench(batch: int, grid: int, channels: int, image_size: int, out
                 bw = bandwidth_columns(counts.bytes, timing.median_ms, peak_gbps)
                 row.update(gb_per_s=bw["GB/s"], pct_of_copy_bw=bw.get("%bw"))
         detail.append(row)
+    tick(len(paths), len(paths), "")
     base = detail[0]["median_ms"]
     for row in detail:
         if row["median_ms"] is not None and row["note"] is None:
             row["speedup"] = base / row["median_ms"]
+    on_cuda = peak_gbps is not None
+    rows = [_table_row(row, on_cuda) for row in detail]
+    columns = {"x ref": "reference median / row median",
+               "min MB": "features read once + maps written once (1e6 bytes), the same for every path",
+               "GB/s": "min MB / median time", "%bw": "GB/s as % of the measured copy bandwidth",
+               "map err / sc err": "max |path - reference in float64| over maps / scores"}
     return {
-        "rows": [_table_row(row, peak_gbps is not None) for row in detail],
+        "rows": rows,
         "detail": detail,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -117,12 +129,9 @@ def run_scoring_bench(batch: int, grid: int, channels: int, image_size: int, out
         "shape": f"G={groups} x (B={batch}, N={grid * grid}, C={channels}) {str(dtype).removeprefix('torch.')}",
         "image_size": image_size,
         "out_size": out_size,
-        "copy_gb_per_s": peak_gbps,
+        **({"copy_gb_per_s": peak_gbps} if on_cuda else {}),
         "roofline": counts.as_dict(),
-        "columns": {"x ref": "reference median / row median",
-                    "min MB": "features read once + maps written once (1e6 bytes), the same for every path",
-                    "GB/s": "min MB / median time", "%bw": "GB/s as % of the measured copy bandwidth (CUDA only)",
-                    "map err / sc err": "max |path - reference in float64| over maps / scores"},
+        "columns": {key: text for key, text in columns.items() if key.split(" / ")[0] in rows[0]},
     }
 
 
@@ -133,10 +142,11 @@ def _table_row(row: dict[str, Any], on_cuda: bool) -> dict[str, Any]:
     """The short-key row the CLI prints (every key becomes a column: keep it under 80 columns)."""
     out = {"path": _PATHS[row["name"]], "ms": _short(row["median_ms"], 3), "x ref": _short(row["speedup"], 3),
            "min MB": _short(row["min_bytes"] / 1e6, 3), "GB/s": _short(row["gb_per_s"], 3)}
-    if on_cuda:
+    if on_cuda:   # the copy bandwidth and peak memory are measured on CUDA only: no empty columns elsewhere
         out["%bw"] = _short(row["pct_of_copy_bw"], 2)
-    out.update({"map err": _short(row["max_abs_err_map_fp64"], 2), "sc err": _short(row["max_abs_err_score_fp64"], 2),
-                "peak MB": _short(row["peak_mem_mb"], 3)})
+    out.update({"map err": _short(row["max_abs_err_map_fp64"], 2), "sc err": _short(row["max_abs_err_score_fp64"], 2)})
+    if on_cuda:
+        out["peak MB"] = _short(row["peak_mem_mb"], 3)
     if row["note"]:
         out["note"] = row["note"]
     return out

@@ -12,6 +12,7 @@ from typing import Callable, NamedTuple
 from inp_former.data.demo import ensure_demo_dataset
 from inp_former.data.geometry import Geometry
 from inp_former.data.mvtec import mvtec_categories, mvtec_samples
+from inp_former.errors import ConfigError
 from inp_former.data.records import IMAGE_EXTENSIONS, AnomalyDataset, DatasetError, Sample
 from inp_former.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, few_shot_augmentations, image_transform,
                                         load_mask, load_rgb, mask_transform, masks_for_metrics)
@@ -51,7 +52,7 @@ _register_builtin_layouts()
 
 def _layout(dataset: str) -> Layout:
     if dataset not in LAYOUTS:
-        raise ValueError(f"dataset layout {dataset!r}: expected one of {', '.join(sorted(LAYOUTS))}")
+        raise ConfigError(f"dataset {dataset!r}: expected one of {', '.join(sorted(LAYOUTS))}", arg="dataset")
     return LAYOUTS[dataset]
 
 

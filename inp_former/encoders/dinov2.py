@@ -130,11 +130,13 @@ def _load_timm_pretrained(vit: nn.Module, timm_name: str) -> str:
     import timm
 
     name = f"{timm_name}.{DINOV2_PRETRAINED_TAG}"
-    hint = ("give encoder weights as a file (a timm .safetensors/.pth or Meta's dinov2_vit*14_reg4_pretrain.pth), "
-            "or pre-fill the Hugging Face cache (HF_HOME)")
+    hint = ("give the weights as a file (a timm .safetensors/.pth or Meta's dinov2_vit*14_reg4_pretrain.pth), "
+            "pre-fill the Hugging Face cache (HF_HOME), or train with the encoder efficientnet_lite0 (pretrained "
+            "weights installed with inpctl, so it works offline)")
     if not weights_reachable(_hub_repo(timm_name)):
         raise EncoderWeightsError(f"encoder_weights pretrained: no weights for {name}: not in the local cache and "
-                                  f"the hub is unreachable (offline); {hint}", arg="encoder_weights")
+                                  f"the hub is unreachable (offline); {hint}", arg="encoder_weights",
+                                  others=("encoder",))
     try:
         pretrained = timm.create_model(name, pretrained=True, num_classes=0)
     except Exception as exc:

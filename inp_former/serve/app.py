@@ -83,6 +83,7 @@ def model_info(predictor: Any, config: ServeConfig) -> dict[str, Any]:
         "label_rule": LABEL_RULE,
         "map_mode": str(predictor.map_mode),
         "precision": str(predictor.precision),
+        "precision_reason": predictor.inference.precision_reason(predictor.device),
         "input": {"resize": cfg.model.resize, "crop": cfg.model.crop, "map_size": cfg.model.map_size},
         "device": str(predictor.device),
         "max_batch": config.max_batch,

@@ -58,8 +58,9 @@ def serve(config: ServeConfig, predictor: Any = None) -> None:
                                            allow_encoder_mismatch=config.allow_encoder_mismatch)
         log_event("ready", seconds=round(time.perf_counter() - started, 2), device=str(loaded.device),
                   threshold=loaded.threshold)
-        if loaded.category_warning:
-            log_event("warning", message=loaded.category_warning)
+        for warning in (loaded.category_warning, loaded.precision_warning):
+            if warning:
+                log_event("warning", message=warning)
         return loaded
 
     failures: list[BaseException] = []

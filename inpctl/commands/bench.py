@@ -1,16 +1,19 @@
 """``inpctl bench ...``: each subcommand runs one benchmark of ``inp_former.benchmarks`` and prints it.
 
-Tables fit an 80-column terminal (short headers, units in them); explanations go below the table
-and ``--json`` writes everything.
+Tables fit an 80-column terminal (short headers, units in them); explanations go below the table,
+only for the columns shown, and ``--json`` writes everything. Each benchmark shows its progress (a
+bar, or plain lines in a log) from its start.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 
-from inpctl.helpers import RichReporter, choices, console, fail, pick_device, rows_table, run, write_json
+from inpctl.helpers import (RichReporter, choices, console, fail, pick_device, progress_bar, rows_table, run,
+                            write_json)
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: paper Table 1, kernels, the model, quality, "
                                                    "compile-time evidence.")
@@ -39,24 +42,36 @@ def _fmt(value: Any) -> str:
 
 
 def print_rows(title: str, result: dict[str, Any]) -> None:
-    """``result['rows']`` (a list of dicts) as one table, long notes below it, then the scalars."""
+    """``result['rows']`` (a list of dicts) as one table, long notes below it, what each column shown
+    means, then the scalars that have a value. A column empty in every row is not shown."""
     rows = result.get("rows", [])
     notes = sorted({str(row["note"]) for row in rows if len(str(row.get("note") or "")) > 12})
+    columns = [c for c in dict.fromkeys(k for row in rows for k in row)
+               if not (c == "note" and notes) and any(row.get(c) is not None for row in rows)]
     if rows:
-        columns = [c for c in dict.fromkeys(k for row in rows for k in row) if not (c == "note" and notes)]
         console.print(rows_table(title, columns, ([_fmt(row.get(c)) for c in columns] for row in rows)))
     for note in notes:
-        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+        console.print(f"note: {note}", highlight=False)
     for name, text in (result.get("columns") or {}).items():
-        console.print(f"{name}: {text}", highlight=False, soft_wrap=True)
+        if any(part in columns for part in name.split(" / ")):   # a legend only for what is shown
+            console.print(f"{name}: {text}", highlight=False)
     for key, value in result.items():
-        if key in ("rows", "columns", "detail"):   # the explanations above; the details in --json
+        if key in ("rows", "columns", "detail") or value is None:   # explained above; details in --json
             continue
         if isinstance(value, dict):
-            value = ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+            value = ", ".join(f"{k}={_fmt(v)}" for k, v in value.items() if v is not None)
         elif isinstance(value, list):
             continue
-        console.print(f"{key}: {value}", highlight=False, soft_wrap=True)
+        console.print(f"{key}: {value}", highlight=False)
+
+
+@contextlib.contextmanager
+def rows_progress(label: str) -> Iterator[Callable[[int, int, str], None]]:
+    """A benchmark's ``progress(done, total, name)`` callback drawn as a bar, or as plain lines in a log
+    (the first at once: the rows take seconds each; no rate: rows differ in cost)."""
+    with progress_bar("name", rate=False, first=0.0) as bar:
+        task = bar.add_task(label, total=None, name="")
+        yield lambda done, total, name: bar.update(task, completed=done, total=total, name=name)
 
 
 @bench_app.command("attention")
@@ -77,8 +92,10 @@ def bench_attention(
     if c % heads:
         fail(f"--c {c} is not divisible by --heads {heads}")
     counts = table1_counts(n, m, c)
-    timed = run(lambda: run_attention_bench(n, m, c, heads, batch, _dtype(dtype), pick_device(device),
-                                            repeats=repeats))
+    resolved = pick_device(device)
+    with rows_progress("bench attention") as progress:
+        timed = run(lambda: run_attention_bench(n, m, c, heads, batch, _dtype(dtype), resolved, repeats=repeats,
+                                                progress=progress))
     console.print(rows_table("Table 1: one decoder layer, one image, fp32", ["", "self-attention", "INP-guided"],
                              [[label, _count(counts, "vanilla", key), _count(counts, "inp", key)]
                               for label, key in (("A = QK^T (mult+add)", "qk"), ("A V (mult+add)", "av"),
@@ -109,18 +126,30 @@ def bench_scoring(
     """Fused regional-cosine scoring against the reference path."""
     from inp_former.benchmarks.scoring import run_scoring_bench
 
-    result = run(lambda: run_scoring_bench(batch, grid, channels, image_size, out_size, _dtype(dtype),
-                                           pick_device(device), repeats=repeats))
+    resolved = pick_device(device)
+    with rows_progress("bench scoring") as progress:
+        result = run(lambda: run_scoring_bench(batch, grid, channels, image_size, out_size, _dtype(dtype), resolved,
+                                               repeats=repeats, progress=progress))
     print_rows("Scoring: maps + image scores", result)
     write_json(json_path, result)
 
 
+def _by_device(field: Callable[[Any], object]) -> str:
+    """`` [default: X on CUDA, Y on CPU].`` from the one place the sizes live."""
+    from inp_former.benchmarks.sizes import CPU_SIZES, GPU_SIZES
+
+    return f" [default: {field(GPU_SIZES)} on CUDA, {field(CPU_SIZES)} on CPU]."
+
+
 @bench_app.command("model")
 def bench_model(
-    encoder: str = typer.Option("base", help="Encoder (random weights: speed does not depend on them)."),
-    batch: list[int] = typer.Option([1, 16, 64], help="Inference batch sizes (repeat the flag)."),
-    train_batch: int = typer.Option(16, min=1, help="Training batch size."),
-    crop: int = typer.Option(392, min=14, help="Image size."),
+    encoder: Optional[str] = typer.Option(None, help="Encoder (random weights: speed does not depend on them)"
+                                          + _by_device(lambda s: s.encoder)),
+    batch: Optional[list[int]] = typer.Option(None, min=1, help="Inference batch sizes (repeat the flag)"
+                                              + _by_device(lambda s: " ".join(map(str, s.batches)))),
+    train_batch: Optional[int] = typer.Option(None, min=1, help="Training batch size"
+                                              + _by_device(lambda s: s.train_batch)),
+    crop: Optional[int] = typer.Option(None, min=14, help="Image size" + _by_device(lambda s: s.crop)),
     repeats: int = typer.Option(10, min=1, help="Timed repetitions (median reported)."),
     compile_model: bool = typer.Option(False, "--compile", help="Also time torch.compile of the fast path."),
     device: str = DEVICE,
@@ -128,10 +157,17 @@ def bench_model(
 ) -> None:
     """End to end: inference images/s and training step time, reference fp32 vs the fast path."""
     from inp_former.benchmarks.model import run_model_bench
+    from inp_former.benchmarks.sizes import CPU_SIZES, GPU_SIZES, resolve_sizes
 
-    result = run(lambda: run_model_bench(encoder, batch, train_batch, crop, pick_device(device), repeats=repeats,
-                                         compile_model=compile_model))
-    print_rows(f"Model ({encoder}, {crop} px)", result)
+    resolved = pick_device(device)
+    sizes, cpu_sized = resolve_sizes(resolved, encoder, batch, train_batch, crop)
+    if cpu_sized:
+        console.print(f"On {resolved.type}: CPU-sized defaults for the flags not given ({CPU_SIZES.describe()}; on a "
+                      f"GPU: {GPU_SIZES.describe()}); --encoder, --crop, --batch, --train-batch choose", highlight=False)
+    with rows_progress("bench model") as progress:
+        result = run(lambda: run_model_bench(sizes.encoder, sizes.batches, sizes.train_batch, sizes.crop, resolved,
+                                             repeats=repeats, compile_model=compile_model, progress=progress))
+    print_rows(f"Model ({sizes.encoder}, {sizes.crop} px)", result)
     write_json(json_path, result)
 
 
@@ -187,10 +223,11 @@ def bench_quality(
     console.print(f"Encoder: {meta['encoder_design']} ({meta['encoder_source']})", highlight=False, soft_wrap=True)
     if loss:
         falling = "yes" if loss["still_falling"] else "no"
+        trend = f"{100 * loss['tail_change']:+.1f}%" + (f", t {loss['tail_t']:.1f}" if loss["tail_t"] is not None else "")
         console.print(f"Training: {meta['iterations']} iterations in {meta['train_seconds']:.0f} s; loss "
                       f"{loss['first']:.3f} -> {loss['at_25']:.3f} (25%) -> {loss['at_50']:.3f} (50%) -> "
                       f"{loss['at_75']:.3f} (75%) -> {loss['last']:.3f}; still falling over the last 20%: {falling} "
-                      f"({100 * loss['tail_change']:+.1f}%, t {loss['tail_t']:.1f})", highlight=False, soft_wrap=True)
+                      f"({trend})", highlight=False)
     write_json(json_path, result)
     if md_path is not None:
         atomic_write_text(md_path, markdown_report(result))
@@ -223,7 +260,8 @@ def bench_compile(
     shared memory, tensor-core instructions, vector loads, occupancy."""
     from inp_former.benchmarks.compile import COLUMN_NOTES, compile_report, format_rows, problems
 
-    report = run(lambda: compile_report(archs=tuple(arch)))
+    with rows_progress("bench compile") as progress:
+        report = run(lambda: compile_report(archs=tuple(arch), progress=progress))
     columns, rows = format_rows(report)
     console.print(rows_table("Compiled kernels (Triton -> PTX -> cubin)", columns, rows))
     for name, note in COLUMN_NOTES.items():

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from inpctl.helpers import RichReporter, choices, default, parse_categories, print_evaluation, run
+from inpctl.helpers import PRECISION_HELP, RichReporter, choices, default, parse_categories, print_evaluation, run
 
 
 def eval_command(
@@ -17,8 +17,7 @@ def eval_command(
     categories: Optional[str] = typer.Option(None, help="Comma-separated categories [default: all]."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: beside --ckpt]."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Images per batch." + default("inference", "batch_size")),
-    precision: Optional[str] = typer.Option(None, metavar=choices("Precision"), help="bf16: autocast [default: "
-                                            "fp32; bf16 with --fast on CUDA]."),
+    precision: Optional[str] = typer.Option(None, metavar=choices("Precision"), help=PRECISION_HELP),
     map_mode: Optional[str] = typer.Option(None, "--map", metavar=choices("MapMode"), help="prototype: the "
                                            "zero-shot map." + default("inference", "map_mode")),
     fast: bool = typer.Option(False, "--fast/--no-fast", help="CUDA: bf16, fused kernels, CUDA graphs."),
@@ -40,8 +39,10 @@ def eval_command(
 ) -> None:
     """Evaluate a checkpoint: a table per category + mean, metrics.json, scores.csv, thresholds.json.
 
-    The checkpoint is not modified unless --save-thresholds.
+    The checkpoint is not modified unless --save-thresholds. Several GPUs or machines: torchrun
+    --nproc-per-node N -m inpctl eval ... (the same files as one process; docs/reliability.md).
     """
+    from inp_former import distributed
     from inp_former.config import overlay
     from inp_former.evaluate import EvalConfig
     from inp_former.inference import InferenceConfig
@@ -54,9 +55,11 @@ def eval_command(
         override = DataOverride(root=str(data) if data is not None else None, dataset=dataset,
                                 categories=tuple(parse_categories(categories)), resize=resize, crop=crop)
         return evaluate_checkpoint(ckpt, override, evaluation, out, device, encoder_weights, allow_encoder_mismatch,
-                                   save_thresholds, report_samples if report else None, RichReporter(),
-                                   overwrite=overwrite)
+                                   save_thresholds, report_samples if report else None,
+                                   RichReporter(rank_zero_only=True), overwrite=overwrite)
 
     outcome = run(job)
+    if not distributed.is_writer():  # under torchrun rank 0 shows the result of all processes
+        return
     setting = "single-class " if outcome.result.meta.get("setting") == "single-class" else ""
     print_evaluation(outcome, f"INP-Former {setting}({outcome.result.meta.get('map_mode')} maps), %")

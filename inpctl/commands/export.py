@@ -23,6 +23,13 @@ def export_command(
     encoder_weights: Optional[str] = typer.Option(None, help="Encoder weights, if not as at training."),
     allow_encoder_mismatch: bool = typer.Option(False, "--allow-encoder-mismatch", help="Export even if the "
                                                 "encoder is not the trained one."),
+    int8: bool = typer.Option(False, "--int8", help="Quantise to int8 for CPUs (static, onnxruntime); refused if "
+                              "image AUROC drops by more than 1 point on the check images."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="With --int8: normal images to "
+                                               "calibrate on [default: the checkpoint's training images]."),
+    check_data: Optional[Path] = typer.Option(None, "--check-data", help="With --int8: a dataset root whose test "
+                                              "split checks accuracy [default: the checkpoint's data]."),
+    force: bool = typer.Option(False, "--force", help="With --int8: write the model even if it loses accuracy."),
 ) -> None:
     """Export the model for deployment: image (B, 3, crop, crop) in; map (B, S, S), score (B,) and
     embedding (B, C) out; thresholds and rules in the .json beside it."""
@@ -31,8 +38,19 @@ def export_command(
 
     if format not in FORMATS:
         fail(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
+    given = [flag for flag, value in (("--calibration", calibration), ("--check-data", check_data),
+                                      ("--force", force)) if value]
+    if given and not int8:
+        fail(f"{', '.join(given)}: only with --int8")
+    check_override = None
+    if check_data is not None:
+        from inp_former.workflow import DataOverride
+
+        check_override = DataOverride(root=str(check_data))
     outcome = run(lambda: export_model(ckpt, out, choice(MapMode, map_mode, "map_mode"), exporter, opset, check,
-                                       encoder_weights, allow_encoder_mismatch, RichReporter()))
+                                       encoder_weights, allow_encoder_mismatch, RichReporter(), int8=int8,
+                                       int8_calibration=calibration, check_data=check_override, force=force),
+                  flags={"data": "--check-data"})
     info, mc = outcome["info"], outcome["config"].model
     console.print(f"Wrote {info.path} (opset {info.opset}): image (batch, 3, {mc.crop}, {mc.crop}) -> "
                   f"map (batch, {mc.map_size}, {mc.map_size}), score (batch), embedding (batch, "
@@ -50,3 +68,11 @@ def export_command(
                   f"score {worst['score']:.2e}, embedding {worst['embedding']:.2e}", highlight=False)
     if max(worst.values()) > CHECK_TOLERANCE:
         fail(f"the ONNX model differs from torch by {max(worst.values()):.2e} (> {CHECK_TOLERANCE:g})", code=1)
+    quantised = outcome["int8"]
+    if quantised is not None:
+        console.print(f"Int8 against fp32 on {quantised.images} check images: image AUROC {quantised.auroc_fp32:.2f} -> "
+                      f"{quantised.auroc_int8:.2f} ({-quantised.auroc_drop:+.2f} points; more than 1 lost is refused); "
+                      f"max |map difference| {quantised.max_map_diff:.3g} (maps reach {quantised.map_scale:.3g})",
+                      highlight=False, soft_wrap=True)
+        if force and quantised.auroc_drop > 1.0:
+            warn(f"written anyway (--force): the int8 model loses {quantised.auroc_drop:.2f} points of image AUROC")

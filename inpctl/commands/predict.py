@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from inpctl.helpers import RichReporter, choices, console, err_console, fail, rows_table, run
+from inpctl.helpers import PRECISION_HELP, RichReporter, choices, console, err_console, fail, rows_table, run, warn
 
 
 def predict_command(
@@ -22,27 +22,43 @@ def predict_command(
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="A heatmap overlay PNG per image."),
     batch_size: int = typer.Option(16, min=1, help="Images per batch."),
     map_mode: str = typer.Option("decoder", "--map", metavar=choices("MapMode"), help="prototype: zero-shot map."),
-    precision: Optional[str] = typer.Option(None, metavar=choices("Precision"), help="bf16: autocast [default: "
-                                            "fp32; bf16 with --fast on CUDA]."),
+    precision: Optional[str] = typer.Option(None, metavar=choices("Precision"), help=PRECISION_HELP),
     fast: bool = typer.Option(False, "--fast/--no-fast", help="CUDA: bf16, fused kernels, CUDA graphs."),
     encoder_weights: Optional[str] = typer.Option(None, help="Encoder weights, if not as at training."),
     allow_encoder_mismatch: bool = typer.Option(False, "--allow-encoder-mismatch", help="Score even if the "
                                                 "encoder is not the trained one."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run into the same --out: "
+                                "images whose results it wrote are not scored again."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
-    """Score new images: predictions.csv/.json, an overlay per image, raw maps on request."""
+    """Score new images: predictions.csv/.json, an overlay per image, raw maps on request.
+
+    Several GPUs or machines: torchrun --nproc-per-node N -m inpctl predict ... --out DIR.
+    """
+    from inp_former import distributed
     from inp_former.inference import InferenceConfig
     from inp_former.workflow import PredictOptions, default_output_dir, predict_images
 
+    if out is None and resume:
+        fail("--resume: give the --out folder of the interrupted run")
+    if out is None and distributed.launched():
+        fail("--out: required under torchrun, so that every process writes to the same folder")
     out_dir = out or default_output_dir("predictions")
 
     def job():
         inference = InferenceConfig(precision=precision, map_mode=map_mode, fast=fast, batch_size=batch_size)
         options = PredictOptions(inference, threshold, category, overlays, save_maps)
         return predict_images(ckpt, inputs, out_dir, options, device, encoder_weights, allow_encoder_mismatch,
-                              RichReporter())
+                              RichReporter(rank_zero_only=True), resume=resume)
 
     summary = run(job)
+    if not distributed.is_writer():  # under torchrun rank 0 shows the result of all processes
+        return
+    if resume:
+        console.print(f"Resumed: {summary['resumed']} files had their results written already", highlight=False)
+    if summary.get("ignored_partial"):
+        warn(f"--resume: {summary['ignored_partial']} earlier batches in {out_dir} were made with another "
+             f"checkpoint or other settings; their images were scored again")
     counts = summary["counts"]
     labelled = any(group["threshold"] is not None for group in summary["categories"])
     verdict = f": {counts['anomalous']} anomalous, {counts['normal']} normal" if labelled else " (no threshold)"

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from inpctl.helpers import choices, fail, pick_device, run
+from inpctl.helpers import PRECISION_HELP, choices, fail, pick_device, run
 
 
 def serve_command(
@@ -28,8 +28,7 @@ def serve_command(
     request_timeout: float = typer.Option(60.0, "--request-timeout", min=0.001, help="Seconds before a request "
                                           "is answered 504."),
     map_mode: str = typer.Option("decoder", "--map", metavar=choices("MapMode"), help="prototype: zero-shot map."),
-    precision: Optional[str] = typer.Option(None, "--precision", metavar=choices("Precision"), help="bf16: "
-                                            "autocast [default: fp32; bf16 with --fast on CUDA]."),
+    precision: Optional[str] = typer.Option(None, "--precision", metavar=choices("Precision"), help=PRECISION_HELP),
     fast: bool = typer.Option(False, "--fast/--no-fast", help="CUDA: bf16, fused kernels, CUDA graphs."),
     encoder_weights: Optional[str] = typer.Option(None, help="Encoder weights, if not as at training."),
     allow_encoder_mismatch: bool = typer.Option(False, "--allow-encoder-mismatch", help="Serve even if the "

@@ -30,7 +30,8 @@ def train_command(
     encoder_weights: Optional[str] = typer.Option(None, help="pretrained, a weight file, or random."
                                                   + default("model", "encoder_weights")),
     epochs: Optional[int] = typer.Option(None, min=1, help="Epochs (ignored with --iters)." + default("train", "epochs")),
-    iters: Optional[int] = typer.Option(None, min=1, help="Total iterations; overrides --epochs."),
+    iters: Optional[int] = typer.Option(None, min=1, help="Total iterations; overrides --epochs. With --resume: "
+                                        "extend the run to this total (docs/reliability.md)."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Images per step." + default("train", "batch_size")),
     lr: Optional[float] = typer.Option(None, min=0.0, help="Peak learning rate." + default("train", "lr")),
     final_lr: Optional[float] = typer.Option(None, min=0.0, help="Final learning rate." + default("train", "final_lr")),
@@ -62,8 +63,11 @@ def train_command(
                                                + default("train", "on_nonfinite")),
     checkpoint_every: Optional[int] = typer.Option(None, min=0, help="Write last.pt every N iterations; 0: never."
                                                    + default("train", "checkpoint_every")),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard events to "
+                                     "RUN_DIR/tensorboard (needs: pip install tensorboard)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its "
-                                          "last.pt, with its saved config."),
+                                          "last.pt, with its saved config; with --iters, extend it (also a "
+                                          "finished run)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Train one model on all chosen categories, then evaluate it (without --data: a demo).
@@ -79,17 +83,18 @@ def train_command(
     evaluation = None if no_eval else EvalConfig(overlay(InferenceConfig(), batch_size=eval_batch_size))
     reporter = RichReporter(rank_zero_only=True)
     if resume is not None:
-        ignored = sorted(set(given) - {"resume", "device", "no_eval", "eval_batch_size"})
+        ignored = sorted(set(given) - {"resume", "device", "no_eval", "eval_batch_size", "iters"})
         if ignored:
             fail(f"--resume {resume}: the run continues with its saved config; these flags cannot change it: "
                  + ", ".join("--" + name.replace("_", "-") for name in ignored))
-        from inp_former.workflow import CHECKPOINT_NAME, TRAINING_STATE, finished_checkpoint
+        from inp_former.workflow import CHECKPOINT_NAME, TRAINING_STATE, resume_point
 
-        done = finished_checkpoint(resume)
-        if done is not None:
+        point = run(lambda: resume_point(resume))
+        if point.finished and iters is None:
             fail(f"--resume {resume}: the run is complete ({CHECKPOINT_NAME} is written, no {TRAINING_STATE} left); "
-                 f"evaluate it with inpctl eval --ckpt {done}")
-        outcome = run(lambda: resume_run(resume, device, evaluation, reporter), on_interrupt=_interrupted)
+                 f"evaluate it with inpctl eval --ckpt {resume / CHECKPOINT_NAME}, or train it longer with "
+                 f"--resume {resume} --iters N (more than its {point.config.train.iters} iterations)")
+        outcome = run(lambda: resume_run(resume, device, evaluation, reporter, iters=iters), on_interrupt=_interrupted)
         _show(outcome, reporter)
         return
 
@@ -102,11 +107,15 @@ def train_command(
         fail("--dataset: names the layout of --data; the demo has its own data (give --data too)")
 
     def build() -> RunConfig:
+        if tensorboard:
+            from inp_former.train import require_tensorboard
+
+            require_tensorboard()   # refused before anything is printed or trained
         if demo:
             from inp_former.demo import demo_config
 
             base, notice = demo_config()
-            console.print(notice, highlight=False)
+            notices.append(notice)
         else:
             base = RunConfig()
         return config_from_flags(
@@ -117,16 +126,22 @@ def train_command(
             train=dict(iters=iters, epochs=epochs, batch_size=batch_size, lr=lr, final_lr=final_lr,
                        warmup_iters=warmup_iters, weight_decay=weight_decay, eps=eps, grad_clip=grad_clip,
                        coherence_weight=coherence_weight, mining_gamma=gamma, seed=seed, num_workers=num_workers,
-                       on_nonfinite=on_nonfinite, precision=precision, checkpoint_every=checkpoint_every))
+                       on_nonfinite=on_nonfinite, precision=precision, checkpoint_every=checkpoint_every,
+                       tensorboard=tensorboard or None))
 
+    notices: list[str] = []   # the demo's notice, printed once every flag has been checked
     cfg = run(build)
     from inp_former.distributed import launched
 
     if out is None and launched():
         fail("--out: required under torchrun, so that every process writes to the same run directory")
-    from inp_former.workflow import default_output_dir
+    from inp_former.workflow import check_run_dir, default_output_dir
 
     run_dir = out or default_output_dir(f"runs/{'demo' if demo else cfg.data.dataset}-{cfg.model.encoder}")
+    run(lambda: check_run_dir(run_dir, overwrite), flags={"run_dir": "--out"})   # refused before it is announced
+    for notice in notices:
+        console.print(notice, highlight=False)
+    reporter.message(f"Run directory: {run_dir}")   # at the start: where to look while it trains
     outcome = run(lambda: train_run(cfg, run_dir, device, evaluation, overwrite=overwrite, reporter=reporter),
                   flags={"run_dir": "--out"}, on_interrupt=_interrupted)
     _show(outcome, reporter)

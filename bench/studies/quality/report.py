@@ -31,8 +31,8 @@ def table(rows: list[dict]) -> list[str]:
         loss = r.get("loss") or {}
         curve = (" / ".join(f"{loss[k]:.3f}" for k in ("first", "at_25", "at_50", "at_75", "last"))
                  if loss else "—")
-        tail = (f"{'yes' if loss['still_falling'] else 'no'} ({100 * loss['tail_change']:+.1f}%, t {loss['tail_t']:.1f})"
-                if loss else "—")
+        t = "" if loss.get("tail_t") is None else f", t {loss['tail_t']:.1f}"   # none for a tail under 3 losses
+        tail = f"{'yes' if loss['still_falling'] else 'no'} ({100 * loss['tail_change']:+.1f}%{t})" if loss else "—"
         lines.append(f"| {r['dataset']} | {r['name']} | {cells[0]} | {cells[1]} | {cells[2]} | "
                      f"{r['meta'].get('train_seconds', '—')} | {curve} | {tail} |")
     return lines
