@@ -29,7 +29,6 @@ REFERENCES_KEY = "category_references"
 REFERENCES_VERSION = 1
 REFERENCES_PER_CATEGORY = 16
 FEATURE = "mean encoder token over the encoder's layer groups, L2-normalised"
-SOURCES = ("given", "path", "image", "pooled", "only")
 
 
 def image_embeddings(encoder_groups: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -138,5 +137,5 @@ def store_references(checkpoint: str | PurePath, references: CategoryReferences)
     return update_meta(Path(checkpoint), merge)
 
 
-__all__ = ["CategoryReferences", "CategoryResolver", "REFERENCES_KEY", "SOURCES", "category_from_path",
+__all__ = ["CategoryReferences", "CategoryResolver", "REFERENCES_KEY", "category_from_path",
            "image_embeddings", "store_references"]

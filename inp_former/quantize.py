@@ -55,14 +55,6 @@ class Int8Check:
         return {**asdict(self), "auroc_drop": self.auroc_drop}
 
 
-def onnxruntime_quantization_available() -> bool:
-    try:
-        import onnxruntime.quantization  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _session(path: Path) -> Any:
     import onnxruntime as ort
 
@@ -193,5 +185,4 @@ def check_images(cfg: Any, per_category: int = 64) -> tuple[list[np.ndarray], li
 
 
 __all__ = ["CALIBRATION_IMAGES", "Int8Check", "MAX_AUROC_DROP", "calibration_images", "check_images", "check_int8",
-           "evenly_spaced", "mean_category_auroc",
-           "onnxruntime_quantization_available", "quantize_onnx", "refuse_if_worse", "run_onnx"]
+           "evenly_spaced", "mean_category_auroc", "quantize_onnx", "refuse_if_worse", "run_onnx"]

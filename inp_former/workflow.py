@@ -125,6 +125,7 @@ def evaluate_and_calibrate(model: INPFormer, cfg: RunConfig, device: torch.devic
                           exact_pixels=evaluation.exact_pixels, scorer=scorer)
     result.meta.update({"encoder": cfg.model.encoder, "encoder_source": model.encoder.weights_source,
                         "random_encoder": model.encoder.is_random, "fast_path": getattr(scorer, "mode", "eager"),
+                        "precision_reason": inference.precision_reason(device),
                         "scope": evaluation_scope(cfg, categories, inference, device), **(meta or {})})
 
     def finish() -> Evaluation:  # on rank 0 alone under torchrun: its calibrator saw every category

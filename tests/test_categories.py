@@ -240,6 +240,7 @@ def test_eval_refuses_to_replace_an_evaluation_of_another_scope(two_products, tm
     evaluate_checkpoint(ckpt, evaluation=small, out_dir=out, device="cpu")
     evaluate_checkpoint(ckpt, evaluation=small, out_dir=out, device="cpu")          # the same scope: replaced
     before = (out / "metrics.json").read_text()
+    assert json.loads(before)["meta"]["precision_reason"].startswith("auto: ")   # which precision and why
     with pytest.raises(ConfigError) as refused:
         evaluate_checkpoint(ckpt, DataOverride(categories=("bottle",)), small, out, "cpu")
     message = refused.value.render({"out": "--out"})
