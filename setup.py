@@ -35,7 +35,8 @@ setup(
     ],
     extras_require={"export": ["onnx", "onnxruntime"],
                     "serve": ["starlette>=0.37", "uvicorn>=0.29", "python-multipart>=0.0.9"],
-                    "dev": ["pytest", "pytest-benchmark", "onnx", "onnxruntime", "starlette>=0.37", "uvicorn>=0.29",
-                            "python-multipart>=0.0.9", "httpx", "selenium"]},
+                    # pytest-xdist: the test suite runs on two workers (tests/pytest.ini)
+                    "dev": ["pytest", "pytest-xdist>=3.2", "pytest-benchmark", "onnx", "onnxruntime",
+                            "starlette>=0.37", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx", "selenium"]},
     entry_points={"console_scripts": ["inpctl=inpctl.cli:main"]},
 )

@@ -8,7 +8,15 @@ Into ``out_dir``:
 * ``overlays/<name>.png``: the anomaly map over the image the model sees (resized, centre-cropped),
   on a fixed colour scale (one per input image, unless ``overlays=False``);
 * ``maps/<name>.npy``: the raw anomaly map, float32 (map_size, map_size), lossless (``save_maps``);
+* ``masks/<name>.png``: the predicted anomalous region at the input image's resolution, 255 where the
+  map is at or above the pixel threshold, else 0 (``masks``; :meth:`Prediction.mask`);
 * while it runs, ``.partial/``: the results so far, batch by batch, for ``resume`` (:class:`PartialResults`).
+
+An image of more than ``max_megapixels`` (read from its header, before decoding) is skipped, as
+``serve`` refuses it; one far smaller than the model's input is scored and listed in ``small_images``.
+
+A tiled model (``cfg.model.tile``) scores one image per batch, as tiles at its own resolution: its
+overlays and maps are full resolution (the whole image, (H, W)).
 
 ``<name>`` keeps where the image came from, so that a picture is found by its image: for a folder,
 the file's path relative to it (prefixed by the folder's name: ``test/hole/000``); for files given
@@ -30,20 +38,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
+from PIL import Image
 
 from inp_former import distributed
 from inp_former.data import IMAGE_EXTENSIONS, DatasetError, load_rgb
-from inp_former.io import atomic_write_text
+from inp_former.data.geometry import Geometry
+from inp_former.data.transforms import READ_ERRORS
+from inp_former.io import atomic_save_image, atomic_write_text
 from inp_former.predictor import Predictor
+from inp_former.serve.config import MAX_MEGAPIXELS
+from inp_former.serve.images import too_many_pixels
 from inp_former.thresholds import LABEL_RULE
-from inp_former.visualize import model_view, overlay
+from inp_former.visualize import overlay
 
 PARTIAL_DIR = ".partial"               # results of an unfinished run, for resume (PartialResults)
-PER_IMAGE = ("predictions", "skipped")  # the summary's lists of every image: rank 0's alone under torchrun
+PER_IMAGE = ("predictions", "skipped", "small_images")  # lists of every image: rank 0's alone under torchrun
 CSV_COLUMNS = ["path", "score", "normalized_score", "label", "threshold", "threshold_source", "category",
                "category_source", "map_min", "map_max", "map_mean", "map_p99",
-               "anomalous_area", "overlay", "map_file"]
+               "anomalous_area", "overlay", "map_file", "mask"]
 
 
 # --- inputs ----------------------------------------------------------------------------------------
@@ -103,30 +115,46 @@ class _Item:
     prediction: Any = None
     view: Any = None
     error: str | None = None
+    arg: str | None = None                 # the argument that would let a skipped file through
+    size: tuple[int, int] | None = None    # the image's (width, height)
 
 
-def _score_chunk(predictor: Predictor, chunk: list[tuple[Path, Path]], overlays: bool) -> list[_Item]:
-    """Read and score one batch; unreadable files are kept as items with their error."""
+def _too_large(path: Path, max_pixels: int) -> str | None:
+    """Why ``path`` is over the pixel limit, from its header alone (as serve checks an upload), or None."""
+    try:
+        with Image.open(path) as image:   # lazy: only the header is parsed
+            refused = too_many_pixels(image.size, max_pixels)
+    except READ_ERRORS:
+        return None   # not readable: load_rgb says why
+    return refused and f"{refused}; raise max_megapixels to score it"
+
+
+def _score_chunk(predictor: Predictor, chunk: list[tuple[Path, Path]], overlays: bool,
+                 max_pixels: int = int(MAX_MEGAPIXELS * 1e6)) -> list[_Item]:
+    """Read and score one batch; unreadable and too large files are kept as items with their error."""
     items, tensors = [], []
     for path, name in chunk:
+        refused = _too_large(path, max_pixels)
+        if refused:
+            items.append(_Item(path, name, error=refused, arg="max_megapixels"))
+            continue
         try:
             image = load_rgb(path)
-            tensors.append(predictor.transform(image))
+            tensors.append(predictor.preprocess(image))
         except (DatasetError, OSError, ValueError) as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             items.append(_Item(path, name, error=message.removeprefix(f"{path}: ")))
             continue
-        mc = predictor.cfg.model
-        items.append(_Item(path, name, view=model_view(image, mc.resize, mc.crop) if overlays else None))
+        items.append(_Item(path, name, view=predictor.view(image) if overlays else None, size=image.size))
     kept = [item for item in items if item.error is None]
     if kept:
-        for item, p in zip(kept, predictor.predict_tensor(torch.stack(tensors), [str(i.path) for i in kept])):
+        for item, p in zip(kept, predictor.predict_tensor(tensors, [str(i.path) for i in kept])):
             item.prediction = p
     return items
 
 
-def _overlay_range(predictor: Predictor, batches: list[list[tuple[Path, Path]]], mine: range,
-                   overlays: bool) -> tuple[tuple[float, float] | None, str, dict[int, list[_Item]]]:
+def _overlay_range(predictor: Predictor, batches: list[list[tuple[Path, Path]]], mine: range, overlays: bool,
+                   max_pixels: int) -> tuple[tuple[float, float] | None, str, dict[int, list[_Item]]]:
     """The one colour scale of every overlay, its source, and the batches of this process scored to
     find it. Without a stored scale or a threshold it is the range of the first batch with a readable
     image: every process scores those first batches itself (the same maps everywhere), and keeps
@@ -137,7 +165,7 @@ def _overlay_range(predictor: Predictor, batches: list[list[tuple[Path, Path]]],
         return (0.0, 2.0 * predictor.threshold), "0 .. 2 x threshold (no stored calibration)", {}
     scored: dict[int, list[_Item]] = {}
     for index, chunk in enumerate(batches):
-        items = _score_chunk(predictor, chunk, overlays and index in mine)
+        items = _score_chunk(predictor, chunk, overlays and index in mine, max_pixels)
         if index in mine:
             scored[index] = items
         maps = [item.prediction.map for item in items if item.prediction is not None]
@@ -148,14 +176,16 @@ def _overlay_range(predictor: Predictor, batches: list[list[tuple[Path, Path]]],
 
 
 def _record(item: _Item, out_dir: Path, value_range: tuple[float, float] | None, overlays: bool,
-            save_maps: bool) -> dict[str, Any]:
-    """Write an item's overlay and map; its result: a row of predictions.csv, or a skipped file."""
+            save_maps: bool, masks: Geometry | None = None) -> dict[str, Any]:
+    """Write an item's overlay, map and mask (``masks``: the geometry that brings a map back onto
+    its image); its result: a row of predictions.csv and the image's size, or a skipped file."""
     base = {"name": item.name.as_posix(), "path": str(item.path)}
     if item.prediction is None:
-        return {**base, "skipped": {"path": str(item.path), "error": item.error}}
+        skipped = {"path": str(item.path), "error": item.error, **({"arg": item.arg} if item.arg else {})}
+        return {**base, "skipped": skipped}
     p = item.prediction
     row: dict[str, Any] = {"path": str(item.path), "score": p.score, "normalized_score": p.normalized_score,
-                           **p.decision.fields(), **p.stats(), "overlay": None, "map_file": None}
+                           **p.decision.fields(), **p.stats(), "overlay": None, "map_file": None, "mask": None}
     if overlays:
         target = out_dir / "overlays" / item.name.with_name(item.name.name + ".png")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +196,11 @@ def _record(item: _Item, out_dir: Path, value_range: tuple[float, float] | None,
         target.parent.mkdir(parents=True, exist_ok=True)
         np.save(target, p.map.astype(np.float32))
         row["map_file"] = target.relative_to(out_dir).as_posix()
-    return {**base, "row": row}
+    if masks is not None and p.pixel_threshold is not None:
+        target = out_dir / "masks" / item.name.with_name(item.name.name + ".png")
+        atomic_save_image(p.mask(item.size, masks), target)
+        row["mask"] = target.relative_to(out_dir).as_posix()
+    return {**base, "row": row, "size": list(item.size)}
 
 
 # --- results of an unfinished run --------------------------------------------------------------
@@ -208,7 +242,7 @@ class PartialResults:
 
 
 def _identity(predictor: Predictor, checkpoint: str | None, overlays: bool, save_maps: bool,
-              batch_size: int) -> dict[str, Any]:
+              batch_size: int, masks: bool, max_megapixels: float) -> dict[str, Any]:
     """What makes two runs' results the same: the checkpoint file as it is now, the scoring settings."""
     stamp = None
     source = predictor.checkpoint or (Path(checkpoint) if checkpoint else None)
@@ -220,40 +254,48 @@ def _identity(predictor: Predictor, checkpoint: str | None, overlays: bool, save
     return {"checkpoint": stamp, "calibration": predictor.calibration.to_dict() if predictor.calibration else None,
             "threshold": predictor.decision.given, "category": predictor.category, "map_mode": str(predictor.map_mode),
             "precision": str(predictor.precision), "batch_size": batch_size, "overlays": overlays,
-            "save_maps": save_maps}
+            "save_maps": save_maps, "masks": masks, "max_megapixels": max_megapixels}
 
 
 # --- the job -----------------------------------------------------------------------------------
 
 def predict_files(predictor: Predictor, inputs: list[Path], out_dir: Path, overlays: bool = True,
                   save_maps: bool = False, batch_size: int | None = None, checkpoint: str | None = None,
-                  on_progress: Callable[[int, int, str], None] | None = None, resume: bool = False) -> dict[str, Any]:
+                  on_progress: Callable[[int, int, str], None] | None = None, resume: bool = False,
+                  masks: bool = False, max_megapixels: float = MAX_MEGAPIXELS) -> dict[str, Any]:
     """Score every image under ``inputs`` and write the outputs; returns the JSON summary.
 
     ``on_progress(done, total, name)`` is called after each batch; ``batch_size`` defaults to the
-    predictor's. ``resume``: take up the results an interrupted run into ``out_dir`` wrote
-    (:class:`PartialResults`) instead of scoring those images again; the outputs are those of an
-    uninterrupted run. The summary returned also says (not written) how many images were taken up
-    (``resumed``) and how many earlier batches of other settings were ignored (``ignored_partial``).
+    predictor's. ``masks``: a binary mask per image (that has a pixel threshold). An image of more
+    than ``max_megapixels`` is skipped, read from its header. ``resume``: take up the results an
+    interrupted run into ``out_dir`` wrote (:class:`PartialResults`) instead of scoring those images
+    again; the outputs are those of an uninterrupted run. The summary returned also says (not
+    written) how many images were taken up (``resumed``) and how many earlier batches of other
+    settings were ignored (``ignored_partial``).
 
     In a process group of several processes (``torchrun``; every process calls it with the same
-    inputs) each scores a contiguous block of the batches and writes their overlays and maps;
+    inputs) each scores a contiguous block of the batches and writes their overlays, maps and masks;
     rank 0 writes predictions.csv/.json once every block is done, with the rows in the one-process
     order. Every process returns the summary; on the others it lacks the per-image lists
-    (``predictions``, ``skipped``)."""
+    (``predictions``, ``skipped``, ``small_images``)."""
     batch_size = batch_size or predictor.batch_size
     files, skipped = collect_inputs(inputs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    batches = [files[start:start + batch_size] for start in range(0, len(files), batch_size)]
+    # a tiled model: one image per batch (its tiles are scored batch_size at a time), so memory holds
+    # one full-resolution image and map, not batch_size of them
+    per_batch = 1 if predictor.tiled else batch_size
+    batches = [files[start:start + per_batch] for start in range(0, len(files), per_batch)]
     mine = distributed.share(len(batches))
-    partial = PartialResults(out_dir, _identity(predictor, checkpoint, overlays, save_maps, batch_size))
+    partial = PartialResults(out_dir, _identity(predictor, checkpoint, overlays, save_maps, batch_size, masks,
+                                                max_megapixels))
+    max_pixels, geometry = int(max_megapixels * 1e6), predictor.geometry if masks else None
     if not resume:  # a fresh run: no stale results are taken up later (rank 0 clears, the others wait)
         distributed.on_writer(partial.clear)
     earlier = partial.read() if resume else {}
     taken = {index for index in mine  # batches whose every image has its result already (same file)
              if all(earlier.get(name.as_posix(), {}).get("path") == str(path) for path, name in batches[index])}
-    value_range, range_source, scored = _overlay_range(predictor, batches, mine, overlays)
+    value_range, range_source, scored = _overlay_range(predictor, batches, mine, overlays, max_pixels)
     job, last = distributed.Job("predict"), [""]
 
     def progress(count: int) -> None:
@@ -269,8 +311,8 @@ def predict_files(predictor: Predictor, inputs: list[Path], out_dir: Path, overl
         if index in taken:
             records.extend(earlier[name.as_posix()] for _, name in batches[index])
             continue
-        items = scored.pop(index, None) or _score_chunk(predictor, batches[index], overlays)
-        batch_records = [_record(item, out_dir, value_range, overlays, save_maps) for item in items]
+        items = scored.pop(index, None) or _score_chunk(predictor, batches[index], overlays, max_pixels)
+        batch_records = [_record(item, out_dir, value_range, overlays, save_maps, geometry) for item in items]
         partial.write(index, batch_records)
         records.extend(batch_records)
         last[0] = batches[index][-1][1].name
@@ -283,7 +325,9 @@ def predict_files(predictor: Predictor, inputs: list[Path], out_dir: Path, overl
         every = [record for share, _ in shares for record in share]
         rows = [record["row"] for record in every if "row" in record]
         unreadable = [record["skipped"] for record in every if "skipped" in record]
-        summary = _summary(predictor, checkpoint, files, rows, skipped + unreadable, value_range, range_source)
+        small = _small_images(predictor, [record for record in every if "row" in record])
+        summary = _summary(predictor, checkpoint, files, rows, skipped + unreadable, value_range, range_source,
+                           small)
         atomic_write_text(out_dir / "predictions.csv", _csv_text(rows))
         atomic_write_text(out_dir / "predictions.json", json.dumps(summary, indent=2) + "\n")
         # returned, not written: how this run went, not what it found
@@ -295,9 +339,18 @@ def predict_files(predictor: Predictor, inputs: list[Path], out_dir: Path, overl
     return summary
 
 
+def _small_images(predictor: Predictor, scored: list[dict[str, Any]]) -> dict[str, Any]:
+    """The images with a side under half the model's input side: upscaled that much, their maps
+    and scores say little. ``{model_input: [width, height], images: [{path, size: [width, height]}]}``."""
+    height, width = predictor.geometry.crop
+    small = [{"path": record["path"], "size": record["size"]} for record in scored
+             if record["size"][0] * 2 < width or record["size"][1] * 2 < height]
+    return {"model_input": [width, height], "images": small}
+
+
 def _summary(predictor: Predictor, checkpoint: str | None, files: list[tuple[Path, Path]], rows: list[dict[str, Any]],
              skipped: list[dict[str, str]], value_range: tuple[float, float] | None,
-             range_source: str) -> dict[str, Any]:
+             range_source: str, small_images: dict[str, Any]) -> dict[str, Any]:
     """predictions.json: the settings, the decisions per category, counts, the rows and skipped files."""
     mc = predictor.cfg.model
     labelled = [r for r in rows if r["label"] is not None]
@@ -321,7 +374,8 @@ def _summary(predictor: Predictor, checkpoint: str | None, files: list[tuple[Pat
                       "pixel": predictor.pixel_threshold, "rule": LABEL_RULE},
         "score_range": (predictor.calibration.score_range if predictor.calibration is not None else None),
         "map_range": {"value": list(value_range) if value_range else None, "source": range_source},
-        "preprocessing": {"resize": mc.resize, "crop": mc.crop, "map_size": mc.map_size},
+        "preprocessing": ({"tile": mc.tile, "tile_overlap": mc.tile_overlap, "map": "full resolution"}
+                          if predictor.tiled else {"resize": mc.resize, "crop": mc.crop, "map_size": mc.map_size}),
         "categories": list(by_category.values()),
         "counts": {"inputs": len(files) + sum(1 for s in skipped if s["error"] == "no such file or directory"),
                    "scored": len(rows), "skipped": len(skipped),
@@ -330,4 +384,5 @@ def _summary(predictor: Predictor, checkpoint: str | None, files: list[tuple[Pat
         "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "predictions": rows,
         "skipped": skipped,
+        "small_images": small_images,
     }

@@ -28,7 +28,7 @@ class Choice(str, Enum):
 
 
 class Precision(Choice):
-    AUTO = "auto"      # scoring only: bf16 where the hardware runs it natively, else fp32 (inference.py)
+    AUTO = "auto"      # bf16 where the hardware runs it natively, else fp32 (inference.py; training: train.py)
     FP32 = "fp32"
     BF16 = "bf16"      # autocast: the fast path on GPUs
 
@@ -94,23 +94,111 @@ class ModelConfig:
     encoder_padding: int | None = None              # pixels of mirror padding around the image (see cnn.py)
     resize: int = 448                     # images are resized to resize x resize ...
     crop: int = 392                       # ... then centre-cropped to crop x crop (28x28 tokens at patch 14)
+    # keep_aspect: no square, no crop (``crop`` is unused): the shorter side of the training images'
+    # most common size is resized to ``resize``, the longer follows, both rounded to the token stride;
+    # that (height, width) is ``input_size``, resolved when training starts (inp_former/settings.py),
+    # and every image (train, eval, predict, serve, export) is resized to it. Read the sizes through
+    # ``resize_hw``, ``input_hw`` and ``map_hw``, never from resize/crop/map_size directly.
+    keep_aspect: bool = False
+    input_size: tuple[int, int] | None = None   # (height, width) the model sees; keep_aspect only
+    # tile: the model sees tile x tile pixels cut from the image at its own resolution, and maps are
+    # blended back to full resolution (inp_former/tiling.py); resize and crop are unused. A multiple
+    # of the token stride. tile_overlap: pixels neighbouring tiles share at least (None: tile // 8).
+    tile: int | None = None
+    tile_overlap: int | None = None
     num_prototypes: int = 6               # M, the number of INPs
     decoder_depth: int = 8
     mlp_ratio: float = 4.0
-    map_size: int = 256                   # anomaly maps are scored at map_size x map_size
+    map_size: int = 256                   # anomaly maps are map_size x map_size (keep_aspect: the shorter side)
     blur_sigma: float = 4.0
     blur_kernel: int = 5
     top_fraction: float = 0.01            # image score = mean of the top 1% of the map
 
     def __post_init__(self) -> None:
         _tuple(self, "encoder_stages")
+        _tuple(self, "input_size")
         _positive(self, "resize", "crop", "num_prototypes", "decoder_depth", "map_size", "token_stride",
                   "encoder_dim", "blur_kernel")
         _positive(self, "encoder_padding", minimum=0)
-        if self.crop > self.resize:
+        if self.crop > self.resize and not self.keep_aspect:
             raise ConfigError(f"crop {self.crop}: must not exceed resize {self.resize}", arg="crop", others=("resize",))
         if not 0 < self.top_fraction <= 1:
             raise ConfigError(f"top_fraction {self.top_fraction}: expected a fraction in (0, 1]", arg="top_fraction")
+        _check_tiling(self)
+        if self.input_size is not None:
+            if not self.keep_aspect:
+                raise ConfigError(f"input_size {list(self.input_size)}: only with keep_aspect (square models are "
+                                  "sized by resize and crop)", arg="input_size", others=("keep_aspect",))
+            if len(self.input_size) != 2 or not all(isinstance(v, int) and v >= 1 for v in self.input_size):
+                raise ConfigError(f"input_size {list(self.input_size)}: expected (height, width), two positive "
+                                  "integers", arg="input_size")
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """(height, width) of the images the model sees: (crop, crop), or keep_aspect's ``input_size``."""
+        if not self.keep_aspect:
+            return self.crop, self.crop
+        if self.input_size is None:
+            raise ConfigError("keep_aspect: the input size is not resolved yet (training reads it from the "
+                              "training images)", arg="keep_aspect")
+        return self.input_size
+
+    @property
+    def resize_hw(self) -> tuple[int, int]:
+        """(height, width) images are resized to before the centre crop (keep_aspect: the input, no crop)."""
+        return self.input_hw if self.keep_aspect else (self.resize, self.resize)
+
+    @property
+    def map_hw(self) -> tuple[int, int]:
+        """(height, width) of the anomaly maps: map_size on the shorter side, the longer in proportion."""
+        return map_shape(self.input_hw, self.map_size)
+
+    @property
+    def stride(self) -> int:
+        """Pixels per token of the encoder: DINOv2's patch (14), or a CNN's ``token_stride`` (its
+        default when not given), without building the encoder."""
+        from inp_former.encoders.cnn import DEFAULT_TOKEN_STRIDE, timm_name_of
+        from inp_former.encoders.dinov2 import DinoV2Encoder
+
+        if timm_name_of(self.encoder) is not None:
+            return int(self.token_stride or DEFAULT_TOKEN_STRIDE)
+        return DinoV2Encoder.patch_size
+
+    def stretches(self, image_hw: tuple[int, int]) -> bool:
+        """Whether a keep-aspect model stretches an image of ``image_hw`` (height, width) to its input:
+        the image's own keep-aspect size is not ``input_hw``. Another resolution of the same aspect
+        ratio is only scaled; a square model never counts as stretching (it squashes every image)."""
+        from inp_former.data.geometry import keep_aspect_size
+
+        return self.keep_aspect and keep_aspect_size(image_hw, self.resize, self.stride) != self.input_hw
+
+
+def _check_tiling(model: ModelConfig) -> None:
+    """``tile`` a multiple of the encoder's token stride, not with keep_aspect; ``tile_overlap``
+    resolved (tile // 8 when not given: about 1.3x the tiles of no overlap) and below the tile."""
+    if model.tile is None:
+        if model.tile_overlap is not None:
+            raise ConfigError(f"tile_overlap {model.tile_overlap}: only with tile", arg="tile_overlap", others=("tile",))
+        return
+    if model.keep_aspect:
+        raise ConfigError("tile: cuts tiles at the images' own resolution, keep_aspect resizes them: give one of "
+                          "the two", arg="tile", others=("keep_aspect",))
+    stride = model.stride
+    if model.tile < stride or model.tile % stride:
+        raise ConfigError(f"tile {model.tile}: expected a multiple of the encoder's token stride ({stride} px for "
+                          f"{model.encoder})", arg="tile")
+    if model.tile_overlap is None:
+        object.__setattr__(model, "tile_overlap", model.tile // 8)
+    if not 0 <= model.tile_overlap < model.tile:
+        raise ConfigError(f"tile_overlap {model.tile_overlap}: expected 0 <= overlap < tile {model.tile} px",
+                          arg="tile_overlap", others=("tile",))
+
+
+def map_shape(input_hw: tuple[int, int], map_size: int) -> tuple[int, int]:
+    """The map of an (height, width) input: ``map_size`` on the shorter side, the longer side in
+    proportion (rounded); a square input gives map_size x map_size."""
+    short = min(input_hw)
+    return tuple(max(1, int(map_size * side / short + 0.5)) for side in input_hw)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -130,19 +218,16 @@ class TrainConfig:
     seed: int = 1
     num_workers: int | None = None        # data-loading processes; None: chosen for the device (runtime.py)
     on_nonfinite: OnNonfinite = OnNonfinite.STOP
-    precision: Precision = Precision.FP32
+    # auto: bf16 autocast on a CPU with native bf16 units, else fp32 (train.training_precision,
+    # resolved when training starts; config.json records the result)
+    precision: Precision = Precision.AUTO
     checkpoint_every: int = 500           # iterations between resumable training states (0 = never)
     tensorboard: bool = False             # also TensorBoard events in RUN_DIR/tensorboard (train_log.csv always)
 
     def __post_init__(self) -> None:
         _tuple(self, "betas")
         object.__setattr__(self, "on_nonfinite", choice(OnNonfinite, self.on_nonfinite, "on_nonfinite"))
-        if str(self.precision) == Precision.AUTO.value:
-            raise ConfigError("precision auto: chooses how images are scored; training takes fp32 or bf16",
-                              arg="precision")
-        if str(self.precision) not in (Precision.FP32.value, Precision.BF16.value):
-            raise ConfigError(f"precision {str(self.precision)!r}: expected one of fp32, bf16", arg="precision")
-        object.__setattr__(self, "precision", Precision(self.precision))
+        object.__setattr__(self, "precision", choice(Precision, self.precision, "precision"))
         _positive(self, "iters", "epochs", "batch_size")
         _positive(self, "warmup_iters", "checkpoint_every", "num_workers", "lr", "final_lr", "weight_decay", "eps",
                   "grad_clip", "coherence_weight", "mining_gamma", minimum=0)

@@ -7,7 +7,7 @@ renders ``checkpoint`` as ``--ckpt`` (:meth:`InpFormerError.render`).
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from typing import Iterable, Mapping
 
 
 class InpFormerError(Exception):
@@ -26,15 +26,24 @@ class InpFormerError(Exception):
     def render(self, flags: Mapping[str, str] | None = None) -> str:
         """The message with the argument names replaced by the front end's names for them
         (``flags[name]``, else ``--name-with-dashes``)."""
-        def flag(name: str) -> str:
-            return (flags or {}).get(name) or "--" + name.replace("_", "-")
-
         text = str(self)
         if self.arg and text.startswith(self.arg):
-            text = flag(self.arg) + text[len(self.arg):]
-        for name in self.others:  # a whole word, after a space
-            text = re.sub(rf"(?<= ){re.escape(name)}\b", lambda _, name=name: flag(name), text, count=1)
-        return text
+            text = front_end_name(self.arg, flags) + text[len(self.arg):]
+        return render_names(text, self.others, flags)
+
+
+def front_end_name(name: str, flags: Mapping[str, str] | None = None) -> str:
+    """How a front end spells the argument ``name``: ``flags[name]``, else ``--name-with-dashes``."""
+    return (flags or {}).get(name) or "--" + name.replace("_", "-")
+
+
+def render_names(text: str, names: Iterable[str], flags: Mapping[str, str] | None = None) -> str:
+    """``text`` with each of ``names`` (its first occurrence as a whole word after a space) spelled
+    as the front end spells it (:func:`front_end_name`): how errors and the workflow's notices
+    (:class:`inp_former.workflow.Notice`) reach the command line in terms of its flags."""
+    for name in names:
+        text = re.sub(rf"(?<= ){re.escape(name)}\b", lambda _, name=name: front_end_name(name, flags), text, count=1)
+    return text
 
 
 class ConfigError(InpFormerError, ValueError):

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader, Subset
+from torchvision.transforms import functional as TF
 
 from inp_former import distributed
 from inp_former.config import RunConfig
@@ -18,7 +19,8 @@ from inp_former.errors import ConfigError
 from inp_former.inference import InferenceConfig, score_batch
 from inp_former.io import atomic_write_text
 from inp_former.metrics import PIXEL_KEYS, PixelMetricAccumulator, image_metrics, mean_metrics
-from inp_former.settings import category_samples
+from inp_former.settings import category_samples, image_hw, stretched_images
+from inp_former.tiling import score_image, to_uint8_tensor
 from inp_former.model import INPFormer
 from inp_former.runtime import loader_kwargs
 
@@ -168,6 +170,10 @@ def evaluate(model: INPFormer, cfg: RunConfig, categories: list[str], device: to
 
     ``scorer`` (images -> maps, scores) replaces :func:`score_batch`, e.g. the CUDA fast path.
 
+    A tiled model (``cfg.model.tile``) is scored one test image at a time at its own resolution,
+    its tiles through ``scorer`` in batches of ``inference.batch_size`` (:mod:`inp_former.tiling`);
+    its maps and masks are full resolution.
+
     Sharded in a process group of several processes (``torchrun``; every process calls this): each
     scores its block of whole batches of every category (:func:`inp_former.distributed.share`, so a
     batch holds the images it holds in one process), rank 0 combines the shares in rank order and
@@ -182,12 +188,19 @@ def evaluate(model: INPFormer, cfg: RunConfig, categories: list[str], device: to
     bounds: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
     job = distributed.Job("eval")
+    stretched, total = 0, 0   # keep-aspect: test images of another aspect ratio than the model's input
+    score_images = _image_scorer(model, cfg, precision, map_mode, batch_size, device, scorer)
+    step = batch_size if mc.tile is None else 1   # images per loader batch (tiled: a batch of tiles each)
     for category in categories:
         samples = category_samples(cfg.data, category, "test")  # also "<dataset>/<category>" of several datasets
-        dataset = AnomalyDataset(samples, image_transform(mc.resize, mc.crop), mask_transform(mc.resize, mc.crop))
-        batches = distributed.share(-(-len(dataset) // batch_size))
-        mine = range(batches.start * batch_size, min(batches.stop * batch_size, len(dataset)))
-        stream, own_rows, reported = CategoryStream(exact_pixels, pixel_bins), [], [0]
+        stretched, total = stretched + stretched_images(mc, samples), total + len(samples)
+        transforms = image_transform(mc.resize_hw, mc.input_hw), mask_transform(mc.resize_hw, mc.input_hw)
+        if mc.tile is not None:   # whole images at their own resolution; masks too
+            transforms = to_uint8_tensor, TF.to_tensor
+        dataset = AnomalyDataset(samples, *transforms)
+        batches = distributed.share(-(-len(dataset) // step))
+        mine = range(batches.start * step, min(batches.stop * step, len(dataset)))
+        stream, own_rows, reported = CategoryStream(_exact_limit(mc, samples, exact_pixels), pixel_bins), [], [0]
 
         def progress(count: int, category: str = category, size: int = len(dataset),
                      reported: list[int] = reported) -> None:
@@ -196,15 +209,12 @@ def evaluate(model: INPFormer, cfg: RunConfig, categories: list[str], device: to
                 reported[0] = count
 
         if len(mine):
-            loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False,
+            loader = DataLoader(Subset(dataset, mine), batch_size=step, shuffle=False,
                                 **loader_kwargs(device, num_workers))
             for batch in loader:
-                images = batch["image"].to(device, non_blocking=True)
-                if scorer is not None:
-                    image_maps, image_scores = scorer(images)
-                else:
-                    image_maps, image_scores, _ = score_batch(model, images, cfg, precision, map_mode)
-                stream.update(batch["label"], image_scores, masks_for_metrics(batch["mask"], mc.map_size), image_maps)
+                image_maps, image_scores = score_images(batch["image"].to(device, non_blocking=True))
+                masks = masks_for_metrics(batch["mask"], tuple(image_maps.shape[-2:]))   # map_hw; tiled: the image's
+                stream.update(batch["label"], image_scores, masks, image_maps)
                 for path, label, score in zip(batch["path"], batch["label"], image_scores.tolist()):
                     own_rows.append({"path": path, "category": category, "label": int(label), "score": score})
                 progress(job.advance(len(batch["label"])))
@@ -228,7 +238,35 @@ def evaluate(model: INPFormer, cfg: RunConfig, categories: list[str], device: to
         per_category, mean_metrics(per_category), rows,
         {"map_mode": str(map_mode), "precision": str(precision), "device": str(device),
          "processes": distributed.processes(), "dataset": cfg.data.dataset, "data_root": str(cfg.data.root),
-         "pixel_metrics": pixel_metrics_meta(bounds, exact_pixels, pixel_bins)}))
+         "pixel_metrics": pixel_metrics_meta(bounds, exact_pixels, pixel_bins),
+         **({"stretched_images": [stretched, total]} if stretched else {})}))
+
+
+def _image_scorer(model: INPFormer, cfg: RunConfig, precision: str, map_mode: str, batch_size: int,
+                  device: torch.device, scorer: Scorer | None) -> Scorer:
+    """images -> (maps, scores): ``scorer``, else :func:`score_batch`; for a tiled model, one whole
+    (1, 3, H, W) uint8 image -> its full-resolution map and score, its tiles scored by that scorer in
+    batches of ``batch_size`` (:func:`inp_former.tiling.score_image`)."""
+    def square(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return score_batch(model, images, cfg, precision, map_mode)[:2]
+
+    tiles = scorer or square
+    if cfg.model.tile is None:
+        return tiles
+
+    def tiled(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scored = score_image(images[0], cfg.model, tiles, batch_size, device)
+        return scored.map[None], scored.score[None]
+
+    return tiled
+
+
+def _exact_limit(mc: Any, samples: list[Any], exact_pixels: int) -> int:
+    """The exact-pixel limit of a category's stream: 0 (binned from the start) for a tiled model's
+    test images of several sizes, whose full-resolution maps cannot be held as one exact tensor."""
+    if mc.tile is None or len({image_hw(s.path) for s in samples}) <= 1:
+        return exact_pixels
+    return 0
 
 
 def pixel_metrics_meta(bounds: dict[str, dict[str, Any]], exact_pixels: int, bins: int) -> dict[str, Any]:

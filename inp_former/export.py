@@ -1,10 +1,11 @@
 """ONNX export of the whole inference graph: preprocessed images in, anomaly maps and scores out.
 
-Graph: ``image`` (B, 3, crop, crop) float32, ImageNet-normalised ->
-``map`` (B, map_size, map_size) float32, ``score`` (B,) float32 and ``embedding`` (B, C) float32 (what
-the category rule compares, :mod:`inp_former.categories`); the batch axis is dynamic, the image size
-is fixed (the checkpoint's ``crop``). Preprocessing (resize to ``resize`` with PIL-style antialiased
-bilinear, centre crop, ImageNet mean/std) stays outside the graph, as does the decision: both are
+Graph: ``image`` (B, 3, H, W) float32, ImageNet-normalised -> ``map`` (B, map_h, map_w) float32,
+``score`` (B,) float32 and ``embedding`` (B, C) float32 (what the category rule compares,
+:mod:`inp_former.categories`); the batch axis is dynamic, the image size is fixed: the checkpoint's
+``input_hw`` (crop x crop, or a keep-aspect model's non-square input) and its ``map_hw``.
+Preprocessing (resize to ``resize_hw`` with PIL-style antialiased bilinear, centre crop unless
+keep-aspect, ImageNet mean/std) stays outside the graph, as does the decision: both are
 written beside the model in ``<file>.json`` (pooled and per-category thresholds, the label rule,
 the category rule and its reference embeddings) and into the ONNX file's ``metadata_props``.
 Needs the ``onnx`` package (``pip install 'inpctl[export]'``, which also brings onnxruntime for the
@@ -16,11 +17,11 @@ What is exported is :class:`ExportableINPFormer`, which equals the reference pat
   (``kernels.dispatch.kernel_mode("reference")``);
 * the encoder's position embeddings are resampled (bicubic, Meta's ``scale_factor``) for one fixed
   image size, so they are computed once and enter the graph as a constant;
-* the map is formed as ``G @ A @ G^T`` (``kernels.scoring.scoring_matrix``): A is the (grid, grid)
-  mean over groups of ``1 - cos`` per token and G the fixed (map_size, grid) matrix of the
-  upsample -> resize -> blur chain, exact up to float rounding (no ONNX Resize, whose corner
-  conventions vary between runtimes);
-* the score is the mean of the top ``k = int(map_size**2 * top_fraction)`` values (``TopK`` with a
+* the map is formed as ``Gh @ A @ Gw^T`` (``kernels.scoring.scoring_matrices``): A is the
+  (grid_h, grid_w) mean over groups of ``1 - cos`` per token and Gh, Gw the fixed (map_h, grid_h)
+  and (map_w, grid_w) matrices of the upsample -> resize -> blur chain, exact up to float rounding
+  (no ONNX Resize, whose corner conventions vary between runtimes);
+* the score is the mean of the top ``k = int(map_h * map_w * top_fraction)`` values (``TopK`` with a
   constant k).
 """
 from __future__ import annotations
@@ -53,18 +54,18 @@ class ExportableINPFormer(nn.Module):
 
     def __init__(self, model: INPFormer, cfg: RunConfig, map_mode: str = "decoder") -> None:
         super().__init__()
-        from kernels.scoring import scoring_matrix, top_k_count
+        from kernels.scoring import scoring_matrices, top_k_count
 
         if map_mode not in ("decoder", "prototype"):
             raise ConfigError(f"map_mode {map_mode!r}: expected decoder or prototype", arg="map_mode")
         mc = cfg.model
         self.model = model.eval()
         self.map_mode = map_mode
-        self.crop, self.map_size = mc.crop, mc.map_size
-        self.grid = model.encoder.grid_size(mc.crop)
-        matrix = scoring_matrix(self.grid, mc.crop, mc.map_size, mc.blur_kernel, mc.blur_sigma, "cpu", torch.float32)
-        self.register_buffer("matrix", matrix.clone(), persistent=False)
-        self.k = top_k_count(mc.map_size * mc.map_size, mc.top_fraction)
+        self.grid = model.encoder.grid_size(mc.input_hw)
+        rows, cols = scoring_matrices(self.grid, mc.input_hw, mc.map_hw, mc.blur_kernel, mc.blur_sigma, "cpu")
+        self.register_buffer("matrix", rows.clone(), persistent=False)     # Gh
+        self.register_buffer("cols", cols.clone(), persistent=False)       # Gw
+        self.k = top_k_count(mc.map_hw[0] * mc.map_hw[1], mc.top_fraction)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # the same cosine and G A G^T as the library's matrix path, so the graph cannot drift from it
@@ -78,14 +79,15 @@ class ExportableINPFormer(nn.Module):
                              for e, d in zip(out.encoder_groups, out.decoder_groups)]).mean(0)
         else:
             a = out.prototype_distance.float()
-        maps = apply_scoring_matrix(a.reshape(-1, self.grid, self.grid), self.matrix)
+        maps = apply_scoring_matrix(a.reshape(-1, *self.grid), self.matrix, self.cols)
         scores = torch.topk(maps.flatten(1), self.k, dim=1).values.mean(1)
         return maps, scores, image_embeddings(out.encoder_groups)
 
 
 @contextlib.contextmanager
-def fixed_position_embedding(model: INPFormer, crop: int) -> Iterator[None]:
-    """Inside the block the encoder returns its position embeddings for ``crop`` as a constant.
+def fixed_position_embedding(model: INPFormer, size: int | tuple[int, int]) -> Iterator[None]:
+    """Inside the block the encoder returns its position embeddings for images of ``size`` pixels
+    ((height, width); an int: a square) as a constant.
 
     Resampling them at every forward (bicubic with a computed scale factor) does not trace; for one
     image size they do not depend on the input. Restored on exit."""
@@ -93,9 +95,9 @@ def fixed_position_embedding(model: INPFormer, crop: int) -> Iterator[None]:
     if not hasattr(encoder, "position_embedding"):
         yield
         return
-    grid = encoder.grid_size(crop)
+    grid = encoder.grid_size(size)
     with torch.no_grad():
-        constant = encoder.position_embedding(grid, grid).detach().clone()
+        constant = encoder.position_embedding(*grid).detach().clone()
 
     def position_embedding(grid_h: int, grid_w: int) -> torch.Tensor:
         return constant
@@ -130,6 +132,7 @@ def export_metadata(cfg: RunConfig, map_mode: str, calibration: dict[str, Any] |
     import inp_former
 
     mc = cfg.model
+    (height, width), (map_h, map_w) = mc.input_hw, mc.map_hw
     categories = (calibration or {}).get("categories") or {}
     resolver = CategoryResolver(categories, references)
     return {
@@ -137,12 +140,13 @@ def export_metadata(cfg: RunConfig, map_mode: str, calibration: dict[str, Any] |
         "inpctl_version": inp_former.__version__,
         "checkpoint": checkpoint,
         "map_mode": map_mode,
-        "input": {"name": "image", "shape": ["batch", 3, mc.crop, mc.crop], "dtype": "float32",
-                  "preprocessing": {"resize": [mc.resize, mc.resize],
+        "input": {"name": "image", "shape": ["batch", 3, height, width], "dtype": "float32",
+                  "preprocessing": {"resize": list(mc.resize_hw),
                                     "resize_interpolation": "bilinear (PIL, antialiased)",
-                                    "center_crop": [mc.crop, mc.crop], "scale": "1/255",
+                                    "center_crop": [height, width], "keep_aspect": mc.keep_aspect, "scale": "1/255",
                                     "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "channels": "RGB"}},
-        "outputs": {"map": {"shape": ["batch", mc.map_size, mc.map_size], "covers": "the centre crop"},
+        "outputs": {"map": {"shape": ["batch", map_h, map_w],
+                            "covers": "the whole image" if mc.keep_aspect else "the centre crop"},
                     "score": {"shape": ["batch"], "definition": f"mean of the top {mc.top_fraction:.0%} of the map"},
                     "embedding": {"shape": ["batch", "C"], "definition": "what category_rule.image compares"}},
         "image_threshold": (calibration or {}).get("image_threshold"),
@@ -173,6 +177,9 @@ def export_onnx(model: INPFormer, cfg: RunConfig, path: Path, map_mode: str = "d
 
     if exporter not in EXPORTERS:
         raise ConfigError(f"exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}", arg="exporter")
+    if cfg.model.tile is not None:   # the graph would be one tile's; the cutting and blending live outside it
+        raise ConfigError(f"checkpoint: a tiled model (tile {cfg.model.tile} px) is not exported to ONNX, whose graph "
+                          "takes one fixed-size image; score it with inpctl predict or serve", arg="checkpoint")
     try:
         import onnx  # noqa: F401  (torch.onnx.export writes through it)
     except ImportError as exc:
@@ -182,9 +189,9 @@ def export_onnx(model: INPFormer, cfg: RunConfig, path: Path, map_mode: str = "d
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
     wrapper = ExportableINPFormer(model, cfg, map_mode).eval()
-    example = torch.randn(example_batch, 3, cfg.model.crop, cfg.model.crop)
+    example = torch.randn(example_batch, 3, *cfg.model.input_hw)
     tmp = path.with_name(f".{path.name}.tmp")
-    with kernel_mode("reference"), fixed_position_embedding(model, cfg.model.crop), torch.no_grad(), \
+    with kernel_mode("reference"), fixed_position_embedding(model, cfg.model.input_hw), torch.no_grad(), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter; the result is checked instead
         if exporter == "torchscript":
@@ -204,8 +211,8 @@ def export_onnx(model: INPFormer, cfg: RunConfig, path: Path, map_mode: str = "d
     sidecar = publish(tmp, path, metadata or export_metadata(cfg, map_mode, None))
     mc = cfg.model
     return ExportInfo(path, sidecar, exporter, opset if exporter == "torchscript" else max(opset, 18),
-                      {"image": ["batch", 3, mc.crop, mc.crop]},
-                      {"map": ["batch", mc.map_size, mc.map_size], "score": ["batch"],
+                      {"image": ["batch", 3, *mc.input_hw]},
+                      {"map": ["batch", *mc.map_hw], "score": ["batch"],
                        "embedding": ["batch", model.encoder.embed_dim]})
 
 
@@ -257,7 +264,7 @@ def check_onnx(path: Path, model: INPFormer, cfg: RunConfig, map_mode: str = "de
     worst = {name: 0.0 for name in OUTPUTS}
     model = model.eval().cpu()
     for batch in batch_sizes:
-        images = torch.randn(batch, 3, cfg.model.crop, cfg.model.crop, generator=generator)
+        images = torch.randn(batch, 3, *cfg.model.input_hw, generator=generator)
         with kernel_mode("reference"):
             maps, scores, out = score_batch(model, images, cfg, "fp32", map_mode)
         expected = {"map": maps, "score": scores, "embedding": image_embeddings(out.encoder_groups)}

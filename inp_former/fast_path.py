@@ -92,6 +92,7 @@ class FastScorer:
         elif self.device.type != "cuda" or not torch.cuda.is_available():
             self.fallback_reason = NO_CUDA
         self.mode = "eager" if self.fallback_reason else "cuda-graph"
+        self.channels_last = cpu_channels_last(model, precision, self.device)
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -137,6 +138,8 @@ class FastScorer:
             return maps, scores, image_embeddings(out.encoder_groups)
 
     def _eager(self, images: torch.Tensor) -> Scored:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self._run(images)
 
     def _fall_back(self, reason: str) -> None:
@@ -215,6 +218,16 @@ def _close(a: torch.Tensor, b: torch.Tensor, precision: str) -> bool:
     scale = float(b.abs().max().clamp_min(1e-6))
     tol = (1e-3 if precision == "bf16" else 1e-5) * scale
     return bool(((a - b).abs().nan_to_num(0.0) <= tol).all())
+
+
+def cpu_channels_last(model: INPFormer, precision: str, device: torch.device) -> bool:
+    """Whether the eager path feeds the images channels-last: on a CPU, in bf16, with a CNN encoder.
+    There oneDNN's convolutions ran about 2x faster with the same maps (bit-identical on an AMX
+    CPU; bench/results/cpu-paths-cpu-2026-12-06.md); in fp32 the maps change in the 6th digit, so
+    the fp32 reference path keeps its layout, and a ViT gains nothing (one convolution)."""
+    from inp_former.encoders import TimmCNNEncoder
+
+    return device.type == "cpu" and str(precision) == "bf16" and isinstance(model.encoder, TimmCNNEncoder)
 
 
 def scoring_function(model: INPFormer, cfg: RunConfig, inference: InferenceConfig = InferenceConfig(),

@@ -94,8 +94,8 @@ def autocast(device: torch.device | str, precision: Precision | str, cache: bool
 def score_batch(model: INPFormer, images: torch.Tensor, cfg: RunConfig, precision: Precision | str = "fp32",
                 map_mode: MapMode | str = "decoder",
                 autocast_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor, INPFormerOutput]:
-    """Anomaly maps (B, map_size, map_size) and image scores (B,) of preprocessed images, and the
-    model's outputs (tokens, INPs) for callers that want more than the map.
+    """Anomaly maps (B, *cfg.model.map_hw) and image scores (B,) of preprocessed images (B, 3, H, W),
+    and the model's outputs (tokens, INPs) for callers that want more than the map.
 
     ``autocast_cache=False`` for CUDA-graph capture (inp_former/fast_path.py)."""
     mc = cfg.model
@@ -103,13 +103,13 @@ def score_batch(model: INPFormer, images: torch.Tensor, cfg: RunConfig, precisio
     with torch.no_grad():
         with autocast(images.device, precision, cache=autocast_cache):
             out = model(images)
+    sizes = dict(image_size=tuple(images.shape[-2:]), out_size=mc.map_hw, kernel_size=mc.blur_kernel,
+                 sigma=mc.blur_sigma, grid=out.grid)
     if map_mode == MapMode.DECODER:
-        maps, scores = anomaly_maps_and_scores(
-            out.encoder_groups, out.decoder_groups, image_size=images.shape[-1], out_size=mc.map_size,
-            kernel_size=mc.blur_kernel, sigma=mc.blur_sigma, top_fraction=mc.top_fraction)
+        maps, scores = anomaly_maps_and_scores(out.encoder_groups, out.decoder_groups, top_fraction=mc.top_fraction,
+                                               **sizes)
     else:
-        maps = upsample_token_map(out.prototype_distance.float(), image_size=images.shape[-1], out_size=mc.map_size,
-                                  kernel_size=mc.blur_kernel, sigma=mc.blur_sigma)
+        maps = upsample_token_map(out.prototype_distance.float(), **sizes)
         k = max(1, int(maps[0].numel() * mc.top_fraction))
         scores = maps.flatten(1).topk(k, dim=1).values.mean(1)
     return maps, scores, out

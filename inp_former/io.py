@@ -4,9 +4,12 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 
 def _atomic(path: Path, write: Callable[[str], None]) -> None:
@@ -43,3 +46,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_torch_save(obj: object, path: Path) -> None:
     _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_save_image(image: PIL.Image.Image, path: Path, format: str = "PNG") -> None:
+    """A PIL image written atomically (``format``: the temporary file's name does not say it)."""
+    _atomic(path, lambda tmp: image.save(tmp, format=format))

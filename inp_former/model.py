@@ -1,6 +1,6 @@
 """INP-Former: bottleneck, INP extractor and INP-guided decoder on a frozen encoder.
 
-Shapes: B images, N = grid * grid patch tokens, C channels, M prototypes (INPs), H heads.
+Shapes: B images, N = grid_h * grid_w patch tokens (row-major), C channels, M prototypes (INPs), H heads.
 Behaviour follows the authors' implementation exactly (docs/behaviour.md); comments mark where it differs
 from a textbook transformer.
 """
@@ -114,7 +114,7 @@ class INPFormerOutput:
     decoder_groups: list[torch.Tensor]   # G tensors (B, N, C), paired with encoder_groups
     prototypes: torch.Tensor             # (B, M, C): the INPs of each image
     prototype_distance: torch.Tensor     # (B, N): 1 - cos to the nearest INP (L_c; zero-shot map)
-    grid: int                            # tokens per side
+    grid: tuple[int, int]                # (grid_h, grid_w) tokens
 
 
 class INPFormer(nn.Module):
@@ -155,7 +155,7 @@ class INPFormer(nn.Module):
 
     def forward(self, images: torch.Tensor) -> INPFormerOutput:
         layers = self.encoder(images)                      # L tensors (B, N, C), no grad
-        grid = self.encoder.grid_size(images.shape[-1])
+        grid = self.encoder.grid_size(tuple(images.shape[-2:]))
         fused = torch.stack(layers).mean(0)                # (B, N, C)
         b = fused.shape[0]
         prototypes = self.extractor(self.prototypes.unsqueeze(0).expand(b, -1, -1), fused)

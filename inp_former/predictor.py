@@ -9,7 +9,9 @@
 ``predict`` takes a file path, a PIL image, an ``np.ndarray`` (H, W, 3) uint8 (also (H, W) grayscale,
 (H, W, 4) RGBA, or floats in [0, 1]) or a list of these (then it returns a list). Images get the
 checkpoint's preprocessing (resize to ``cfg.model.resize``, centre crop ``cfg.model.crop``, ImageNet
-normalisation); the map covers that centre crop at ``cfg.model.map_size`` x ``map_size``.
+normalisation); the map covers that centre crop at ``cfg.model.map_size`` x ``map_size``. A tiled
+model (``cfg.model.tile``, :mod:`inp_former.tiling`) scores each image at its own resolution as
+overlapping tiles, in batches of ``batch_size`` tiles; its map is (H, W), the whole image's pixels.
 
 The label is :class:`inp_former.thresholds.DecisionRule`'s, the one every surface applies: the
 ``threshold`` given here, else the checkpoint's stored threshold of ``category`` (if given), else
@@ -29,6 +31,7 @@ from PIL import Image
 
 from inp_former.categories import CategoryReferences, CategoryResolver
 from inp_former.config import MapMode, Precision, RunConfig, resolve_device
+from inp_former.data.geometry import Geometry, stretch_warning
 from inp_former.inference import InferenceConfig
 from inp_former.model import INPFormer
 from inp_former.thresholds import Calibration, Decision, DecisionRule, normalize_score, read_calibration
@@ -38,7 +41,8 @@ ImageLike = Union[str, Path, Image.Image, np.ndarray]
 
 @dataclass
 class Prediction:
-    """The result for one image. ``map`` is (map_size, map_size) float32 over the centre crop."""
+    """The result for one image. ``map`` is (map_size, map_size) float32 over the centre crop; a
+    tiled model's is (H, W) over the whole image (``tiled``)."""
 
     score: float                       # raw image score: mean of the top 1% of the map
     map: np.ndarray                    # raw anomaly map (no normalisation)
@@ -51,6 +55,7 @@ class Prediction:
     category: str | None = None            # whose threshold was used (None: the pooled one)
     category_source: str | None = None     # "given" | "path" | "image" | "pooled" | "only" | None
     embedding: np.ndarray | None = None    # (C,): what the category rule compares (inp_former/categories.py)
+    tiled: bool = False                    # a tiled model's: ``map`` is (H, W), the image's own pixels
 
     @property
     def decision(self) -> Decision:
@@ -64,6 +69,20 @@ class Prediction:
         """Statistics of the map: min, max, mean, p99 and, with a pixel threshold, the fraction of
         pixels at or above it (the predicted anomalous area)."""
         return map_statistics(self.map, self.pixel_threshold)
+
+    def mask(self, original_size: tuple[int, int], geometry: Geometry, threshold: float | None = None) -> Image.Image:
+        """The predicted anomalous region at the input image's resolution: a mode "L" image, 255 where
+        the map, brought back onto the image of ``original_size`` (width, height) by ``geometry``
+        (:meth:`~inp_former.data.geometry.Geometry.paste`, bilinear), is >= ``threshold`` (default:
+        the pixel threshold), 0 elsewhere, also where the model never looked (outside the crop).
+        :meth:`Predictor.mask` passes the predictor's geometry."""
+        threshold = self.pixel_threshold if threshold is None else threshold
+        if threshold is None:
+            raise ValueError("mask: no pixel threshold given and none stored (evaluate the checkpoint with "
+                             "save_thresholds to store one)")
+        values = (self.map if self.tiled  # already the image's own pixels
+                  else geometry.paste(self.map, original_size, fill=np.nan, mode="bilinear"))  # NaN >= t is False
+        return Image.fromarray(np.where(values >= threshold, 255, 0).astype(np.uint8))
 
 
 def map_statistics(anomaly_map: np.ndarray, pixel_threshold: float | None = None) -> dict[str, float | None]:
@@ -111,6 +130,7 @@ class Predictor:
                  references: CategoryReferences | None = None) -> None:
         from inp_former.data import image_transform
         from inp_former.fast_path import scoring_function
+        from inp_former.tiling import to_uint8_tensor
 
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
@@ -121,9 +141,12 @@ class Predictor:
         self.category = category
         # no category given: each image's from its path, else from its look (inp_former/categories.py)
         self.resolver = CategoryResolver(self.decision.categories, references)
-        self.transform = image_transform(cfg.model.resize, cfg.model.crop)
+        self.tiled = cfg.model.tile is not None
+        # a tiled model keeps each image whole, as uint8; its tiles are normalised batch by batch
+        self.transform = to_uint8_tensor if self.tiled else image_transform(cfg.model.resize_hw, cfg.model.input_hw)
         # images -> (maps, scores): eager, or on CUDA with ``fast`` the graph-captured fast path
         self.scorer = scoring_function(self.model, cfg, inference, self.device)
+        self.seen = self.stretched = 0            # images preprocessed; of them stretched (keep-aspect)
         self.meta: dict = {}                     # the checkpoint's metadata (from_checkpoint)
         self.checkpoint: Path | None = None       # the file it came from (from_checkpoint)
 
@@ -226,8 +249,20 @@ class Predictor:
         return float(lo), float(hi)
 
     def preprocess(self, image: ImageLike) -> torch.Tensor:
-        """(3, crop, crop) float tensor, normalised as the model was trained."""
-        return self.transform(to_pil(image))
+        """(3, crop, crop) float tensor, normalised as the model was trained; a tiled model's:
+        the whole image, (3, H, W) uint8. A keep-aspect model's input is (3, *input_hw): images
+        of another aspect ratio are stretched to it, and counted (:attr:`aspect_warning`)."""
+        picture = to_pil(image)
+        self.seen += 1
+        self.stretched += self.cfg.model.stretches((picture.height, picture.width))
+        return self.transform(picture)
+
+    @property
+    def aspect_warning(self) -> str | None:
+        """One line once a keep-aspect model has stretched images of another aspect ratio to its input."""
+        if not self.stretched:
+            return None
+        return stretch_warning(self.stretched, self.seen, "scored", self.cfg.model.input_hw)
 
     # -- scoring
     def predict(self, image: ImageLike | Sequence[ImageLike]) -> Prediction | list[Prediction]:
@@ -237,23 +272,38 @@ class Predictor:
         return self.predict_batch([image])[0]
 
     def predict_batch(self, images: Iterable[ImageLike], batch_size: int | None = None) -> list[Prediction]:
-        """Score images in batches of ``batch_size`` (default: the predictor's)."""
+        """Score images in batches of ``batch_size`` (default: the predictor's); a tiled model
+        scores one image at a time, in batches of its tiles."""
         items = list(images)
-        size = batch_size or self.batch_size
+        size = 1 if self.tiled else batch_size or self.batch_size
         out: list[Prediction] = []
         for start in range(0, len(items), size):
             chunk = items[start:start + size]
-            tensor = torch.stack([self.preprocess(item) for item in chunk])
             paths = [str(item) if isinstance(item, (str, Path)) else None for item in chunk]
-            out.extend(self.predict_tensor(tensor, paths))
+            out.extend(self.predict_tensor([self.preprocess(item) for item in chunk], paths))
         return out
 
-    def predict_tensor(self, images: torch.Tensor, paths: Sequence[str | None] | None = None) -> list[Prediction]:
-        """Predictions for preprocessed images (B, 3, crop, crop) or (3, crop, crop)."""
+    def predict_tensor(self, images: torch.Tensor | Sequence[torch.Tensor],
+                       paths: Sequence[str | None] | None = None) -> list[Prediction]:
+        """Predictions for preprocessed images (:meth:`preprocess`): (B, 3, crop, crop), (3, crop,
+        crop) or a list of (3, crop, crop); a tiled model's: (3, H, W) uint8 each, any sizes."""
+        if self.tiled:
+            return self._predict_tiled([images] if torch.is_tensor(images) and images.dim() == 3 else images, paths)
+        images = torch.stack(list(images)) if not torch.is_tensor(images) else images
         if images.dim() == 3:
             images = images.unsqueeze(0)
         maps, scores, embeddings = self.scorer.score(images.to(self.device))
         return self.predictions(maps, scores, paths, embeddings)
+
+    def _predict_tiled(self, images: Sequence[torch.Tensor], paths: Sequence[str | None] | None) -> list[Prediction]:
+        from inp_former.tiling import score_image
+
+        out = []
+        for index, image in enumerate(images):
+            scored = score_image(image, self.cfg.model, self.scorer.score, self.batch_size, self.device)
+            out += self.predictions(scored.map[None], scored.score[None], None if paths is None else [paths[index]],
+                                    None if scored.embedding is None else scored.embedding[None])
+        return out
 
     def predictions(self, maps: torch.Tensor, scores: torch.Tensor, paths: Sequence[str | None] | None = None,
                     embeddings: torch.Tensor | None = None) -> list[Prediction]:
@@ -271,15 +321,33 @@ class Predictor:
                                   normalized_score=normalized, path=path,
                                   pixel_threshold=self.decision.pixel_threshold(decision.category),
                                   threshold_source=decision.threshold_source, category=decision.category,
-                                  category_source=decision.category_source, embedding=embedding))
+                                  category_source=decision.category_source, embedding=embedding,
+                                  tiled=self.tiled))
         return out
 
     # -- pictures
-    def view(self, image: ImageLike) -> Image.Image:
-        """The RGB crop the model sees (resized, centre-cropped, not normalised): what maps cover."""
-        from inp_former.visualize import model_view
+    @property
+    def geometry(self) -> Geometry:
+        """How an image becomes the model's input, and a map goes back onto the image. A tiled
+        model's input is a tile (``Geometry(tile, tile)``); its maps need no geometry (they are the
+        image's own pixels, :attr:`Prediction.tiled`)."""
+        if self.tiled:
+            return Geometry(self.cfg.model.tile, self.cfg.model.tile)
+        return Geometry.from_model_config(self.cfg.model)
 
-        return model_view(to_pil(image), self.cfg.model.resize, self.cfg.model.crop)
+    def mask(self, image: ImageLike, prediction: Prediction, threshold: float | None = None) -> Image.Image:
+        """The binary mask of ``prediction`` at ``image``'s resolution (:meth:`Prediction.mask`):
+        ``predictor.mask("part.png", p).save("part_mask.png")``."""
+        return prediction.mask(to_pil(image).size, self.geometry, threshold)
+
+    def view(self, image: ImageLike) -> Image.Image:
+        """The RGB crop the model sees (resized, centre-cropped, not normalised): what maps cover;
+        a tiled model's: the whole image."""
+        from inp_former.visualize import map_view
+
+        if self.tiled:
+            return to_pil(image)
+        return map_view(to_pil(image), self.cfg.model)
 
     def overlay(self, image: ImageLike, prediction: Prediction,
                 value_range: tuple[float, float] | None = None) -> Image.Image:

@@ -163,7 +163,7 @@ def calibration_images(cfg: Any, folder: Path | None, count: int = CALIBRATION_I
             raise ConfigError(f"calibration {folder}: no images in it", arg="calibration")
     else:
         paths = sorted(s.path for c in resolve_categories(cfg.data) for s in category_samples(cfg.data, c, "train"))
-    transform = image_transform(cfg.model.resize, cfg.model.crop)
+    transform = image_transform(cfg.model.resize_hw, cfg.model.input_hw)
     return [transform(load_rgb(p)).numpy() for p in evenly_spaced(paths, count)]
 
 
@@ -173,7 +173,7 @@ def check_images(cfg: Any, per_category: int = 64) -> tuple[list[np.ndarray], li
     from inp_former.data import image_transform, load_rgb
     from inp_former.settings import category_samples, resolve_categories
 
-    transform = image_transform(cfg.model.resize, cfg.model.crop)
+    transform = image_transform(cfg.model.resize_hw, cfg.model.input_hw)
     images, labels, categories = [], [], []
     for category in resolve_categories(cfg.data):
         for sample in evenly_spaced(sorted(category_samples(cfg.data, category, "test"), key=lambda s: str(s.path)),

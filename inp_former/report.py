@@ -65,6 +65,14 @@ def choose_samples(rows: list[dict[str, Any]], count: int) -> list[dict[str, Any
     return spaced(anomalous, want_anomalous) + spaced(normal, want_normal)
 
 
+def tile_size(size: tuple[int, int], side: int) -> tuple[int, int]:
+    """(width, height) of a picture of ``size`` shown with the area of a ``side`` x ``side`` square
+    and its own aspect ratio (a keep-aspect model's tall or wide input is not squashed)."""
+    width, height = size
+    scale = side / (width * height) ** 0.5
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def render_samples(model: INPFormer, cfg: RunConfig, rows: list[dict[str, Any]], calibration: Calibration | None,
                    device: torch.device | str = "cpu", map_mode: str = "decoder", precision: str = "fp32",
                    batch_size: int = 8, on_sample: Callable[[], None] | None = None) -> list[SampleFigures]:
@@ -82,7 +90,8 @@ def render_samples(model: INPFormer, cfg: RunConfig, rows: list[dict[str, Any]],
         for sample in category_samples(cfg.data, category, "test"):
             by_path[sample.path] = sample
     samples = [by_path[r["path"]] for r in rows if r["path"] in by_path]
-    dataset = AnomalyDataset(samples, image_transform(mc.resize, mc.crop), mask_transform(mc.resize, mc.crop))
+    dataset = AnomalyDataset(samples, image_transform(mc.resize_hw, mc.input_hw),
+                             mask_transform(mc.resize_hw, mc.input_hw))
     raw: list[dict[str, Any]] = []
     model.eval()
     for start in range(0, len(dataset), batch_size):
@@ -90,8 +99,9 @@ def render_samples(model: INPFormer, cfg: RunConfig, rows: list[dict[str, Any]],
         images = torch.stack([item["image"] for item in items]).to(device)
         with capture_inp_attention(model) as captured:
             maps, scores, out = score_batch(model, images, cfg, precision, map_mode)
-        distances = distance_map(out.prototype_distance, mc.crop, mc.map_size, mc.blur_kernel, mc.blur_sigma)
-        attention = captured[-1].reshape(len(items), -1, out.grid, out.grid)
+        distances = distance_map(out.prototype_distance, tuple(images.shape[-2:]), mc.map_hw, mc.blur_kernel,
+                                 mc.blur_sigma, out.grid)
+        attention = captured[-1].reshape(len(items), -1, *out.grid)
         for i, item in enumerate(items):
             raw.append({"item": item, "map": maps[i].float().cpu().numpy(), "score": float(scores[i]),
                         "distance": distances[i].float().cpu().numpy(), "attention": attention[i]})
@@ -112,9 +122,10 @@ def render_samples(model: INPFormer, cfg: RunConfig, rows: list[dict[str, Any]],
     figures = []
     for r in raw:
         item = r["item"]
-        view = denormalize(item["image"]).resize((TILE, TILE), Image.BILINEAR)
+        view = denormalize(item["image"])
+        view = view.resize(tile_size(view.size, TILE), Image.BILINEAR)
         mask = item["mask"][0].numpy() if int(item["label"]) == 1 else None
-        small = view.resize((ATTENTION_TILE, ATTENTION_TILE), Image.BILINEAR)
+        small = view.resize(tile_size(view.size, ATTENTION_TILE), Image.BILINEAR)
         figures.append(SampleFigures(
             category=item["category"], path=item["path"], label=int(item["label"]), score=r["score"],
             predicted=decision.decide(r["score"], item["category"]).label,

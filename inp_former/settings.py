@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from inp_former.categories import REFERENCES_PER_CATEGORY, CategoryReferences, image_embeddings
-from inp_former.config import DataConfig, RunConfig, Setting
+from inp_former.config import DataConfig, ModelConfig, RunConfig, Setting
 from inp_former.errors import ConfigError
 from inp_former.data import (LAYOUTS, AnomalyDataset, Sample, build_samples, image_transform, list_categories,
                              load_rgb)
@@ -142,12 +142,12 @@ def few_shot_selection(data: DataConfig, categories: list[str], shots: int, seed
 class FewShotDataset(Dataset):
     """Each few-shot image as its 22 augmented versions (docs/behaviour.md), computed lazily.
 
-    The image is first resized to ``resize x resize`` (as the preprocessing does), then augmented,
-    then preprocessed (the resize is then a no-op): the augmentations act on the image as the model
-    sees it, whatever its original size or aspect ratio.
+    The image is first resized to ``resize`` (as the preprocessing does; an int is a square, a pair
+    (height, width)), then augmented, then preprocessed (the resize is then a no-op): the
+    augmentations act on the image as the model sees it, whatever its original size or aspect ratio.
     """
 
-    def __init__(self, samples: list[Sample], resize: int, crop: int) -> None:
+    def __init__(self, samples: list[Sample], resize: int | tuple[int, int], crop: int | tuple[int, int]) -> None:
         self.samples = list(samples)
         self.transform = image_transform(resize, crop)
         self.resize = resize
@@ -161,7 +161,8 @@ class FewShotDataset(Dataset):
             from PIL import Image
 
             image = load_rgb(self.samples[index].path)
-            self._cache[index] = image.resize((self.resize, self.resize), Image.BILINEAR)
+            height, width = (self.resize, self.resize) if isinstance(self.resize, int) else self.resize
+            self._cache[index] = image.resize((width, height), Image.BILINEAR)
         return self._cache[index]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -181,17 +182,84 @@ def training_meta(cfg: RunConfig, dataset: Dataset) -> dict[str, Any]:
     meta: dict[str, Any] = {"setting": cfg.data.setting}
     if isinstance(dataset, FewShotDataset):
         meta["few_shot_images"] = [s.path for s in dataset.samples]
+    if cfg.model.tile is not None:   # the dataset's items are tiles: say how many of how many images
+        meta.update(train_images=len(dataset.samples), train_tiles=len(dataset))
     return meta
+
+
+def training_samples(cfg: RunConfig, categories: list[str]) -> list[Sample]:
+    """The training images of the configured setting (few-shot: the selection, before augmentation)."""
+    if is_few_shot(cfg.data):
+        selection = few_shot_selection(cfg.data, categories, cfg.data.shots, cfg.train.seed)
+        return [s for c in categories for s in selection[c]]
+    return [s for c in categories for s in category_samples(cfg.data, c, "train")]
 
 
 def training_dataset(cfg: RunConfig, categories: list[str]) -> Dataset:
     """The training images of the configured setting (few-shot: the augmented selection)."""
     mc = cfg.model
+    samples = training_samples(cfg, categories)
+    if mc.tile is not None:   # random tiles at the images' own resolution (inp_former/data/tiles.py)
+        if is_few_shot(cfg.data):
+            raise ConfigError(f"tile {mc.tile}: not with the few-shot setting (its augmentations act on the resized "
+                              "image); train tiled models on all normal images", arg="tile", others=("shots",))
+        from inp_former.data.tiles import TileDataset
+
+        return TileDataset(samples, [image_hw(s.path) for s in samples], mc.tile, mc.tile_overlap, cfg.train.seed)
     if is_few_shot(cfg.data):
-        selection = few_shot_selection(cfg.data, categories, cfg.data.shots, cfg.train.seed)
-        return FewShotDataset([s for c in categories for s in selection[c]], mc.resize, mc.crop)
-    samples = [s for c in categories for s in category_samples(cfg.data, c, "train")]
-    return AnomalyDataset(samples, image_transform(mc.resize, mc.crop))
+        return FewShotDataset(samples, mc.resize_hw, mc.input_hw)
+    return AnomalyDataset(samples, image_transform(mc.resize_hw, mc.input_hw))
+
+
+# --- keep-aspect: the input size (ModelConfig.keep_aspect) ---------------------------------------
+
+def resolve_input_size(cfg: RunConfig, categories: list[str]) -> tuple[RunConfig, list[str]]:
+    """A keep-aspect config with its ``input_size`` read from the training images, and what to tell
+    the user (once per run): the size chosen and, as a warning, how many images have another aspect
+    ratio and are stretched to it. The input size is the keep-aspect size (:func:`keep_aspect_size`:
+    shorter side ``resize``, rounded to the token stride) of the most common image size (the first
+    seen on a tie). Any other config, or one resolved already (a resumed run), is returned as it is."""
+    from collections import Counter
+
+    from inp_former.data.geometry import keep_aspect_size, stretch_warning
+
+    mc = cfg.model
+    if not mc.keep_aspect or mc.input_size is not None:
+        return cfg, []
+    samples = training_samples(cfg, categories)
+    if not samples:
+        raise ConfigError("keep_aspect: no training images to read the input size from", arg="keep_aspect")
+    sizes = Counter(image_hw(s.path) for s in samples)
+    common = sizes.most_common(1)[0][0]
+    input_size = keep_aspect_size(common, mc.resize, mc.stride)
+    cfg = cfg.updated(model={"input_size": input_size})
+    notes = [f"Keep aspect: images are resized to {input_size[0]}x{input_size[1]} px (height x width), from the "
+             f"most common training image size {common[0]}x{common[1]}"]
+    stretched = sum(count for size, count in sizes.items() if cfg.model.stretches(size))
+    if stretched:
+        notes.append(stretch_warning(stretched, len(samples), "training", input_size))
+    return cfg, notes
+
+
+def stretched_images(model: ModelConfig, samples: list[Sample]) -> int:
+    """How many of ``samples`` a keep-aspect model stretches to its input (0 for a square model;
+    only the image headers are read)."""
+    return sum(model.stretches(image_hw(s.path)) for s in samples) if model.keep_aspect else 0
+
+
+def image_hw(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image file, from its header (the pixels are not decoded)."""
+    from PIL import Image
+
+    from inp_former.data.transforms import READ_ERRORS
+    from inp_former.errors import DatasetError
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except READ_ERRORS as exc:
+        raise DatasetError(f"{path}: not a readable image ({exc.__class__.__name__})") from exc
+    return height, width
 
 
 # --- category references (inp_former/categories.py) -------------------------------------------
@@ -214,20 +282,35 @@ def compute_references(model: Any, cfg: RunConfig, categories: Iterable[str], de
     from inp_former.data import load_rgb
 
     device = torch.device(device)
-    transform = image_transform(cfg.model.resize, cfg.model.crop)
+    transform = image_transform(cfg.model.resize_hw, cfg.model.input_hw)
     model.eval()
+    tiled = _tiled_embedding(model, cfg, device, batch_size) if cfg.model.tile is not None else None
     vectors: dict[str, torch.Tensor] = {}
     for category in categories:
         samples = reference_samples(cfg, category, count)
         rows = []
         for start in range(0, len(samples), batch_size):
             chunk = samples[start:start + batch_size]
+            if tiled is not None:
+                rows.append(torch.stack([tiled(load_rgb(s.path)) for s in chunk]))
+                continue
             images = torch.stack([transform(load_rgb(s.path)) for s in chunk]).to(device)
             with torch.no_grad():
                 rows.append(image_embeddings(model(images).encoder_groups).cpu())
         if rows:
             vectors[category] = torch.cat(rows)
     return CategoryReferences(vectors)
+
+
+def _tiled_embedding(model: Any, cfg: RunConfig, device: torch.device, batch_size: int) -> Any:
+    """image -> a tiled model's embedding of it: the one its predictions carry (the mean of its
+    tiles', :func:`inp_former.tiling.score_image`), in fp32."""
+    from inp_former.fast_path import scoring_function
+    from inp_former.inference import InferenceConfig
+    from inp_former.tiling import score_image, to_uint8_tensor
+
+    scorer = scoring_function(model, cfg, InferenceConfig(precision="fp32", batch_size=batch_size), device)
+    return lambda image: score_image(to_uint8_tensor(image), cfg.model, scorer.score, batch_size, device).embedding
 
 
 # --- single-class ------------------------------------------------------------------------------

@@ -29,9 +29,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from inp_former import distributed
 from inp_former.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
-from inp_former.config import RunConfig
+from inp_former.config import Precision, RunConfig
 from inp_former.errors import ConfigError, TrainingError, TrainingInterrupted
-from inp_former.inference import autocast
+from inp_former.inference import autocast, choose_precision
 from inp_former.io import atomic_torch_save, atomic_write_text
 from inp_former.losses import coherence_loss, soft_mining_loss
 from inp_former.model import INPFormer
@@ -70,6 +70,20 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def training_precision(precision: Precision | str | None, device: torch.device | str) -> tuple[Precision, str]:
+    """(the precision a run trains with on ``device``, why). ``fp32``/``bf16``: as given. ``auto``
+    (the default): on a CPU, :func:`inp_former.inference.choose_precision`'s rule (bf16 autocast
+    where the CPU has native bf16 units: image AUROC held within a point of fp32 on the demo and
+    KolektorSDD, docs/performance.md); on CUDA fp32, the authors' recipe (bf16 training is not
+    measured there)."""
+    precision = Precision.AUTO if precision is None else Precision(precision)
+    if precision != Precision.AUTO:
+        return precision, "given"
+    if torch.device(device).type == "cuda":
+        return Precision.FP32, "auto: fp32 on CUDA (the authors' recipe)"
+    return choose_precision(Precision.AUTO, device)
 
 
 def resolve_categories(cfg: RunConfig) -> list[str]:
@@ -296,17 +310,22 @@ def _ignore_interrupts(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def prepare_run(cfg: RunConfig) -> tuple[RunConfig, Dataset]:
-    """The config with what the data decides resolved (categories, iterations), and the training
-    set; checks the setting and the batch size first."""
-    from inp_former.settings import check_setting, training_dataset  # the setting picks the images
+def prepare_run(cfg: RunConfig, on_notice: Callable[[str], None] | None = None) -> tuple[RunConfig, Dataset]:
+    """The config with what the data decides resolved (categories, iterations, a keep-aspect input
+    size), and the training set; checks the setting and the batch size first. ``on_notice`` hears
+    what a person should know once (the keep-aspect size chosen, images stretched to it)."""
+    from inp_former.settings import check_setting, resolve_input_size, training_dataset  # the setting picks the images
 
     check_setting(cfg.data)
     categories = resolve_categories(cfg)
+    cfg, notes = resolve_input_size(cfg, categories)
+    for note in notes if on_notice is not None else ():
+        on_notice(note)
     dataset = training_dataset(cfg, categories)
     tc = cfg.train
     if len(dataset) < tc.batch_size:
-        raise ConfigError(f"batch_size {tc.batch_size}: larger than the {len(dataset)} training images",
+        items = "tiles" if cfg.model.tile is not None else "images"   # a tiled run's items (data/tiles.py)
+        raise ConfigError(f"batch_size {tc.batch_size}: larger than the {len(dataset)} training {items}",
                           arg="batch_size")
     total = tc.iters if tc.iters is not None else tc.epochs * (len(dataset) // tc.batch_size)
     if total < 1:
@@ -338,7 +357,8 @@ def _saved_state(run_dir: Path, batches_per_epoch: int) -> dict[str, Any]:
 
 def train(cfg: RunConfig, run_dir: Path, device: torch.device | str | None = None,
           on_step: Callable[[StepInfo], None] | None = None,
-          model: INPFormer | None = None, resume: bool = False) -> TrainResult:
+          model: INPFormer | None = None, resume: bool = False,
+          on_notice: Callable[[str], None] | None = None) -> TrainResult:
     """Train one model on the configured data.
 
     Writes ``run_dir/config.json``, ``run_dir/last.pt`` every ``checkpoint_every`` iterations and
@@ -348,7 +368,8 @@ def train(cfg: RunConfig, run_dir: Path, device: torch.device | str | None = Non
     (:meth:`WarmCosineSchedule.extend`), and a finished run (``checkpoint.pt``, no ``last.pt``)
     continues from its weights with a new optimiser (warm-up: :func:`restart_warmup`).
     SIGINT/SIGTERM write ``last.pt`` at the next iteration boundary and raise
-    :class:`inp_former.errors.TrainingInterrupted`.
+    :class:`inp_former.errors.TrainingInterrupted`. ``on_notice`` hears the run's one-time notices
+    (:func:`prepare_run`; lines starting ``warning: `` are warnings).
     """
     from inp_former.runtime import loader_kwargs
     from inp_former.settings import training_meta
@@ -358,7 +379,11 @@ def train(cfg: RunConfig, run_dir: Path, device: torch.device | str | None = Non
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.train.seed)
-    cfg, dataset = prepare_run(cfg)
+    cfg, dataset = prepare_run(cfg, on_notice if rank == 0 else None)
+    precision, why = training_precision(cfg.train.precision, device)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))   # config.json says which
+    if on_notice is not None and rank == 0:
+        on_notice(f"Training precision: {precision} ({why})")
     tc = cfg.train
     categories = list(cfg.data.categories)
     sampler = EpochBatchSampler(len(dataset), tc.batch_size, tc.seed, world, rank)
@@ -368,7 +393,10 @@ def train(cfg: RunConfig, run_dir: Path, device: torch.device | str | None = Non
     total = tc.iters
 
     model = (model or INPFormer(cfg.model)).to(device)
-    cfg = dataclasses.replace(cfg, model=model.cfg)  # with the encoder's own choices (a CNN's stages)
+    # the model's config (saved with its weights) gets the data's input size (prepare_run); the run's
+    # gets the encoder's own choices (a CNN's stages)
+    model.cfg = dataclasses.replace(model.cfg, input_size=cfg.model.input_size)
+    cfg = dataclasses.replace(cfg, model=model.cfg)
     params = model.trainable_parameters()
     if tc.tensorboard and distributed.is_writer():
         require_tensorboard()  # before the first step, not after it
@@ -467,7 +495,7 @@ def train(cfg: RunConfig, run_dir: Path, device: torch.device | str | None = Non
             "iterations": iteration, "train_seconds": round(seconds, 2), "dataset": cfg.data.dataset,
             "data_root": str(cfg.data.root), "categories": categories, "train_images": len(dataset),
             "device": str(device), "world_size": world, "skipped_steps": skipped,
-            **training_meta(cfg, dataset),
+            "train_precision": str(precision), "train_precision_reason": why, **training_meta(cfg, dataset),
         })
         state_path.unlink(missing_ok=True)  # complete: checkpoint.pt holds the result, nothing left to resume
     return TrainResult(cfg, model, checkpoint, iteration, seconds, losses[-1] if losses else float("nan"), skipped,

@@ -7,7 +7,7 @@
   whatever the other images are, so a normal image does not look hot.
 * :func:`inp_attention_maps`: for each INP, the INP Extractor's cross-attention over the image's
   patches (Fig. 7 and Fig. S6, "cross-attention maps between INPs and image patches"): the softmax
-  weights with which INP query m aggregates the patch tokens, averaged over heads, (B, M, grid, grid).
+  weights with which INP query m aggregates the patch tokens, averaged over heads, (B, M, grid_h, grid_w).
   They are read by a forward hook that recomputes them from the block's own inputs and weights; the
   model's outputs are untouched. (The decoder's ReLU attention goes the other way, patch -> INPs, and
   is not what the figure shows.) Each map sums to 1 over the patches; pictures scale each map by its
@@ -37,16 +37,27 @@ from PIL import Image
 
 GT_COLOUR = (0, 255, 0)
 PREDICTED_COLOUR = (255, 255, 255)
+HEATMAP_ROWS = 256   # rows coloured at a time (heatmap)
 
 
 # --- images -------------------------------------------------------------------------------------
 
-def model_view(image: Image.Image, resize: int, crop: int) -> Image.Image:
-    """The RGB crop the model sees (what its maps cover): resize to resize x resize (PIL bilinear),
-    centre crop, by the same :class:`~inp_former.data.geometry.Geometry` as the preprocessing."""
+def model_view(image: Image.Image, resize: int | tuple[int, int], crop: int | tuple[int, int]) -> Image.Image:
+    """The RGB crop the model sees (what its maps cover): resize to ``resize`` (PIL bilinear),
+    centre crop, by the same :class:`~inp_former.data.geometry.Geometry` as the preprocessing.
+    Sizes are ints (squares) or (height, width)."""
     from inp_former.data.geometry import Geometry
 
     return Geometry(resize, crop).forward_image(image.convert("RGB"))
+
+
+def map_view(image: Image.Image, model) -> Image.Image:
+    """The picture a map of a model (``cfg.model``) is drawn over: the centre crop it sees
+    (:func:`model_view`), or with ``keep_aspect``, which crops nothing, the whole image at its own
+    size (the map is resized back to it, so the overlay has the input image's size)."""
+    if model.keep_aspect:
+        return image.convert("RGB")
+    return model_view(image, model.resize_hw, model.input_hw)
 
 
 def denormalize(image: torch.Tensor) -> Image.Image:
@@ -81,8 +92,13 @@ def heatmap(values: np.ndarray, value_range: tuple[float, float], size: tuple[in
     lo, hi = value_range
     if size is not None:
         values = resize_map(values, size)
-    scaled = (np.asarray(values, dtype=np.float64) - lo) / max(hi - lo, 1e-12)
-    return Image.fromarray(jet(scaled))
+    values = np.asarray(values)
+    colours = np.empty((*values.shape, 3), dtype=np.uint8)
+    # in bands of rows: a full-resolution map (tiling) costs 3 bytes per pixel here, not jet's ~60
+    for start in range(0, values.shape[0], HEATMAP_ROWS):
+        band = values[start:start + HEATMAP_ROWS]
+        colours[start:start + HEATMAP_ROWS] = jet((np.asarray(band, dtype=np.float64) - lo) / max(hi - lo, 1e-12))
+    return Image.fromarray(colours)
 
 
 def contour(mask: np.ndarray, thickness: int = 1) -> np.ndarray:
@@ -173,24 +189,26 @@ def capture_inp_attention(model: torch.nn.Module) -> Iterator[list[torch.Tensor]
 
 
 def inp_attention_maps(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """(B, M, grid, grid): each INP's cross-attention over the patches of preprocessed ``images``."""
+    """(B, M, grid_h, grid_w): each INP's cross-attention over the patches of preprocessed ``images``."""
     with capture_inp_attention(model) as captured, torch.no_grad():
         out = model(images)
     weights = captured[-1]
-    return weights.reshape(weights.shape[0], weights.shape[1], out.grid, out.grid)
+    return weights.reshape(weights.shape[0], weights.shape[1], *out.grid)
 
 
-def distance_map(prototype_distance: torch.Tensor, crop: int, map_size: int, kernel_size: int = 5,
-                 sigma: float = 4.0) -> torch.Tensor:
-    """(B, N) distance to the nearest INP -> (B, map_size, map_size), processed like the anomaly maps."""
+def distance_map(prototype_distance: torch.Tensor, image_size: int | tuple[int, int],
+                 map_size: int | tuple[int, int], kernel_size: int = 5, sigma: float = 4.0,
+                 grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """(B, N) distance to the nearest INP on the token ``grid`` (None: square) of images of
+    ``image_size`` -> (B, *map_size) maps (ints: squares), processed like the anomaly maps."""
     from kernels.scoring import upsample_token_map
 
-    return upsample_token_map(prototype_distance.float(), image_size=crop, out_size=map_size,
-                              kernel_size=kernel_size, sigma=sigma)
+    return upsample_token_map(prototype_distance.float(), image_size=image_size, out_size=map_size,
+                              kernel_size=kernel_size, sigma=sigma, grid=grid)
 
 
 def attention_images(view: Image.Image, weights: torch.Tensor, alpha: float = 0.6) -> list[Image.Image]:
-    """One overlay per INP of (M, grid, grid) attention weights, each scaled by its own maximum."""
+    """One overlay per INP of (M, grid_h, grid_w) attention weights, each scaled by its own maximum."""
     out = []
     for w in weights.float().cpu().numpy():
         top = float(w.max())

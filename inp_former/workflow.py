@@ -18,19 +18,20 @@ import datetime as _dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
 from inp_former import distributed
 from inp_former.checkpoint import CHECKPOINT_NAME, load_checkpoint, read_checkpoint
 from inp_former.config import MapMode, RunConfig, Setting, resolve_device
-from inp_former.errors import CheckpointError, ConfigError, DatasetError
+from inp_former.errors import CheckpointError, ConfigError, DatasetError, render_names
 from inp_former.evaluate import EvalConfig, EvalResult, bound_heap_growth, evaluate
 from inp_former.inference import InferenceConfig
 from inp_former.io import atomic_write_text
 from inp_former.metrics import mean_metrics
 from inp_former.model import INPFormer
+from inp_former.serve.config import MAX_MEGAPIXELS
 from inp_former.settings import category_dirname, category_samples, single_class_configs
 from inp_former.thresholds import Calibration, Calibrator, read_calibration, store_calibration
 from inp_former.train import (TRAINING_STATE, StepInfo, TrainResult, load_training_state, resolve_categories,
@@ -41,12 +42,30 @@ THRESHOLDS_FILE = "thresholds.json"
 
 # --- progress and notices ---------------------------------------------------------------------
 
+class Notice(str):
+    """A notice that names arguments (``names``, as words of the text), like an error's ``others``:
+    a Python caller reads it as it is; a front end spells those names its own way with
+    :meth:`render` (the command line: as the flags a user types, ``save_thresholds`` as
+    ``inpctl eval --save-thresholds``). A warning starts with ``warning: ``."""
+
+    names: tuple[str, ...] = ()
+
+    def __new__(cls, text: str, names: tuple[str, ...] = ()) -> "Notice":
+        notice = super().__new__(cls, text)
+        notice.names = tuple(names)
+        return notice
+
+    def render(self, flags: Mapping[str, str] | None = None) -> str:
+        return render_names(str(self), self.names, flags)
+
+
 class Reporter:
     """Where a job's progress and notices go. This base class is silent; a front end overrides
     what it shows (the command line draws progress bars and prints the notices)."""
 
     def message(self, text: str) -> None:
-        """A notice for a person (which encoder, what was written, ...)."""
+        """A notice for a person (which encoder, what was written, ...); a :class:`Notice` when it
+        names arguments."""
 
     @contextlib.contextmanager
     def training(self, label: str) -> Iterator[Callable[[StepInfo], None]]:
@@ -113,6 +132,9 @@ def evaluate_and_calibrate(model: INPFormer, cfg: RunConfig, device: torch.devic
     """
     from inp_former.fast_path import scoring_function
 
+    if report_samples is not None and cfg.model.tile is not None:   # refused before the evaluation runs
+        raise ConfigError("report: its sample figures show resized crops; a tiled model's maps are full resolution "
+                          "(see its overlays with inpctl predict)", arg="report")
     device = torch.device(device)
     categories = list(categories or resolve_categories(cfg))
     bound_heap_growth()  # memory stays flat however many test images stream through
@@ -123,6 +145,10 @@ def evaluate_and_calibrate(model: INPFormer, cfg: RunConfig, device: torch.devic
         result = evaluate(model, cfg, categories, device, inference, on_batch=on_batch,
                           num_workers=evaluation.num_workers, on_category=calibrator.update,
                           exact_pixels=evaluation.exact_pixels, scorer=scorer)
+    if result.meta.get("stretched_images") and distributed.is_writer():
+        from inp_former.data.geometry import stretch_warning
+
+        reporter.message(stretch_warning(*result.meta["stretched_images"], "test", cfg.model.input_hw))
     result.meta.update({"encoder": cfg.model.encoder, "encoder_source": model.encoder.weights_source,
                         "random_encoder": model.encoder.is_random, "fast_path": getattr(scorer, "mode", "eager"),
                         "precision_reason": inference.precision_reason(device),
@@ -252,6 +278,15 @@ class DataOverride:
         if self.dataset is not None:
             data["dataset"] = self.dataset
         model = {k: v for k, v in (("resize", self.resize), ("crop", self.crop)) if v is not None}
+        if model and cfg.model.keep_aspect:   # its input size is fixed at training: resize/crop would be ignored
+            name = next(iter(model))
+            raise ConfigError(f"{name} {model[name]}: the checkpoint keeps the aspect ratio, with images resized "
+                              f"to {cfg.model.input_hw[0]}x{cfg.model.input_hw[1]} px (fixed when it was trained); "
+                              f"leave out resize and crop", arg=name)
+        if model and cfg.model.tile is not None:   # tiles are cut at the images' own resolution
+            name = next(iter(model))
+            raise ConfigError(f"{name} {model[name]}: the checkpoint is tiled (tile {cfg.model.tile} px, cut at the "
+                              "images' own resolution), so resize and crop are unused; leave them out", arg=name)
         cfg = cfg.updated(model=model, data=data)
         if not cfg.data.root and not cfg.data.sources:
             raise ConfigError("data: the checkpoint does not say which data it was trained on; give the data root",
@@ -414,7 +449,8 @@ def train_run(cfg: RunConfig, run_dir: Path | str, device: torch.device | str = 
         if rank == 0:
             reporter.message(f"Encoder: {model.cfg.encoder} ({model.encoder.weights_source}); device {device}")
         with reporter.training("train") as on_step:
-            trained = train(cfg, run_dir, device, on_step=on_step if rank == 0 else None, model=model, resume=resume)
+            trained = train(cfg, run_dir, device, on_step=on_step if rank == 0 else None, model=model, resume=resume,
+                            on_notice=reporter.message)
         with distributed.guard():  # every process evaluates its share; a failure on one stops all
             if rank == 0:
                 reporter.message(f"Trained {trained.iterations} iterations in {trained.seconds:.1f}s; checkpoint "
@@ -543,7 +579,7 @@ def _train_single_class(cfg: RunConfig, run_dir: Path, device: torch.device | st
         one = dataclasses.replace(one, model=resolved)
         sub = run_dir / category_dirname(category)
         with reporter.training(f"{category} ({number}/{len(jobs)})") as on_step:
-            trained[category] = train(one, sub, device, on_step=on_step, model=model)
+            trained[category] = train(one, sub, device, on_step=on_step, model=model, on_notice=reporter.message)
         result = trained[category]
         reporter.message(f"{category}: trained {result.iterations} iterations in {result.seconds:.1f}s; checkpoint "
                          f"{result.checkpoint}")
@@ -575,6 +611,13 @@ class PredictOptions:
     category: str | None = None
     overlays: bool = True
     save_maps: bool = False
+    masks: bool = False                   # a binary mask per image at its resolution (needs a pixel threshold)
+    max_megapixels: float = MAX_MEGAPIXELS   # larger images are skipped (read from the header), as in serve
+
+    def __post_init__(self) -> None:
+        if not self.max_megapixels > 0:
+            raise ConfigError(f"max_megapixels {self.max_megapixels}: expected a positive number",
+                              arg="max_megapixels")
 
 
 def predict_images(checkpoint: Path | str, inputs: list[Path], out_dir: Path, options: PredictOptions = PredictOptions(),
@@ -585,6 +628,8 @@ def predict_images(checkpoint: Path | str, inputs: list[Path], out_dir: Path, op
     predictions.csv/.json, overlays and maps into ``out_dir`` (:mod:`inp_former.batch_predict`);
     returns the summary written to predictions.json. ``resume``: skip the images whose results an
     interrupted run into ``out_dir`` already wrote (with the same checkpoint and settings).
+    ``options.masks`` without a stored pixel threshold is refused before anything is scored. One
+    warning names the images far smaller than the model's input (``small_images``).
 
     Under ``torchrun`` (or in a process group the caller has joined) every process calls it with the
     same arguments: the batches are split over the processes, each writes its overlays and maps, and
@@ -603,17 +648,39 @@ def predict_images(checkpoint: Path | str, inputs: list[Path], out_dir: Path, op
                                f"{', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)})")
         predictor = Predictor.from_checkpoint(checkpoint, device, options.inference, options.threshold,
                                               options.category, encoder_weights, allow_encoder_mismatch)
+        if options.masks and not _pixel_threshold_stored(predictor):
+            raise ConfigError(f"masks: {checkpoint} holds no pixel threshold to draw masks with; to store one, "
+                              "evaluate it with save_thresholds", arg="masks", others=("save_thresholds",))
         for warning in (predictor.category_warning, predictor.precision_warning):
             if warning:
                 reporter.message("warning: " + warning)
         if predictor.threshold is None:
-            reporter.message("warning: no threshold: the checkpoint holds none (evaluate it with save_thresholds, "
-                             "or train it with evaluation) and none was given, so images are scored but not labelled")
+            reporter.message(Notice("warning: no threshold: the checkpoint holds none and none was given, so images "
+                                    "are scored but not labelled; to store one, evaluate it with save_thresholds",
+                                    names=("save_thresholds",)))
         with reporter.counting("predict", len(files)) as on_progress:
             summary = predict_files(predictor, inputs, Path(out_dir), options.overlays, options.save_maps,
-                                    checkpoint=str(checkpoint), on_progress=on_progress, resume=resume)
+                                    checkpoint=str(checkpoint), on_progress=on_progress, resume=resume,
+                                    masks=options.masks, max_megapixels=options.max_megapixels)
+        if predictor.aspect_warning:   # keep-aspect: once for the run, however many
+            reporter.message(predictor.aspect_warning)
+        small = summary.get("small_images") or {}
+        if small.get("images"):   # once for the run, however many
+            first, (width, height) = small["images"][0], small["model_input"]
+            reporter.message(f"warning: {len(small['images'])} image(s) far smaller than the model's input of "
+                             f"{width} x {height} pixels (a side under half of it), e.g. {first['path']} "
+                             f"({first['size'][0]} x {first['size'][1]}): enlarged that much, their scores and maps "
+                             f"say little (listed in predictions.json small_images)")
     summary["threshold_source"] = predictor.threshold_source
     return summary
+
+
+def _pixel_threshold_stored(predictor: Any) -> bool:
+    """Whether some image can get a pixel threshold: the given category's, else the pooled or any category's."""
+    calibration = predictor.calibration
+    if predictor.pixel_threshold is not None or calibration is None or predictor.category is not None:
+        return predictor.pixel_threshold is not None
+    return any(entry.get("pixel_threshold") is not None for entry in calibration.categories.values())
 
 
 def export_model(checkpoint: Path | str, target: Path | None = None, map_mode: MapMode = MapMode.DECODER,

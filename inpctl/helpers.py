@@ -6,6 +6,7 @@ render its result with these helpers. Nothing here computes anything a Python us
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import sys
@@ -41,7 +42,13 @@ METRIC_TITLES = {"i_auroc": "I-AUROC", "i_ap": "I-AP", "i_f1max": "I-F1max", "p_
 
 # --- errors ------------------------------------------------------------------------------------
 
-def fail(message: str, code: int = 2) -> NoReturn:
+# The exit codes, as docs/reliability.md ("Exit codes") states them for every command.
+EXIT_FAILED = 1        # the job did not complete: a bug, a failed torchrun process, a failed check
+EXIT_BAD_INPUT = 2     # a flag, file, folder or checkpoint is not what was expected (Typer's usage errors too)
+EXIT_SIGINT = 130      # interrupted by Ctrl-C (128 + SIGINT); SIGTERM is 128 + 15 = 143
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     """A one-line error and a non-zero exit, never a traceback."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
     raise typer.Exit(code)
@@ -75,20 +82,35 @@ def _write_traceback() -> Path:
 # The library's argument names that the command line spells otherwise (others: --name-with-dashes).
 FLAGS = {"checkpoint": "--ckpt", "map_mode": "--map", "sources": "--source", "run_dir": "--out",
          "mining_gamma": "--gamma", "encoder_stages": "--encoder-stages"}
+# FLAGS with the running command's own spellings (run's ``flags``): errors and notices alike use them
+_command_flags: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("command_flags", default=FLAGS)
+
+
+def as_flags(text: str, names: Iterable[str] = (), flags: Optional[dict[str, str]] = None) -> str:
+    """Library text that names arguments (``names``; a :class:`~inp_former.workflow.Notice` knows its
+    own) with those names spelled as the user types them: the running command's flags, or
+    :data:`FLAGS` with ``flags``."""
+    from inp_former.errors import render_names
+
+    mapping = _command_flags.get() if flags is None else {**FLAGS, **flags}
+    return render_names(str(text), (*getattr(text, "names", ()), *names), mapping)
 
 
 def run(job: Callable[[], Any], flags: Optional[dict[str, str]] = None,
         on_interrupt: Optional[Callable[[Any], None]] = None) -> Any:
     """Run a command body, turning the library's expected errors into one-line messages.
 
-    ``flags`` adds to :data:`FLAGS`, which maps the library's argument names (an error's ``arg``) to
-    the flags the user typed: the library speaks of arguments, the command line of its flags.
+    ``flags`` adds to :data:`FLAGS`, which maps the library's argument names (an error's ``arg``, a
+    notice's names) to the flags the user typed: the library speaks of arguments, the command line
+    of its flags; what the job reports (:class:`RichReporter`) is rendered with them too.
     ``on_interrupt`` handles a :class:`~inp_former.errors.TrainingInterrupted`.
     """
     import torch
 
     from inp_former.errors import DistributedError, InpFormerError, TrainingInterrupted
 
+    mapping = {**FLAGS, **(flags or {})}
+    token = _command_flags.set(mapping)
     try:
         return job()
     except TrainingInterrupted as exc:
@@ -97,14 +119,14 @@ def run(job: Callable[[], Any], flags: Optional[dict[str, str]] = None,
         on_interrupt(exc)
     except DistributedError as exc:  # a process of a torchrun job failed: one line for the whole job
         if exc.reported_elsewhere:   # rank 0 prints it
-            raise typer.Exit(1)
-        fail(exc.render({**FLAGS, **(flags or {})}), code=1)
+            raise typer.Exit(EXIT_FAILED)
+        fail(exc.render(mapping), code=EXIT_FAILED)
     except InpFormerError as exc:
-        fail(_rank_prefix() + exc.render({**FLAGS, **(flags or {})}))
+        fail(_rank_prefix() + exc.render(mapping))
     except (ValueError, OSError) as exc:
         fail(_rank_prefix() + one_line(exc))
     except KeyboardInterrupt:
-        fail("interrupted", code=130)
+        fail("interrupted", code=EXIT_SIGINT)
     except torch.cuda.OutOfMemoryError:
         fail(_rank_prefix() + "the GPU ran out of memory: lower --batch-size (or --eval-batch-size)")
     except typer.Exit:
@@ -112,7 +134,9 @@ def run(job: Callable[[], Any], flags: Optional[dict[str, str]] = None,
     except Exception as exc:  # a bug, not bad input: one line here, the traceback in a file to report
         log = _write_traceback()
         fail(f"{_rank_prefix()}internal error ({exc.__class__.__name__}: {one_line(exc)}); please report it with "
-             f"the traceback in {log}", code=1)
+             f"the traceback in {log}", code=EXIT_FAILED)
+    finally:
+        _command_flags.reset(token)
 
 
 def _rank_prefix() -> str:
@@ -279,6 +303,7 @@ class RichReporter:
     def message(self, text: str) -> None:
         if self.quiet:
             return
+        text = as_flags(text)   # a notice naming arguments: as the running command's flags
         if text.startswith("warning: "):
             warn(text.removeprefix("warning: "))
         else:

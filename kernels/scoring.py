@@ -2,23 +2,26 @@
 
 Reference (what the authors' ``cal_anomaly_maps`` + evaluation compute), per image::
 
-    a_g   = 1 - cos(enc_g, dec_g)                  per token, (grid, grid), one map per group g
+    a_g   = 1 - cos(enc_g, dec_g)                  per token, (grid_h, grid_w), one map per group g
     m     = mean_g bilinear(a_g, image_size, align_corners=True)
     m     = bilinear(m, out_size, align_corners=False)
     m     = conv2d(m, gaussian 5x5 sigma 4, zero padding 2)
-    score = mean of the top int(out_size**2 * 0.01) values of m
+    score = mean of the top int(out_h * out_w * 0.01) values of m
 
-Everything after the cosine is linear and separable, so ``m = Gm @ A @ Gm^T`` with ``A`` the mean of
-the ``a_g`` and ``Gm`` a fixed (out_size, grid) matrix (:func:`scoring_matrix`). The fused path reads
-each feature tensor exactly once in one Triton kernel (the memory-bound part), forms ``Gm A Gm^T``
-in a second small Triton kernel (fp32 FMA, no TF32), and takes the exact top-k mean with
-``torch.topk``.
+Everything after the cosine is linear and separable, so ``m = Gh @ A @ Gw^T`` with ``A`` the mean of
+the ``a_g`` and ``Gh``, ``Gw`` fixed (out_h, grid_h) and (out_w, grid_w) matrices (:func:`scoring_matrix`,
+one per axis; the same matrix on a square grid). The fused path reads each feature tensor exactly
+once in one Triton kernel (the memory-bound part), forms ``Gh A Gw^T`` in a second small Triton
+kernel (fp32 FMA, no TF32), and takes the exact top-k mean with ``torch.topk``.
+
+Sizes: ``image_size`` and ``out_size`` are an int (a square) or (height, width); ``grid`` is the
+(grid_h, grid_w) token grid, None meaning the square grid of N tokens (the paper's).
 """
 from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -35,11 +38,13 @@ except ImportError:  # the reference and matrix paths need no Triton
 COS_EPS = 1e-8              # F.cosine_similarity's default eps, as the authors use it
 MAX_GROUPS_PER_LAUNCH = 4   # the cosine kernel takes up to 4 (enc, dec) pairs; more are chunked
 
+Size = Union[int, Sequence[int]]   # a square side, or (height, width)
+
 __all__ = [
     "anomaly_map_reference", "image_score_reference", "scoring_matrix", "anomaly_map_matrix",
     "anomaly_maps_and_scores", "upsample_token_map", "upsample_token_map_reference",
     "mean_cosine_distance", "top_k_count", "top_k_mean", "cosine_distance", "apply_scoring_matrix",
-    "cosine_distance_launches", "token_map_launch", "prune_cos_configs",
+    "cosine_distance_launches", "token_map_launch", "prune_cos_configs", "scoring_matrices",
 ]
 
 
@@ -47,8 +52,16 @@ __all__ = [
 # Validation
 # --------------------------------------------------------------------------------------------
 
-def _check_sizes(image_size: int, out_size: int, kernel_size: int, sigma: float) -> None:
-    if int(image_size) < 1 or int(out_size) < 1:
+def _hw(size: int | Sequence[int]) -> tuple[int, int]:
+    """(height, width) of a size given as an int (a square) or a pair."""
+    if isinstance(size, (tuple, list)):   # torch.Size is a tuple
+        height, width = size
+        return int(height), int(width)
+    return int(size), int(size)
+
+
+def _check_sizes(image_size: Size, out_size: Size, kernel_size: int, sigma: float) -> None:
+    if min(_hw(image_size)) < 1 or min(_hw(out_size)) < 1:
         raise ValueError(f"image_size and out_size must be >= 1, got {image_size} and {out_size}")
     if int(kernel_size) < 1 or int(kernel_size) % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd number (zero padding k // 2 keeps the size), "
@@ -57,15 +70,23 @@ def _check_sizes(image_size: int, out_size: int, kernel_size: int, sigma: float)
         raise ValueError(f"sigma must be > 0, got {sigma}")
 
 
-def _grid_of(n_tokens: int) -> int:
-    grid = math.isqrt(n_tokens)
-    if grid * grid != n_tokens:
-        raise ValueError(f"N = {n_tokens} tokens is not a square grid (expected N = grid * grid)")
-    return grid
+def _grid_of(n_tokens: int, grid: Sequence[int] | None = None) -> tuple[int, int]:
+    """(grid_h, grid_w) of N tokens: ``grid`` checked against N, or the square grid when None."""
+    if grid is not None:
+        grid_h, grid_w = (int(v) for v in grid)
+        if grid_h < 1 or grid_w < 1 or grid_h * grid_w != n_tokens:
+            raise ValueError(f"N = {n_tokens} tokens do not form the grid {grid_h}x{grid_w}")
+        return grid_h, grid_w
+    side = math.isqrt(n_tokens)
+    if side * side != n_tokens:
+        raise ValueError(f"N = {n_tokens} tokens is not a square grid (expected N = grid * grid, or give the "
+                         "grid as (grid_h, grid_w))")
+    return side, side
 
 
-def _check_features(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor]) -> tuple[int, int, int, int]:
-    """Validate the groups; returns (B, N, C, grid)."""
+def _check_features(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor],
+                    grid: Sequence[int] | None = None) -> tuple[int, int, int, tuple[int, int]]:
+    """Validate the groups; returns (B, N, C, (grid_h, grid_w))."""
     if isinstance(enc, torch.Tensor) or isinstance(dec, torch.Tensor):
         raise ValueError("enc and dec must be sequences (list/tuple) of (B, N, C) tensors, one per group; "
                          "wrap a single group in a list")
@@ -87,19 +108,19 @@ def _check_features(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor]) ->
     batch, n_tokens, channels = shape
     if batch < 1 or channels < 1:
         raise ValueError(f"features must have B >= 1 and C >= 1, got shape {shape}")
-    return batch, n_tokens, channels, _grid_of(n_tokens)
+    return batch, n_tokens, channels, _grid_of(n_tokens, grid)
 
 
-def _check_token_map(token_map: torch.Tensor) -> int:
+def _check_token_map(token_map: torch.Tensor, grid: Sequence[int] | None = None) -> tuple[int, int]:
     if token_map.dim() != 2 or not token_map.is_floating_point():
         raise ValueError(f"token_map must be a floating (B, N) tensor, got {tuple(token_map.shape)} "
                          f"{token_map.dtype}")
-    return _grid_of(token_map.shape[1])
+    return _grid_of(token_map.shape[1], grid)
 
 
 def top_k_count(num_values: int, top_fraction: float) -> int:
     """How many of a map's values the image score averages: int(num_values * top_fraction), at least 1
-    (655 of a 256x256 map at 1%, as the authors' ``int(H * W * max_ratio)``)."""
+    (655 of a 256x256 map at 1%, as the authors' ``int(H * W * max_ratio)``; num_values = H * W)."""
     if not 0 < top_fraction <= 1:
         raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
     return max(1, int(num_values * top_fraction))
@@ -121,36 +142,38 @@ def _gaussian_1d(kernel_size: int, sigma: float) -> torch.Tensor:
     return g / g.sum()
 
 
-def _resize_and_blur(a_map: torch.Tensor, out_size: int, kernel_size: int, sigma: float) -> torch.Tensor:
-    """Steps 3-4 on (B, 1, S, S): bilinear resize (align_corners=False), then the Gaussian conv2d."""
-    a_map = F.interpolate(a_map, size=out_size, mode="bilinear", align_corners=False)
+def _resize_and_blur(a_map: torch.Tensor, out_size: Size, kernel_size: int, sigma: float) -> torch.Tensor:
+    """Steps 3-4 on (B, 1, H, W): bilinear resize (align_corners=False), then the Gaussian conv2d."""
+    a_map = F.interpolate(a_map, size=_hw(out_size), mode="bilinear", align_corners=False)
     g = _gaussian_1d(kernel_size, sigma)
     weight = torch.outer(g, g).to(a_map.dtype).to(a_map.device).view(1, 1, kernel_size, kernel_size)
     return F.conv2d(a_map, weight, padding=kernel_size // 2)
 
 
-def anomaly_map_reference(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor], image_size: int,
-                          out_size: int = 256, kernel_size: int = 5, sigma: float = 4.0) -> torch.Tensor:
-    """Anomaly maps (B, out_size, out_size) exactly as the authors compute them (float32; float64 in,
+def anomaly_map_reference(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor], image_size: Size,
+                          out_size: Size = 256, kernel_size: int = 5, sigma: float = 4.0,
+                          grid: Sequence[int] | None = None) -> torch.Tensor:
+    """Anomaly maps (B, out_h, out_w) exactly as the authors compute them (float32; float64 in,
     float64 out). The cosine runs in the features' dtype, like the authors' code."""
     _check_sizes(image_size, out_size, kernel_size, sigma)
-    batch, _, _, grid = _check_features(enc, dec)
+    batch, _, _, grid = _check_features(enc, dec, grid)
     upsampled = []
     for e, d in zip(enc, dec):
         a_map = 1 - F.cosine_similarity(e, d, dim=-1, eps=COS_EPS)          # (B, N)
-        a_map = a_map.to(_map_dtype(a_map.dtype)).reshape(batch, 1, grid, grid)
-        upsampled.append(F.interpolate(a_map, size=image_size, mode="bilinear", align_corners=True))
+        a_map = a_map.to(_map_dtype(a_map.dtype)).reshape(batch, 1, *grid)
+        upsampled.append(F.interpolate(a_map, size=_hw(image_size), mode="bilinear", align_corners=True))
     a_map = torch.cat(upsampled, dim=1).mean(dim=1, keepdim=True)
     return _resize_and_blur(a_map, out_size, kernel_size, sigma)[:, 0]
 
 
-def upsample_token_map_reference(token_map: torch.Tensor, image_size: int, out_size: int = 256,
-                                 kernel_size: int = 5, sigma: float = 4.0) -> torch.Tensor:
-    """Steps 2-4 of the reference with one group on a per-token map (B, N) -> (B, out_size, out_size)."""
+def upsample_token_map_reference(token_map: torch.Tensor, image_size: Size, out_size: Size = 256,
+                                 kernel_size: int = 5, sigma: float = 4.0,
+                                 grid: Sequence[int] | None = None) -> torch.Tensor:
+    """Steps 2-4 of the reference with one group on a per-token map (B, N) -> (B, out_h, out_w)."""
     _check_sizes(image_size, out_size, kernel_size, sigma)
-    grid = _check_token_map(token_map)
-    a_map = token_map.to(_map_dtype(token_map.dtype)).reshape(-1, 1, grid, grid)
-    a_map = F.interpolate(a_map, size=image_size, mode="bilinear", align_corners=True)
+    grid = _check_token_map(token_map, grid)
+    a_map = token_map.to(_map_dtype(token_map.dtype)).reshape(-1, 1, *grid)
+    a_map = F.interpolate(a_map, size=_hw(image_size), mode="bilinear", align_corners=True)
     return _resize_and_blur(a_map, out_size, kernel_size, sigma)[:, 0]
 
 
@@ -161,14 +184,14 @@ def image_score_reference(maps: torch.Tensor, top_fraction: float = 0.01) -> tor
 
 
 # --------------------------------------------------------------------------------------------
-# Matrix form: map = Gm @ A @ Gm^T
+# Matrix form: map = Gh @ A @ Gw^T
 # --------------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=64)
 def _scoring_matrix_cached(grid: int, image_size: int, out_size: int, kernel_size: int, sigma: float,
                            device: str, dtype: str) -> torch.Tensor:
     # Push the identity basis through the reference's own 1-D operations, in float64: bilinear
-    # interpolation and the Gaussian kernel are separable, so each axis sees the same matrix.
+    # interpolation and the Gaussian kernel are separable, so each axis has its own such matrix.
     basis = torch.eye(grid, dtype=torch.float64).reshape(grid, 1, grid)
     rows = F.interpolate(basis, size=image_size, mode="linear", align_corners=True)
     rows = F.interpolate(rows, size=out_size, mode="linear", align_corners=False)
@@ -179,7 +202,8 @@ def _scoring_matrix_cached(grid: int, image_size: int, out_size: int, kernel_siz
 
 def scoring_matrix(grid: int, image_size: int, out_size: int = 256, kernel_size: int = 5, sigma: float = 4.0,
                    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The (out_size, grid) matrix Gm with map = Gm @ A @ Gm^T for a (grid, grid) token map A.
+    """The (out_size, grid) matrix of one axis: map = Gm @ A @ Gm^T for a (grid, grid) token map A
+    (:func:`scoring_matrices` for a non-square grid, one matrix per axis).
 
     Cached per arguments: the returned tensor is shared, do not modify it in place."""
     _check_sizes(image_size, out_size, kernel_size, sigma)
@@ -188,6 +212,15 @@ def scoring_matrix(grid: int, image_size: int, out_size: int = 256, kernel_size:
     dtype_name = str(dtype).removeprefix("torch.")
     return _scoring_matrix_cached(int(grid), int(image_size), int(out_size), int(kernel_size), float(sigma),
                                   str(torch.device(device)), dtype_name)
+
+
+def scoring_matrices(grid: Sequence[int], image_size: Size, out_size: Size = 256, kernel_size: int = 5,
+                     sigma: float = 4.0, device: torch.device | str = "cpu",
+                     dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Gh, Gw), (out_h, grid_h) and (out_w, grid_w): map = Gh @ A @ Gw^T for a (grid_h, grid_w)
+    token map A (the same cached tensor twice on a square)."""
+    return tuple(scoring_matrix(g, i, o, kernel_size, sigma, device, dtype)  # type: ignore[return-value]
+                 for g, i, o in zip(_hw(grid), _hw(image_size), _hw(out_size)))
 
 
 def cosine_distance(e: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -202,20 +235,22 @@ def cosine_distance(e: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     return 1 - dot / (ne * nd)
 
 
-def apply_scoring_matrix(a: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-    """(B, grid, grid) -> (B, out, out): Gm @ A @ Gm^T with Gm from :func:`scoring_matrix`."""
-    return torch.matmul(torch.matmul(matrix, a), matrix.T)
+def apply_scoring_matrix(a: torch.Tensor, matrix: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, grid_h, grid_w) -> (B, out_h, out_w): Gh @ A @ Gw^T with ``matrix`` = Gh and ``cols`` = Gw
+    (:func:`scoring_matrices`; ``cols`` None: Gm @ A @ Gm^T on a square)."""
+    return torch.matmul(torch.matmul(matrix, a), (matrix if cols is None else cols).T)
 
 
-def anomaly_map_matrix(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor], image_size: int,
-                       out_size: int = 256, kernel_size: int = 5, sigma: float = 4.0) -> torch.Tensor:
-    """Same maps as :func:`anomaly_map_reference` in plain PyTorch: cosine per token, then Gm A Gm^T.
+def anomaly_map_matrix(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor], image_size: Size,
+                       out_size: Size = 256, kernel_size: int = 5, sigma: float = 4.0,
+                       grid: Sequence[int] | None = None) -> torch.Tensor:
+    """Same maps as :func:`anomaly_map_reference` in plain PyTorch: cosine per token, then Gh A Gw^T.
     The fast CPU path (on CUDA, TF32 matmuls would round it if they are switched on)."""
     _check_sizes(image_size, out_size, kernel_size, sigma)
-    batch, _, _, grid = _check_features(enc, dec)
+    batch, _, _, grid = _check_features(enc, dec, grid)
     a = sum(cosine_distance(e, d) for e, d in zip(enc, dec)) / len(enc)
-    matrix = scoring_matrix(grid, image_size, out_size, kernel_size, sigma, a.device, a.dtype)
-    return apply_scoring_matrix(a.reshape(batch, grid, grid), matrix)
+    rows, cols = scoring_matrices(grid, image_size, out_size, kernel_size, sigma, a.device, a.dtype)
+    return apply_scoring_matrix(a.reshape(batch, *grid), rows, cols)
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,22 +349,26 @@ if triton is not None:
         tl.store(out_ptr + rows, total * scale, mask=row_mask)
 
     @triton.jit
-    def _token_map_to_image_kernel(a_ptr, g_ptr, out_ptr, GRID, OUT, GRID_P: tl.constexpr,
+    def _token_map_to_image_kernel(a_ptr, gh_ptr, gw_ptr, out_ptr, GRID_H, GRID_W, OUT_H, OUT_W,
+                                   GRID_P: tl.constexpr, GRID_Q: tl.constexpr,
                                    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
-        """out[b, i-tile, j-tile] = Gm[i-tile] @ A[b] @ Gm[j-tile]^T, fp32 FMA (ieee: no TF32)."""
+        """out[b, i-tile, j-tile] = Gh[i-tile] @ A[b] @ Gw[j-tile]^T, fp32 FMA (ieee: no TF32).
+        A is (GRID_H, GRID_W), token rows p and columns q, each padded to a power of two >= 16
+        (GRID_P, GRID_Q) with zeros beyond."""
         pid_i, pid_j, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        p = tl.arange(0, GRID_P)                      # grid padded to a power of two >= 16, zeros beyond
-        p_ok = p < GRID
-        a = tl.load(a_ptr + b.to(tl.int64) * GRID * GRID + p[:, None] * GRID + p[None, :],
-                    mask=p_ok[:, None] & p_ok[None, :], other=0.0)
+        p = tl.arange(0, GRID_P)
+        q = tl.arange(0, GRID_Q)
+        p_ok, q_ok = p < GRID_H, q < GRID_W
+        a = tl.load(a_ptr + b.to(tl.int64) * GRID_H * GRID_W + p[:, None] * GRID_W + q[None, :],
+                    mask=p_ok[:, None] & q_ok[None, :], other=0.0)
         i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
         j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
-        gi = tl.load(g_ptr + i[:, None] * GRID + p[None, :], mask=(i < OUT)[:, None] & p_ok[None, :], other=0.0)
-        gj = tl.load(g_ptr + j[:, None] * GRID + p[None, :], mask=(j < OUT)[:, None] & p_ok[None, :], other=0.0)
-        rows = tl.dot(gi, a, input_precision="ieee")                   # (BLOCK_I, GRID_P)
+        gi = tl.load(gh_ptr + i[:, None] * GRID_H + p[None, :], mask=(i < OUT_H)[:, None] & p_ok[None, :], other=0.0)
+        gj = tl.load(gw_ptr + j[:, None] * GRID_W + q[None, :], mask=(j < OUT_W)[:, None] & q_ok[None, :], other=0.0)
+        rows = tl.dot(gi, a, input_precision="ieee")                   # (BLOCK_I, GRID_Q)
         tile = tl.dot(rows, tl.trans(gj), input_precision="ieee")      # (BLOCK_I, BLOCK_J)
-        out = out_ptr + b.to(tl.int64) * OUT * OUT + i[:, None] * OUT + j[None, :]
-        tl.store(out, tile, mask=(i < OUT)[:, None] & (j < OUT)[None, :])
+        out = out_ptr + b.to(tl.int64) * OUT_H * OUT_W + i[:, None] * OUT_W + j[None, :]
+        tl.store(out, tile, mask=(i < OUT_H)[:, None] & (j < OUT_W)[None, :])
 
 
 def _same_strides(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -368,51 +407,56 @@ def cosine_distance_launches(enc: Sequence[torch.Tensor], dec: Sequence[torch.Te
     return launches
 
 
-def token_map_launch(a: torch.Tensor, matrix: torch.Tensor) -> Launch:
-    """The map kernel's launch for token maps ``a`` (B, grid, grid) (made fp32 contiguous) and the
-    contiguous fp32 (out, grid) matrix; allocates the (B, out, out) fp32 maps ``out_ptr``. Launched
-    with ``num_warps=MAP_WARPS``."""
+def token_map_launch(a: torch.Tensor, matrix: torch.Tensor, cols: torch.Tensor | None = None) -> Launch:
+    """The map kernel's launch for token maps ``a`` (B, grid_h, grid_w) (made fp32 contiguous) and
+    the contiguous fp32 matrices Gh = ``matrix`` (out_h, grid_h) and Gw = ``cols`` (out_w, grid_w;
+    None: ``matrix`` again, a square); allocates the (B, out_h, out_w) fp32 maps ``out_ptr``.
+    Launched with ``num_warps=MAP_WARPS``."""
     a = a.float().contiguous()
-    batch, grid, _ = a.shape
-    out_size = matrix.shape[0]
-    maps = torch.empty(batch, out_size, out_size, device=a.device, dtype=torch.float32)
+    cols = matrix if cols is None else cols
+    batch, grid_h, grid_w = a.shape
+    out_h, out_w = matrix.shape[0], cols.shape[0]
+    maps = torch.empty(batch, out_h, out_w, device=a.device, dtype=torch.float32)
     block_i, block_j = (64, 64) if interpreting() else MAP_TILE
-    args = dict(a_ptr=a, g_ptr=matrix, out_ptr=maps, GRID=grid, OUT=out_size)
-    constexprs = dict(GRID_P=max(16, triton.next_power_of_2(grid)),   # tl.dot needs every dimension >= 16
-                      BLOCK_I=block_i, BLOCK_J=block_j)
-    return Launch((triton.cdiv(out_size, block_i), triton.cdiv(out_size, block_j), batch), args, constexprs)
+    args = dict(a_ptr=a, gh_ptr=matrix, gw_ptr=cols, out_ptr=maps, GRID_H=grid_h, GRID_W=grid_w, OUT_H=out_h,
+                OUT_W=out_w)
+    constexprs = dict(GRID_P=max(16, triton.next_power_of_2(grid_h)),   # tl.dot needs every dimension >= 16
+                      GRID_Q=max(16, triton.next_power_of_2(grid_w)), BLOCK_I=block_i, BLOCK_J=block_j)
+    return Launch((triton.cdiv(out_h, block_i), triton.cdiv(out_w, block_j), batch), args, constexprs)
 
 
 # --------------------------------------------------------------------------------------------
 # Host functions
 # --------------------------------------------------------------------------------------------
 
-def _mean_cosine_distance_triton(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor]) -> torch.Tensor:
-    """(B, grid, grid) float32 mean over groups of 1 - cos, each feature tensor read once."""
-    batch, _, _, grid = _check_features(enc, dec)
+def _mean_cosine_distance_triton(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor],
+                                 grid: Sequence[int] | None = None) -> torch.Tensor:
+    """(B, grid_h, grid_w) float32 mean over groups of 1 - cos, each feature tensor read once."""
+    batch, _, _, grid = _check_features(enc, dec, grid)
     partials = []
     for launch in cosine_distance_launches(enc, dec):
         _cosine_distance_kernel[launch.grid](**launch.args, **launch.constexprs)
         partials.append(launch.args["out_ptr"])
     total = partials[0] if len(partials) == 1 else torch.stack(partials).sum(0)
-    return total.view(batch, grid, grid)
+    return total.view(batch, *grid)
 
 
-def _token_map_to_image_triton(a: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-    """(B, grid, grid) -> (B, out, out) fp32 with the Triton map kernel."""
-    launch = token_map_launch(a, matrix)
+def _token_map_to_image_triton(a: torch.Tensor, matrix: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, grid_h, grid_w) -> (B, out_h, out_w) fp32 with the Triton map kernel (Gh, Gw: ``matrix``, ``cols``)."""
+    launch = token_map_launch(a, matrix, cols)
     _token_map_to_image_kernel[launch.grid](**launch.args, **launch.constexprs, num_warps=MAP_WARPS)
     return launch.args["out_ptr"]
 
 
-def mean_cosine_distance(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor]) -> torch.Tensor:
-    """A = mean over groups of 1 - cos(enc_g, dec_g) per token -> (B, grid, grid) float32.
+def mean_cosine_distance(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor],
+                         grid: Sequence[int] | None = None) -> torch.Tensor:
+    """A = mean over groups of 1 - cos(enc_g, dec_g) per token -> (B, grid_h, grid_w) float32.
     The Triton kernel when :func:`kernels.dispatch.use_kernel` says so, else PyTorch."""
-    batch, _, _, grid = _check_features(enc, dec)
+    batch, _, _, grid = _check_features(enc, dec, grid)
     if use_kernel("scoring", *enc, *dec):
-        return _mean_cosine_distance_triton(enc, dec)
+        return _mean_cosine_distance_triton(enc, dec, grid)
     a = sum(cosine_distance(e, d) for e, d in zip(enc, dec)) / len(enc)
-    return a.reshape(batch, grid, grid)
+    return a.reshape(batch, *grid)
 
 
 def top_k_mean(maps: torch.Tensor, k: int) -> torch.Tensor:
@@ -427,34 +471,35 @@ def top_k_mean(maps: torch.Tensor, k: int) -> torch.Tensor:
 # Public entry points
 # --------------------------------------------------------------------------------------------
 
-def anomaly_maps_and_scores(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor], image_size: int,
-                            out_size: int = 256, kernel_size: int = 5, sigma: float = 4.0,
-                            top_fraction: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anomaly maps (B, out_size, out_size) float32 and image scores (B,).
+def anomaly_maps_and_scores(enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor], image_size: Size,
+                            out_size: Size = 256, kernel_size: int = 5, sigma: float = 4.0,
+                            top_fraction: float = 0.01,
+                            grid: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anomaly maps (B, out_h, out_w) float32 and image scores (B,).
 
     The fused Triton path when ``use_kernel`` selects it (in ``auto``: CUDA, and a recorded measurement
     shows it faster for this device class and dtype, see :mod:`kernels.evidence`), else the reference."""
     _check_sizes(image_size, out_size, kernel_size, sigma)
-    k = top_k_count(out_size * out_size, top_fraction)
+    out_h, out_w = _hw(out_size)
+    k = top_k_count(out_h * out_w, top_fraction)
     if use_kernel("scoring", *enc, *dec):
-        a = _mean_cosine_distance_triton(enc, dec)                  # validates enc/dec
-        grid = a.shape[-1]
-        matrix = scoring_matrix(grid, image_size, out_size, kernel_size, sigma, a.device, torch.float32)
-        maps = _token_map_to_image_triton(a, matrix)
+        a = _mean_cosine_distance_triton(enc, dec, grid)            # validates enc/dec
+        rows, cols = scoring_matrices(a.shape[-2:], image_size, out_size, kernel_size, sigma, a.device)
+        maps = _token_map_to_image_triton(a, rows, cols)
     else:
-        maps = anomaly_map_reference(enc, dec, image_size, out_size, kernel_size, sigma)
+        maps = anomaly_map_reference(enc, dec, image_size, out_size, kernel_size, sigma, grid)
     return maps, top_k_mean(maps, k)
 
 
-def upsample_token_map(token_map: torch.Tensor, image_size: int, out_size: int = 256, kernel_size: int = 5,
-                       sigma: float = 4.0) -> torch.Tensor:
-    """Steps 2-4 (upsample, resize, blur) of a per-token map (B, N) -> (B, out_size, out_size) float32.
+def upsample_token_map(token_map: torch.Tensor, image_size: Size, out_size: Size = 256, kernel_size: int = 5,
+                       sigma: float = 4.0, grid: Sequence[int] | None = None) -> torch.Tensor:
+    """Steps 2-4 (upsample, resize, blur) of a per-token map (B, N) -> (B, out_h, out_w) float32.
 
     Used for zero-shot maps (distance to the nearest prototype). The Triton map kernel when
     ``use_kernel`` selects it, else the reference."""
     _check_sizes(image_size, out_size, kernel_size, sigma)
-    grid = _check_token_map(token_map)
+    grid = _check_token_map(token_map, grid)
     if use_kernel("token_map", token_map):  # never measured alone: auto keeps the reference
-        matrix = scoring_matrix(grid, image_size, out_size, kernel_size, sigma, token_map.device, torch.float32)
-        return _token_map_to_image_triton(token_map.reshape(-1, grid, grid), matrix)
-    return upsample_token_map_reference(token_map, image_size, out_size, kernel_size, sigma)
+        rows, cols = scoring_matrices(grid, image_size, out_size, kernel_size, sigma, token_map.device)
+        return _token_map_to_image_triton(token_map.reshape(-1, *grid), rows, cols)
+    return upsample_token_map_reference(token_map, image_size, out_size, kernel_size, sigma, grid)

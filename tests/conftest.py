@@ -1,11 +1,18 @@
 """Shared test set-up.
 
 Without a GPU the Triton kernels run through Triton's interpreter, which must be switched on
-before any kernel module is imported, hence here, before the tests import anything.
+before any kernel module is imported, hence here, before the tests import anything. OpenMP's
+wait policy is set as the CLI sets it (``inp_former.runtime``), before torch loads libgomp: the
+tests share the cores with their own subprocesses and, under pytest-xdist (tests/pytest.ini), with
+the other worker; spinning threads would take the core from whoever holds the work.
 """
 import os
 
-import torch
+from inp_former.runtime import apply_env_defaults
+
+apply_env_defaults()
+
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -1,7 +1,13 @@
 """Small models for fast tests: ViT-S with random weights at tiny image sizes."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import queue
+import subprocess
+import threading
+import time
+from typing import Iterator, Sequence
 
 import torch
 
@@ -13,6 +19,19 @@ from inp_former.model import INPFormer
 @functools.lru_cache(maxsize=None)
 def _encoder() -> DinoV2Encoder:
     return DinoV2Encoder("small", "random")
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """In-process work at the thread count of the subprocesses it is compared with
+    (OMP_NUM_THREADS=1), so that results agree bit for bit (a matrix product may round differently
+    on another thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -52,3 +71,36 @@ def assert_same_category_metrics(expected: dict, actual: dict, abs_tol: float = 
     for category, values in expected["categories"].items():
         for key, value in values.items():
             assert actual["categories"][category][key] == pytest.approx(value, abs=abs_tol), (category, key)
+
+
+def first_lines(args: Sequence[str], count: int, limit_s: float, **popen) -> list[str]:
+    """The first ``count`` lines a command prints (stdout and stderr together), waiting at most
+    ``limit_s`` seconds; then the process is killed. For checks of how a long command starts.
+
+    A reader thread, not ``select`` on the pipe: a buffered reader may already hold the next line
+    while the pipe has nothing new, and ``select`` would then wait for the command's next output."""
+    process = subprocess.Popen(list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+    received: queue.SimpleQueue = queue.SimpleQueue()
+
+    def pump() -> None:
+        for line in process.stdout:
+            received.put(line.rstrip("\n"))
+        received.put(None)   # end of output
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    lines: list[str] = []
+    deadline = time.monotonic() + limit_s
+    try:
+        while len(lines) < count:
+            line = received.get(timeout=max(0.0, deadline - time.monotonic()))
+            if line is None:
+                break
+            lines.append(line)
+    except queue.Empty:   # the deadline: the caller's assertion on the lines says what is missing
+        pass
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+        reader.join(timeout=60)
+    return lines

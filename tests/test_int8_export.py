@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -80,8 +81,15 @@ def test_export_int8_writes_a_checked_model_that_runs(trained, tmp_path):
 def test_a_model_that_loses_accuracy_is_not_written(trained, tmp_path, monkeypatch):
     import inp_former.quantize as quantize
 
+    def fp32_as_int8(fp32_path, int8_path, calibration):
+        """The quantiser's contract without its work (the test above runs the real one): a model
+        file at ``int8_path``, here the fp32 graph itself, which the check then runs like any other."""
+        shutil.copyfile(fp32_path, int8_path)
+        return []
+
     _, run_dir = trained
     monkeypatch.setattr(quantize, "MAX_AUROC_DROP", -1000.0)   # any int8 model "loses" too much now
+    monkeypatch.setattr(quantize, "quantize_onnx", fp32_as_int8)
     target = tmp_path / "model.int8.onnx"
     result = invoke("export", "--ckpt", run_dir, "--int8", "--out", target)
     assert result.exit_code != 0 and "--force" in result.output and "not written" in result.output

@@ -10,6 +10,7 @@ gate it differently and the gradient jumps by a whole dout . v term, which no to
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,8 +27,9 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 
 
 def generator(request: pytest.FixtureRequest) -> torch.Generator:
-    """A fresh generator per test, seeded from the test id (reproducible, different per case)."""
-    return torch.Generator().manual_seed(zlib.crc32(request.node.nodeid.encode()))
+    """A fresh generator per test, seeded from the test's file and name (reproducible, different per
+    case, and the same whichever directory pytest takes as its root)."""
+    return torch.Generator().manual_seed(zlib.crc32(f"{Path(__file__).name}::{request.node.name}".encode()))
 
 
 def away_from_relu_kink(q: torch.Tensor, k: torch.Tensor, heads: int, gen: torch.Generator,
@@ -89,14 +91,16 @@ def assert_matches_float64(got, got_grads, want, want_grads, rtol=1e-5, grad_rto
                                    msg=lambda m, name=name: f"{name}: {m}")
 
 
-# (B, N, M, C, H, kv_view, q_view): N in {1, 37, 130} (never a block multiple), M from 1 to 32,
-# H in {1, 3, 12}, D in {16, 32, 64, 128}; the interpreter keeps these small.
+# (B, N, M, C, H, kv_view, q_view): N in {1, 37, 130} (never a block multiple: 37 is two blocks of
+# the interpreter's 32 rows, 130 five), M from 1 to 32, H in {1, 2, 3, 12}, D in {16, 32, 64, 128},
+# B in {1, 2}. The interpreter runs every program in Python (the fp32 backward loops over M), so
+# each case is the smallest that still reaches its branch.
 CPU_CASES = [
-    (2, 37, 6, 768, 12, True, False),     # the model's head layout (D=64), kv as slices of one tensor
+    (1, 37, 6, 768, 12, True, False),     # the model's head layout (D=64), kv as slices of one tensor
     (1, 1, 1, 48, 3, False, False),       # one token, one prototype, D=16
-    (3, 130, 16, 96, 3, False, True),     # D=32, M=16, q with row stride 3C
-    (1, 130, 2, 64, 1, True, False),      # one head
-    (2, 37, 32, 192, 12, False, False),   # M=32 (the largest), D=16
+    (2, 37, 16, 96, 3, False, True),      # D=32, M=16, q with row stride 3C (and batch stride 3NC)
+    (1, 130, 2, 64, 1, True, False),      # one head, five token blocks
+    (1, 37, 32, 48, 3, False, False),     # M=32 (the largest), D=16
     (2, 1, 6, 384, 12, True, True),       # N=1 with 12 heads
     (1, 37, 5, 256, 2, False, False),     # D=128
 ]
@@ -156,8 +160,9 @@ def test_scale_shape_grad_out_strides_and_no_grad(request):
 
 
 def test_backward_is_deterministic(request):
-    """Partial sums are added in a fixed order (no atomics): two backward passes agree bit for bit."""
-    q, k, v, scale, grad = make_inputs(generator(request), 2, 130, 6, 128, 2)
+    """Partial sums are added in a fixed order (no atomics): two backward passes agree bit for bit
+    (five token blocks a program: what the order is about; one image is enough for that)."""
+    q, k, v, scale, grad = make_inputs(generator(request), 1, 130, 6, 128, 2)
     first = forward_backward(relu_attention_triton, q, k, v, scale, grad, 2)[1]
     second = forward_backward(relu_attention_triton, q, k, v, scale, grad, 2)[1]
     for a, b in zip(first, second):

@@ -89,6 +89,55 @@ def test_fused_and_matrix_equal_reference(batch, groups, grid, image_size, out_s
     torch.testing.assert_close(image_score_reference(matrix_maps), ref_scores, **MAP_TOL)
 
 
+# Non-square token grids (keep-aspect models): odd sizes, taller and wider, against the reference.
+# batch, groups, (grid_h, grid_w), (image_h, image_w), (out_h, out_w), channels
+NON_SQUARE = [
+    (2, 2, (5, 9), (70, 126), (20, 36), 7),     # wide; the map kernel's padded token rows and columns differ
+    (1, 1, (9, 4), (126, 56), (45, 20), 48),    # tall; one group
+]
+
+
+@pytest.mark.parametrize("batch,groups,grid,image_size,out_size,channels", NON_SQUARE)
+def test_non_square_grids_fused_and_matrix_equal_reference(batch, groups, grid, image_size, out_size, channels):
+    gen = torch.Generator().manual_seed(grid[0] * 100 + grid[1])
+    n = grid[0] * grid[1]
+    enc = [torch.randn(batch, n, channels, generator=gen).to(DEVICE) for _ in range(groups)]
+    dec = [e + 0.6 * torch.randn(e.shape, generator=gen).to(DEVICE) for e in enc]
+    ref = anomaly_map_reference(enc, dec, image_size, out_size, grid=grid)
+    assert ref.shape == (batch, *out_size)
+    # tokens are row-major (grid_h, grid_w): the bottom-left token lights up the bottom-left corner
+    hot = torch.zeros(1, n, dtype=torch.float64)
+    hot[0, (grid[0] - 1) * grid[1]] = 1.0
+    peak = upsample_token_map_reference(hot, image_size, out_size, grid=grid)[0]
+    row, col = divmod(int(peak.argmax()), out_size[1])
+    assert row >= out_size[0] * 3 // 4 and col < out_size[1] // 4
+    with kernel_mode("triton"):
+        maps, scores = anomaly_maps_and_scores(enc, dec, image_size, out_size, grid=grid)
+    torch.testing.assert_close(maps, ref, **MAP_TOL)
+    torch.testing.assert_close(scores, image_score_reference(ref), **MAP_TOL)
+    assert top_k_count(out_size[0] * out_size[1], 0.01) == max(1, out_size[0] * out_size[1] // 100)
+    torch.testing.assert_close(anomaly_map_matrix(enc, dec, image_size, out_size, grid=grid), ref, **MAP_TOL)
+    # the per-token map path (zero-shot maps), kernel and reference
+    token_map = torch.rand(batch, n, generator=gen).to(DEVICE)
+    expected = upsample_token_map_reference(token_map, image_size, out_size, grid=grid)
+    with kernel_mode("triton"):
+        torch.testing.assert_close(upsample_token_map(token_map, image_size, out_size, grid=grid), expected,
+                                   **MAP_TOL)
+    rows, cols = scoring.scoring_matrices(grid, image_size, out_size, device=DEVICE)
+    torch.testing.assert_close(rows @ token_map.view(batch, *grid) @ cols.T, expected, **MAP_TOL)
+
+
+def test_non_square_launch_and_grid_validation():
+    launch = scoring.token_map_launch(torch.empty(2, 5, 40, device="meta"), torch.empty(20, 5, device="meta"),
+                                      torch.empty(160, 40, device="meta"))
+    assert launch.args["out_ptr"].shape == (2, 20, 160)
+    assert (launch.constexprs["GRID_P"], launch.constexprs["GRID_Q"]) == (16, 64)
+    enc, dec = _features(1, 1, 1, 6, 7)                                     # 36 tokens
+    with pytest.raises(ValueError, match="do not form the grid 5x8"):
+        anomaly_map_reference(enc, dec, 70, grid=(5, 8))
+    assert anomaly_map_reference(enc, dec, (56, 126), (8, 18), grid=(4, 9)).shape == (1, 8, 18)
+
+
 def test_fused_handles_strided_and_degenerate_tokens():
     """Features in (B, C, N) memory seen as (B, N, C), mixed layouts, and zero / tiny tokens (eps clamp)."""
     gen = torch.Generator().manual_seed(7)

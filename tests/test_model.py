@@ -90,7 +90,7 @@ def test_pretrained_offline_gives_a_clear_error(monkeypatch):
 def test_model_output_shapes_and_trainable_parts():
     model = tiny_model()
     out = model(torch.randn(3, 3, 56, 56))
-    assert out.grid == 4
+    assert out.grid == (4, 4)   # (grid_h, grid_w)
     assert [t.shape for t in out.encoder_groups] == [(3, 16, 384)] * 2
     assert [t.shape for t in out.decoder_groups] == [(3, 16, 384)] * 2
     assert out.prototypes.shape == (3, 6, 384) and out.prototype_distance.shape == (3, 16)

@@ -11,10 +11,7 @@ import json
 import math
 import os
 import re
-import selectors
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +20,7 @@ from typer.testing import CliRunner
 import inpctl.helpers as helpers
 from inpctl.cli import app
 from tests.datagen import make_mvtec_tree
+from tests.helpers import first_lines
 
 runner = CliRunner()
 WIDTH = {"terminal_width": 80, "env": {"COLUMNS": "80"}}
@@ -143,27 +141,18 @@ def test_bench_model_with_its_defaults_on_a_cpu_says_so_and_shows_progress_at_on
     (the whole CPU-sized run takes a minute or more; the sizes it times are checked above)."""
     from inp_former.benchmarks.sizes import CPU_SIZES, GPU_SIZES
 
-    proc = subprocess.Popen([sys.executable, "-m", "inpctl", "bench", "model", "--device", "cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=Path(__file__).resolve().parents[1], env={**os.environ, "COLUMNS": "80"})
-    lines: list[str] = []
-    try:
-        with selectors.DefaultSelector() as selector:
-            selector.register(proc.stdout, selectors.EVENT_READ)
-            deadline = time.monotonic() + 180   # importing torch on a busy 2-core machine is slow
-            while len(lines) < 2 and time.monotonic() < deadline and selector.select(deadline - time.monotonic()):
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                lines.append(line.rstrip("\n"))
-    finally:
-        proc.kill()
-        proc.wait(timeout=60)
+    # importing torch on a busy 2-core machine is slow: up to 180 s for the two lines
+    lines = first_lines([sys.executable, "-m", "inpctl", "bench", "model", "--device", "cpu"], 2, 180,
+                        cwd=Path(__file__).resolve().parents[1], env={**os.environ, "COLUMNS": "80"})
     assert len(lines) == 2, lines
     assert lines[0] == (f"On cpu: CPU-sized defaults for the flags not given ({CPU_SIZES.describe()}; on a GPU: "
                         f"{GPU_SIZES.describe()}); --encoder, --crop, --batch, --train-batch choose")
-    # progress before the model is built, not after the first row: 2 batch sizes x 3 paths + 2 training rows
-    assert re.match(r"bench model: 0/8  building the small model  elapsed 0:00:0\d$", lines[1]), lines[1]
+    # progress before the model is built, not after the first row: 2 batch sizes x 5 inference rows (ref fp32,
+    # auto, bf16, onnx fp32, onnx int8), the ONNX export and its quantisation (with onnxruntime), 2 training rows
+    from inp_former.benchmarks.onnx_paths import onnx_missing
+
+    steps = 12 + 2 * (onnx_missing() is None)
+    assert re.match(rf"bench model: 0/{steps}  building the small model  elapsed 0:00:0\d$", lines[1]), lines[1]
 
 
 def test_bench_model_rows_have_no_cuda_only_fields_off_cuda():

@@ -41,10 +41,10 @@ def test_auto_follows_the_cpu(monkeypatch, cpuinfo, expected, reason):
         assert choose_precision("auto", "cuda") == ("bf16", "auto: CUDA")
 
 
-def test_training_takes_fp32_or_bf16_only():
-    with pytest.raises(ValueError, match="precision auto: chooses how images are scored"):
-        TrainConfig(precision="auto")
-    with pytest.raises(ValueError, match="precision 'fp8': expected one of fp32, bf16"):
+def test_training_takes_auto_fp32_or_bf16():
+    # auto is the training default too (resolved at train start: tests/test_train_precision.py)
+    assert TrainConfig().precision == "auto" and TrainConfig(precision="fp32").precision == "fp32"
+    with pytest.raises(ValueError, match="precision 'fp8': expected one of auto, fp32, bf16"):
         TrainConfig(precision="fp8")
     assert TrainConfig(precision="bf16").precision == "bf16"
 

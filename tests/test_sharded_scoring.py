@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 
 from inpctl.cli import app
 from tests.datagen import make_mvtec_tree
+from tests.helpers import one_thread
 
 pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
                                 reason="needs torch.distributed with the gloo backend")
@@ -62,20 +63,8 @@ def _torchrun_popen(log: Path, *args: object) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT)
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """The one-process reference runs with the thread count of each torchrun process, so that the
-    scores agree bit for bit (a matrix product may round differently on another thread count)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _invoke(*args: object):
-    with _one_thread():
+    with one_thread():
         result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     return result
@@ -329,7 +318,7 @@ def test_library_under_a_process_group_of_the_callers(checkpoint, tmp_path):
     torch.multiprocessing.spawn(_api_worker, args=(2, _free_port(), str(tmp_path), str(checkpoint)), nprocs=2,
                                 join=True)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    with _one_thread():
+    with one_thread():
         alone = evaluate_checkpoint(checkpoint, out_dir=tmp_path / "alone", device="cpu")
     for report in reports:   # every process returns the whole evaluation
         assert report["mean"] == pytest.approx(alone.result.mean, nan_ok=True, abs=1e-6)

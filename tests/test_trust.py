@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from inpctl.cli import app
 from tests.datagen import make_mvtec_tree
+from tests.helpers import one_thread
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -152,12 +153,25 @@ def _wait_for_iteration(process: subprocess.Popen, iteration: int, limit: float 
     raise AssertionError("no such progress line:\n" + "".join(lines))
 
 
+SIGNAL_ITERS = 6
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_root, tmp_path_factory) -> Path:
+    """The run the interrupted ones are compared with, made once for both signals (read only), in
+    this process at the cut runs' one thread (OMP_NUM_THREADS=1): the same weights, to the bit."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "full"
+    with one_thread():
+        result = invoke("train", "--data", data_root, *TINY, "--iters", SIGNAL_ITERS, "--checkpoint-every", "0",
+                        "--no-eval", "--out", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
 @pytest.mark.parametrize("signal_number, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_saves_a_resumable_state_and_resuming_gives_the_uninterrupted_weights(
-        data_root, tmp_path, signal_number, code):
-    iters = 6
-    full = _train_process(data_root, tmp_path / "full", iters)   # the same process settings as the cut run
-    assert full.wait(timeout=900) == 0, full.stdout.read()
+        data_root, uninterrupted, tmp_path, signal_number, code):
+    iters = SIGNAL_ITERS
     stop_at = random.Random().randint(1, iters - 2)  # any iteration before the last
     process = _train_process(data_root, tmp_path / "cut", iters)
     _wait_for_iteration(process, stop_at)
@@ -171,7 +185,7 @@ def test_a_signal_saves_a_resumable_state_and_resuming_gives_the_uninterrupted_w
     resumed = subprocess.run([sys.executable, "-m", "inpctl", "train", "--resume", str(tmp_path / "cut"), "--no-eval"],
                              cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["state_dict"]
+    a = torch.load(uninterrupted / "checkpoint.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

@@ -28,7 +28,7 @@ def category_accuracy(cfg: RunConfig, device: torch.device | str = "cpu", batch_
     model = (model or INPFormer(cfg.model)).eval().to(device)
     categories = resolve_categories(cfg.data)
     resolver = CategoryResolver(categories, compute_references(model, cfg, categories, device))
-    transform = image_transform(cfg.model.resize, cfg.model.crop)
+    transform = image_transform(cfg.model.resize_hw, cfg.model.input_hw)
     confusion: dict[str, dict[str, int]] = {}
     for category in categories:
         samples = category_samples(cfg.data, category, "test")

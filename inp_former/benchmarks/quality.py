@@ -49,7 +49,7 @@ from inp_former.evaluate import evaluate
 from inp_former.inference import InferenceConfig
 from inp_former.metrics import category_metrics, mean_metrics
 from inp_former.model import INPFormer
-from inp_former.settings import category_samples
+from inp_former.settings import category_samples, resolve_input_size
 from inp_former.train import StepInfo, resolve_categories, seed_everything, train
 from inp_former.workflow import SILENT, Reporter
 from kernels.scoring import top_k_count, upsample_token_map
@@ -80,7 +80,7 @@ def nearest_neighbour_eval(model: INPFormer, cfg: RunConfig, categories: list[st
     on_batch = on_batch or (lambda label, count, size: None)
     mc = cfg.model
     model.encoder.to(device).eval()
-    transform = image_transform(mc.resize, mc.crop)
+    transform = image_transform(mc.resize_hw, mc.input_hw)
     bank_parts = []
     for category in categories:
         dataset = AnomalyDataset(category_samples(cfg.data, category, "train"), transform)
@@ -95,7 +95,7 @@ def nearest_neighbour_eval(model: INPFormer, cfg: RunConfig, categories: list[st
     per_category = {}
     for category in categories:
         dataset = AnomalyDataset(category_samples(cfg.data, category, "test"), transform,
-                                 mask_transform(mc.resize, mc.crop))
+                                 mask_transform(mc.resize_hw, mc.input_hw))
         labels, scores, maps, masks = [], [], [], []
         for batch in DataLoader(dataset, batch_size=batch_size):
             images = batch["image"].to(device)
@@ -104,12 +104,13 @@ def nearest_neighbour_eval(model: INPFormer, cfg: RunConfig, categories: list[st
             flat = tokens.flatten(0, 1)
             nearest = torch.cat([(chunk @ bank.T).amax(1) for chunk in flat.split(QUERY_CHUNK)])
             distance = (1.0 - nearest).reshape(b, n)                       # cosine distance per token
-            image_maps = upsample_token_map(distance, image_size=images.shape[-1], out_size=mc.map_size,
-                                            kernel_size=mc.blur_kernel, sigma=mc.blur_sigma)
+            size = tuple(images.shape[-2:])
+            image_maps = upsample_token_map(distance, image_size=size, out_size=mc.map_hw, kernel_size=mc.blur_kernel,
+                                            sigma=mc.blur_sigma, grid=model.encoder.grid_size(size))
             k = top_k_count(image_maps[0].numel(), mc.top_fraction)
             scores.append(image_maps.flatten(1).topk(k, dim=1).values.mean(1).cpu())
             maps.append(image_maps.cpu())
-            masks.append(masks_for_metrics(batch["mask"], mc.map_size))
+            masks.append(masks_for_metrics(batch["mask"], mc.map_hw))
             labels.append(torch.as_tensor(batch["label"]))
             on_batch(category, len(images), len(dataset))
         per_category[category] = category_metrics(torch.cat(labels), torch.cat(scores),
@@ -211,6 +212,9 @@ def run_quality(cfg: RunConfig, device: torch.device | str = "cpu", *, run_dir: 
     device = torch.device(device)
     cfg = _with_categories(cfg, resolve_categories(cfg))
     categories = list(cfg.data.categories)
+    cfg, notes = resolve_input_size(cfg, categories)   # keep-aspect: every row sees the same input size
+    for note in notes:
+        reporter.message(note)
     seed_everything(cfg.train.seed)   # the model's initial weights are those train() would start from
     model = INPFormer(cfg.model, encoder=encoder).to(device)
     if isinstance(getattr(model, "cfg", None), type(cfg.model)):
@@ -271,7 +275,8 @@ def run_quality(cfg: RunConfig, device: torch.device | str = "cpu", *, run_dir: 
                  "encoder_design": getattr(model.encoder, "describe", lambda: cfg.model.encoder)(),
                  "dataset": cfg.data.dataset, "data_root": str(cfg.data.root), "categories": categories,
                  "batch_size": cfg.train.batch_size, "lr": cfg.train.lr, "resize": cfg.model.resize,
-                 "crop": cfg.model.crop, "token_stride": cfg.model.token_stride, "device": str(device),
+                 "crop": cfg.model.crop, "keep_aspect": cfg.model.keep_aspect,
+                 "input_size": list(cfg.model.input_hw), "token_stride": cfg.model.token_stride, "device": str(device),
                  "eval_seconds": seconds, **extra},
         "config": cfg.to_dict(),
     }

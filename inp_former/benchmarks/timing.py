@@ -56,3 +56,33 @@ def measure(fn: Callable[[], object], device: torch.device | str, warmup: int = 
         if time.perf_counter() > budget_end and len(times) >= 3:
             break
     return Timing(statistics.median(times), min(times), len(times), peak)
+
+
+class PeakRss:
+    """The process's peak resident memory (MB) over a ``with`` block: Linux's VmHWM, reset on entry
+    through ``/proc/self/clear_refs``. ``mb`` stays None where either file is missing (not Linux)."""
+    _STATUS, _CLEAR = "/proc/self/status", "/proc/self/clear_refs"
+
+    def __init__(self) -> None:
+        self.mb: float | None = None
+        self._reset = False
+
+    def __enter__(self) -> "PeakRss":
+        try:
+            with open(self._CLEAR, "w", encoding="ascii") as handle:
+                handle.write("5")   # 5: reset the peak RSS to the current RSS (proc(5))
+            self._reset = True
+        except OSError:
+            self._reset = False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._reset:
+            return
+        try:
+            with open(self._STATUS, encoding="ascii") as handle:
+                for line in handle:
+                    if line.startswith("VmHWM:"):
+                        self.mb = int(line.split()[1]) / 1024   # kB
+        except OSError:
+            self.mb = None

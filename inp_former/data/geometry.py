@@ -37,8 +37,11 @@ class SizedModel(Protocol):
     """What :meth:`Geometry.from_model_config` reads (a ``ModelConfig``; not imported, to keep
     this module free of the config module)."""
 
-    resize: int
-    crop: int
+    @property
+    def resize_hw(self) -> Pair: ...
+
+    @property
+    def input_hw(self) -> Pair: ...
 
 
 def _pair(value: int | Sequence[int]) -> Pair:
@@ -71,8 +74,9 @@ class Geometry:
 
     @classmethod
     def from_model_config(cls, model: SizedModel) -> Geometry:
-        """The geometry of a ``ModelConfig`` (``cfg.model``)."""
-        return cls(model.resize, model.crop)
+        """The geometry of a ``ModelConfig`` (``cfg.model``): resize then centre crop, or with
+        ``keep_aspect`` a resize to the input size and no crop."""
+        return cls(model.resize_hw, model.input_hw)
 
     @property
     def offset(self) -> Pair:
@@ -193,6 +197,23 @@ class Geometry:
         return out
 
 
+def keep_aspect_size(image_hw: Sequence[int], resize: int, stride: int) -> Pair:
+    """The (height, width) a keep-aspect model sees for images of ``image_hw``: the shorter side
+    resized to ``resize``, the longer in proportion, each rounded to the nearest multiple of the
+    token ``stride`` (at least one token)."""
+    height, width = (int(v) for v in image_hw)
+    scale = resize / min(height, width)
+    return tuple(max(stride, int(side * scale / stride + 0.5) * stride)  # type: ignore[return-value]
+                 for side in (height, width))
+
+
+def stretch_warning(count: int, total: int, what: str, input_hw: Pair) -> str:
+    """The one line a keep-aspect run says when ``count`` of ``total`` ``what`` images (training,
+    test, ...) have another aspect ratio than the model's input and are stretched to it."""
+    return (f"warning: keep aspect: {count} of {total} {what} images have another aspect ratio than the model's "
+            f"input {input_hw[0]}x{input_hw[1]} (height x width) and are resized to it (stretched)")
+
+
 def _check_resized(shape: tuple[int, ...], resize: Pair) -> None:
     if tuple(shape) != resize:
         raise ValueError(f"centre crop: expected an image resized to {resize[0]}x{resize[1]} (height x width), "
@@ -228,4 +249,4 @@ def _sample_axis(u: np.ndarray, mapped: int, mode: str) -> tuple[np.ndarray, np.
     return inside, first, np.minimum(first + 1, mapped - 1), s - first
 
 
-__all__ = ["BILINEAR", "Box", "Geometry", "NEAREST", "Pair", "SizedModel"]
+__all__ = ["BILINEAR", "Box", "Geometry", "NEAREST", "Pair", "SizedModel", "keep_aspect_size", "stretch_warning"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import struct
 from pathlib import Path
+from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from torchvision.transforms import functional as TF
 from inp_former.data.geometry import Geometry
 from inp_former.errors import DatasetError
 
+Size = Union[int, Sequence[int]]   # a square side, or (height, width)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -105,16 +107,17 @@ def load_mask(path: str | Path) -> Image.Image:
 
 
 class ImageTransform:
-    """PIL RGB image -> normalised (3, crop, crop) tensor: the authors' preprocessing.
+    """PIL RGB image -> normalised (3, crop_h, crop_w) tensor: the authors' preprocessing.
 
     The resize is PIL's (bilinear, which low-pass filters when it shrinks; the authors resize on the
-    PIL side), the crop is taken from the tensor; both come from :class:`Geometry`. It knows its
-    sizes (``resize``, ``crop``, ``geometry``) so that masks can follow.
+    PIL side), the crop is taken from the tensor; both come from :class:`Geometry`. Sizes are ints
+    (squares) or (height, width) pairs: a keep-aspect model passes its ``resize_hw`` and ``input_hw``.
+    It knows its sizes (``resize``, ``crop``, ``geometry``) so that masks can follow.
     """
 
     normalise = True
 
-    def __init__(self, resize: int = 448, crop: int = 392) -> None:
+    def __init__(self, resize: Size = 448, crop: Size = 392) -> None:
         self.geometry = Geometry(resize, crop)
         self.resize, self.crop = resize, crop
 
@@ -127,26 +130,28 @@ class ImageTransform:
 
 
 class MaskTransform(ImageTransform):
-    """'L' mask -> (1, crop, crop) float in [0, 1], resized exactly as the image (bilinear, on PIL);
+    """'L' mask -> (1, crop_h, crop_w) float in [0, 1], resized exactly as the image (bilinear, on PIL);
     the soft edges are binarised > 0.5 only for the metrics (:func:`masks_for_metrics`), as the
     authors do."""
 
     normalise = False
 
 
-def image_transform(resize: int = 448, crop: int = 392) -> ImageTransform:
+def image_transform(resize: Size = 448, crop: Size = 392) -> ImageTransform:
     """The authors' preprocessing: resize (PIL bilinear), to tensor, center crop, ImageNet normalise."""
     return ImageTransform(resize, crop)
 
 
-def mask_transform(resize: int = 448, crop: int = 392) -> MaskTransform:
+def mask_transform(resize: Size = 448, crop: Size = 392) -> MaskTransform:
     """The ground-truth preprocessing matching :func:`image_transform` (no normalisation)."""
     return MaskTransform(resize, crop)
 
 
-def masks_for_metrics(masks: torch.Tensor, out_size: int = 256) -> torch.Tensor:
-    """(B, 1, crop, crop) float masks -> (B, out, out) bool: nearest resize, then > 0.5 (docs/behaviour.md, 'Metrics')."""
-    return F.interpolate(masks.float(), size=(out_size, out_size), mode="nearest")[:, 0] > 0.5
+def masks_for_metrics(masks: torch.Tensor, out_size: Size = 256) -> torch.Tensor:
+    """(B, 1, H, W) float masks -> (B, out_h, out_w) bool (an int: a square): nearest resize, then > 0.5
+    (docs/behaviour.md, 'Metrics'). A model's maps are ``cfg.model.map_hw``: pass that."""
+    size = (out_size, out_size) if isinstance(out_size, int) else tuple(out_size)
+    return F.interpolate(masks.float(), size=size, mode="nearest")[:, 0] > 0.5
 
 
 # The few-shot protocol (RegAD's augmentation, which the authors reuse): 8 small rotations, 8 diagonal

@@ -1,7 +1,7 @@
 """What every frozen encoder shares: the interface, reading weight files, checking they fit.
 
 Every encoder returns, for a batch of images, a list of token maps ``(B, N, C)`` (patch tokens
-of its chosen layers, N = grid * grid, row-major), and names two groups of those maps. The rest
+of its chosen layers, N = grid_h * grid_w, row-major), and names two groups of those maps. The rest
 of INP-Former never looks inside the encoder.
 """
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -35,8 +36,10 @@ class FrozenEncoder(nn.Module):
     def train(self, mode: bool = True) -> "FrozenEncoder":
         return super().train(False)  # frozen: dropout/batch-norm statistics never change
 
-    def grid_size(self, crop: int) -> int:
-        return crop // self.patch_size
+    def grid_size(self, size: int | Sequence[int]) -> tuple[int, int]:
+        """(grid_h, grid_w) tokens of an image of ``size`` pixels: (height, width), an int a square."""
+        height, width = (size, size) if isinstance(size, int) else size
+        return int(height) // self.patch_size, int(width) // self.patch_size
 
     @property
     def is_random(self) -> bool:

@@ -22,9 +22,14 @@ def _dinov2(cfg: ModelConfig) -> tuple[FrozenEncoder, ModelConfig]:
 def _cnn(cfg: ModelConfig) -> tuple[FrozenEncoder, ModelConfig]:
     encoder = TimmCNNEncoder(timm_name_of(cfg.encoder), cfg.encoder_weights, cfg.encoder_stages, cfg.token_stride,
                              cfg.encoder_dim, name=cfg.encoder, padding=cfg.encoder_padding)
-    if encoder.padding >= cfg.crop:   # caught here, before any training, not in the first forward pass
-        raise ConfigError(f"encoder_padding {encoder.padding}: must be smaller than crop {cfg.crop} px; give "
-                          f"encoder_padding 0 or a larger crop", arg="encoder_padding", others=("crop", "encoder_padding"))
+    # caught here, before any training, not in the first forward pass (keep_aspect before its input
+    # size is resolved: the shorter side will be about resize)
+    side, name = ((cfg.resize, "resize") if cfg.keep_aspect and cfg.input_size is None
+                  else (min(cfg.input_hw), "input_size" if cfg.keep_aspect else "crop"))
+    if encoder.padding >= side:
+        raise ConfigError(f"encoder_padding {encoder.padding}: must be smaller than {name} {side} px; give "
+                          f"encoder_padding 0 or a larger {name}", arg="encoder_padding",
+                          others=(name, "encoder_padding"))
     # the config records the design actually built, so a checkpoint rebuilds exactly this encoder
     resolved = dataclasses.replace(cfg, encoder_stages=tuple(encoder.stages), token_stride=encoder.patch_size,
                                    encoder_dim=encoder.embed_dim, encoder_padding=encoder.padding)

@@ -63,7 +63,9 @@ class ModelState:
     def attach(self, predictor: Any) -> None:
         self.info = model_info(predictor, self.config)
         # The worker thread runs exactly what inpctl predict runs on a stacked batch: predict_tensor.
-        self.batcher = MicroBatcher(lambda batch: predictor.predict_tensor(batch), self.config.max_batch,
+        # A tiled model takes one whole image at a time (of any size; its tiles form the batches).
+        images = 1 if getattr(predictor, "tiled", False) else self.config.max_batch
+        self.batcher = MicroBatcher(lambda batch: predictor.predict_tensor(batch), images,
                                     self.config.max_wait_ms / 1000.0, self.config.max_queue)
         self.predictor = predictor  # last: /healthz says ok only once everything is ready
 
@@ -84,7 +86,11 @@ def model_info(predictor: Any, config: ServeConfig) -> dict[str, Any]:
         "map_mode": str(predictor.map_mode),
         "precision": str(predictor.precision),
         "precision_reason": predictor.inference.precision_reason(predictor.device),
-        "input": {"resize": cfg.model.resize, "crop": cfg.model.crop, "map_size": cfg.model.map_size},
+        "input": {"resize": cfg.model.resize, "crop": cfg.model.crop, "map_size": cfg.model.map_size,
+                  **({"keep_aspect": True, "input_size": list(cfg.model.input_hw), "map": list(cfg.model.map_hw)}
+                     if cfg.model.keep_aspect else {}),
+                  **({"tile": cfg.model.tile, "tile_overlap": cfg.model.tile_overlap, "map": "full resolution"}
+                     if cfg.model.tile is not None else {})},
         "device": str(predictor.device),
         "max_batch": config.max_batch,
     }
@@ -368,9 +374,10 @@ def create_app(predictor: Any, config: ServeConfig,
 
 def _prepare(predictor: Any, data: bytes, max_pixels: int, with_view: bool) -> tuple[Any, Any]:
     """Bytes -> the model's input tensor (as inpctl predict: load as RGB, then predictor.transform)
-    and, for overlays, the small crop the model sees (the full-size image is not kept)."""
+    and, for overlays, the small crop the model sees (the full-size image is not kept; a tiled
+    model's input and picture are the whole image)."""
     image = decode_image(data, max_pixels)
-    return predictor.transform(image), predictor.view(image) if with_view else None
+    return predictor.preprocess(image), predictor.view(image) if with_view else None
 
 
 def _overlay_png(predictor: Any, view: Any, prediction: Any, category: str | None) -> str:

@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 
 
 MISSING_EXTRA = "inpctl serve needs the serve extra: pip install 'inpctl[serve]'"
+# The largest image (width x height, read from its header before decoding) that serve and predict
+# take by default: a 50 000 x 50 000 PNG is a few kilobytes on disk and 7.5 GB decoded.
+MAX_MEGAPIXELS = 40.0
 
 
 def require_web_stack() -> None:
@@ -39,7 +42,7 @@ class ServeConfig:
     max_wait_ms: float = 5.0              # how long the first image of a batch waits for company
     max_queue: int = 256                  # images admitted but not yet in a forward pass; more -> 503
     max_upload_mb: float = 32.0           # request body; more -> 413
-    max_megapixels: float = 40.0          # one image's width x height, read from its header; more -> 413
+    max_megapixels: float = MAX_MEGAPIXELS  # one image's width x height, read from its header; more -> 413
     request_timeout_s: float = 60.0       # a request slower than this -> 504
     threshold: float | None = None        # default image threshold; None: the checkpoint's
     encoder_weights: str | None = None    # as for inpctl predict: the encoder's source if not as trained

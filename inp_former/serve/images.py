@@ -23,16 +23,24 @@ class UploadError(Exception):
         self.status = status
 
 
+def too_many_pixels(size: tuple[int, int], max_pixels: int) -> str | None:
+    """Why an image of ``size`` (width, height) is refused by the pixel limit, or None: the one
+    rule of ``serve`` (413) and ``predict`` (the file is skipped)."""
+    width, height = size
+    if width * height > max_pixels:
+        return f"more than the limit of {max_pixels / 1e6:g} megapixels ({width} x {height} pixels)"
+    return None
+
+
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     """The decoded 8-bit RGB image, or :class:`UploadError` saying why not."""
     if not data:
         raise UploadError("empty file")
     try:
         with Image.open(io.BytesIO(data)) as img:  # lazy: only the header is parsed here
-            width, height = img.size
-            if width * height > max_pixels:
-                raise UploadError(f"image of {width} x {height} pixels: more than the limit of "
-                                  f"{max_pixels / 1e6:g} megapixels", status=413)
+            refused = too_many_pixels(img.size, max_pixels)
+            if refused:
+                raise UploadError(refused, status=413)
             img.load()
             img = img.copy()
     except Image.DecompressionBombError as exc:  # Pillow's own, larger limit, hit at open

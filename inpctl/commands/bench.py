@@ -151,11 +151,13 @@ def bench_model(
                                               + _by_device(lambda s: s.train_batch)),
     crop: Optional[int] = typer.Option(None, min=14, help="Image size" + _by_device(lambda s: s.crop)),
     repeats: int = typer.Option(10, min=1, help="Timed repetitions (median reported)."),
-    compile_model: bool = typer.Option(False, "--compile", help="Also time torch.compile of the fast path."),
+    compile_model: bool = typer.Option(False, "--compile", help="Also time torch.compile (on a CPU: of the default "
+                                       "path; says how long compiling took)."),
     device: str = DEVICE,
     json_path: Optional[Path] = JSON,
 ) -> None:
-    """End to end: inference images/s and training step time, reference fp32 vs the fast path."""
+    """End to end: inference images/s and training step time, reference fp32 vs the faster paths
+    (on a CPU: the default auto path, bf16, ONNX fp32 and int8), in one run on the same images."""
     from inp_former.benchmarks.model import run_model_bench
     from inp_former.benchmarks.sizes import CPU_SIZES, GPU_SIZES, resolve_sizes
 
@@ -167,7 +169,13 @@ def bench_model(
     with rows_progress("bench model") as progress:
         result = run(lambda: run_model_bench(sizes.encoder, sizes.batches, sizes.train_batch, sizes.crop, resolved,
                                              repeats=repeats, compile_model=compile_model, progress=progress))
-    print_rows(f"Model ({sizes.encoder}, {sizes.crop} px)", result)
+    print_rows(f"Model ({sizes.encoder}, {sizes.crop} px)", {k: v for k, v in result.items() if k != "cpu"})
+    if "cpu" in result:
+        cpu = result["cpu"]
+        console.print(f"cpu: {cpu['model']}; {cpu['cores']} cores, {cpu['threads']} torch threads, load "
+                      f"{cpu['load_average']}; native bf16: {cpu['capabilities']['native_bf16'] or 'none'}; flags: "
+                      f"{' '.join(cpu['flags']) or 'none'}; onnxruntime {cpu['onnxruntime'] or 'not installed'}",
+                      highlight=False, soft_wrap=True)
     write_json(json_path, result)
 
 
@@ -181,6 +189,11 @@ def bench_quality(
     encoder_weights: Optional[str] = typer.Option(None, help="pretrained, a weight file, or random."),
     resize: Optional[int] = typer.Option(None, min=14, help="Resize."),
     crop: Optional[int] = typer.Option(None, min=14, help="Centre crop."),
+    keep_aspect: bool = typer.Option(False, "--keep-aspect", help="Keep the aspect ratio (as inpctl train)."),
+    tile: Optional[int] = typer.Option(None, min=1, metavar="SIZE", help="Tiles at native resolution (as inpctl "
+                                       "train); the nearest-neighbour row stays square."),
+    tile_overlap: Optional[int] = typer.Option(None, min=0, metavar="PX", help="With --tile: overlap (as inpctl "
+                                               "train)."),
     token_stride: Optional[int] = typer.Option(None, min=1, help="CNN encoders: pixels per token."),
     encoder_padding: Optional[int] = typer.Option(None, min=0, help="CNN encoders: mirror padding in pixels "
                                                   "[default: 32, rounded up to a multiple of the token stride]."),
@@ -189,6 +202,8 @@ def bench_quality(
     iters: Optional[int] = typer.Option(None, min=1, help="Training iterations [default: the demo's]."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Training batch size."),
     seed: Optional[int] = typer.Option(None, help="Seed of the initialisation and training."),
+    precision: Optional[str] = typer.Option(None, metavar=choices("Precision"), help="Training precision "
+                                            "(bf16: autocast) [default: the demo's]."),
     device: str = DEVICE,
     json_path: Optional[Path] = JSON,
     md_path: Optional[Path] = typer.Option(None, "--md", help="Also write a Markdown record: provenance, the "
@@ -209,9 +224,10 @@ def bench_quality(
         return config_from_flags(
             base, data=data, dataset=dataset if data is not None else None, categories=categories, encoder=encoder,
             encoder_stages=encoder_stages,
-            model=dict(encoder_weights=encoder_weights, resize=resize, crop=crop, token_stride=token_stride,
-                       encoder_padding=encoder_padding),
-            train=dict(iters=iters, batch_size=batch_size, seed=seed))
+            model=dict(encoder_weights=encoder_weights, resize=resize, crop=crop, keep_aspect=keep_aspect or None,
+                       token_stride=token_stride, encoder_padding=encoder_padding, tile=tile,
+                       tile_overlap=tile_overlap),
+            train=dict(iters=iters, batch_size=batch_size, seed=seed, precision=precision))
 
     cfg = run(build)
     resolved = pick_device(device)

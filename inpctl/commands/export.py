@@ -52,8 +52,9 @@ def export_command(
                                        int8_calibration=calibration, check_data=check_override, force=force),
                   flags={"data": "--check-data"})
     info, mc = outcome["info"], outcome["config"].model
-    console.print(f"Wrote {info.path} (opset {info.opset}): image (batch, 3, {mc.crop}, {mc.crop}) -> "
-                  f"map (batch, {mc.map_size}, {mc.map_size}), score (batch), embedding (batch, "
+    (height, width), (map_h, map_w) = mc.input_hw, mc.map_hw
+    console.print(f"Wrote {info.path} (opset {info.opset}): image (batch, 3, {height}, {width}) -> "
+                  f"map (batch, {map_h}, {map_w}), score (batch), embedding (batch, "
                   f"{info.outputs['embedding'][1]}); and {info.sidecar} (thresholds, label and category rules)",
                   highlight=False, soft_wrap=True)
     if outcome["calibration"] is None:

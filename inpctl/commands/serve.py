@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from inp_former.serve.config import MAX_MEGAPIXELS
 from inpctl.helpers import PRECISION_HELP, choices, fail, pick_device, run
 
 
@@ -23,7 +24,7 @@ def serve_command(
                                         "above)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Image-score threshold: anomalous when "
                                               "score >= it [default: the one stored in --ckpt]."),
-    max_megapixels: float = typer.Option(40.0, "--max-megapixels", min=0.001, help="Largest image, read from "
+    max_megapixels: float = typer.Option(MAX_MEGAPIXELS, "--max-megapixels", min=0.001, help="Largest image, read from "
                                          "its header before decoding (413 above)."),
     request_timeout: float = typer.Option(60.0, "--request-timeout", min=0.001, help="Seconds before a request "
                                           "is answered 504."),

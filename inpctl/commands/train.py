@@ -46,6 +46,14 @@ def train_command(
     num_prototypes: Optional[int] = typer.Option(None, min=1, help="INPs (M)." + default("model", "num_prototypes")),
     resize: Optional[int] = typer.Option(None, min=14, help="Resize images to this square..." + default("model", "resize")),
     crop: Optional[int] = typer.Option(None, min=14, help="...then centre-crop." + default("model", "crop")),
+    keep_aspect: bool = typer.Option(False, "--keep-aspect", help="Keep the aspect ratio: the shorter side to "
+                                     "--resize, the longer in proportion, no crop (tall or wide parts; "
+                                     "docs/datasets.md)."),
+    tile: Optional[int] = typer.Option(None, min=1, metavar="SIZE", help="High resolution: train and score "
+                                       "SIZE x SIZE tiles at the images' own resolution, maps blended back to full "
+                                       "resolution; no --resize/--crop (docs/datasets.md)."),
+    tile_overlap: Optional[int] = typer.Option(None, min=0, metavar="PX", help="With --tile: pixels neighbouring "
+                                               "tiles share at least [default: SIZE / 8]."),
     token_stride: Optional[int] = typer.Option(None, min=1, help="CNN encoders: pixels per token."),
     encoder_padding: Optional[int] = typer.Option(None, min=0, help="CNN encoders: mirror padding in pixels "
                                                   "[default: 32, rounded up to a multiple of the token stride]."),
@@ -122,7 +130,8 @@ def train_command(
             base, data=data, dataset=dataset, categories=categories, setting=setting, shots=shots, source=source,
             encoder=encoder, encoder_stages=encoder_stages,
             model=dict(encoder_weights=encoder_weights, num_prototypes=num_prototypes, resize=resize, crop=crop,
-                       token_stride=token_stride, encoder_padding=encoder_padding),
+                       keep_aspect=keep_aspect or None, token_stride=token_stride, encoder_padding=encoder_padding,
+                       tile=tile, tile_overlap=tile_overlap),
             train=dict(iters=iters, epochs=epochs, batch_size=batch_size, lr=lr, final_lr=final_lr,
                        warmup_iters=warmup_iters, weight_decay=weight_decay, eps=eps, grad_clip=grad_clip,
                        coherence_weight=coherence_weight, mining_gamma=gamma, seed=seed, num_workers=num_workers,
@@ -157,20 +166,35 @@ def config_from_flags(base: RunConfig, *, data: Optional[Path] = None, dataset: 
 
     ``model``/``train``: ModelConfig/TrainConfig fields as flags give them; ``encoder_stages`` is the
     flag's text (``3,4``). Another ``encoder`` than the base's starts from that encoder's own design
-    defaults, keeping only the (flag-given or base) resize and crop. A given ``iters`` not above the
+    defaults, keeping only the (flag-given or base) resize, crop and keep_aspect. A given ``iters`` not above the
     warm-up, without ``warmup_iters``, shortens the warm-up to iters // 10, so that a short run still
     decays its learning rate. ``data`` (a directory), ``dataset``, ``categories`` (comma-separated),
     ``setting``, ``shots``, ``source`` (``DATASET=ROOT`` texts): the data flags, checked together.
+    A ``crop`` given with ``keep_aspect`` is refused: a keep-aspect model crops nothing; so are
+    ``resize``/``crop`` with ``tile``, whose tiles are cut at the images' own resolution.
     """
     from inp_former.config import ModelConfig, RunConfig, overlay
+    from inp_former.errors import ConfigError
     from inp_former.settings import with_setting
 
     model_flags = {**(model or {}), "encoder_stages": parse_stages(encoder_stages)}
+    if model_flags.get("keep_aspect") and model_flags.get("crop") is not None:
+        raise ConfigError(f"crop {model_flags['crop']}: unused with keep_aspect, which crops nothing (the shorter "
+                          "side is resized to resize, the longer follows); leave out crop", arg="crop",
+                          others=("keep_aspect",))
+    # a tile is checked against the encoder's token stride: set once the encoder is chosen
+    tiling = {name: model_flags.pop(name, None) for name in ("tile", "tile_overlap")}
+    sized = [name for name in ("resize", "crop") if model_flags.get(name) is not None]
+    if tiling["tile"] is not None and sized:
+        raise ConfigError(f"tile {tiling['tile']}: tiles are cut at the images' own resolution, so {sized[0]} is "
+                          f"unused; leave out {' and '.join(sized)}", arg="tile", others=tuple(sized))
     train_flags = dict(train or {})
     model_cfg = overlay(base.model, **model_flags)
     if encoder is not None and encoder != base.model.encoder:  # another encoder: its own design defaults
-        model_cfg = overlay(ModelConfig(resize=model_cfg.resize, crop=model_cfg.crop), encoder=encoder,
-                            **{k: v for k, v in model_flags.items() if k not in ("resize", "crop")})
+        sizes = {k: getattr(model_cfg, k) for k in ("resize", "crop", "keep_aspect")}
+        model_cfg = overlay(ModelConfig(**sizes), encoder=encoder,
+                            **{k: v for k, v in model_flags.items() if k not in sizes})
+    model_cfg = overlay(model_cfg, **tiling)
     train_cfg = overlay(base.train, **train_flags)
     iters = train_flags.get("iters")
     if iters is not None and train_flags.get("warmup_iters") is None and train_cfg.warmup_iters >= iters:

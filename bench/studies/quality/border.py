@@ -36,7 +36,7 @@ def border_report(model: INPFormer, encoder: torch.nn.Module, cfg: RunConfig, ca
             labels.append(torch.as_tensor(batch["label"]))
         grid = out.grid
         label = torch.cat(labels)
-        ring = torch.ones(grid, grid, dtype=torch.bool)
+        ring = torch.ones(*grid, dtype=torch.bool)
         ring[1:-1, 1:-1] = False
         ring = ring.flatten()
         for name, parts in errors.items():
@@ -47,7 +47,7 @@ def border_report(model: INPFormer, encoder: torch.nn.Module, cfg: RunConfig, ca
             print(f"{category} {name}: normal-image error, ring {mean[ring].mean():.3f}, inside "
                   f"{mean[~ring].mean():.3f}; largest error on the ring in {100 * on_ring:.0f}% of {len(normal)} "
                   f"normal images")
-            rows = mean.reshape(grid, grid)
+            rows = mean.reshape(*grid)
             print("  row means:", " ".join(f"{v:.2f}" for v in rows.mean(1).tolist()))
             print("  column means:", " ".join(f"{v:.2f}" for v in rows.mean(0).tolist()))
             for what, chosen in (("all tokens", error), ("inside only", error[:, ~ring])):

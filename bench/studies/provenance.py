@@ -1,0 +1,30 @@
+"""The provenance block of a study's results: date, machine, CPU flags, load, versions, command, commit."""
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def commit() -> str:
+    """``git rev-parse --short HEAD``, with ``+ uncommitted changes`` when the tree differs from it."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+
+    head = git("rev-parse", "--short", "HEAD").stdout.strip() or "unknown"
+    return head + ("" if git("diff", "--quiet").returncode == 0 else " + uncommitted changes")
+
+
+def provenance(command: str) -> dict[str, Any]:
+    """JSON-ready; ``cpu_flags`` are those of ``grep -o 'amx_bf16\\|avx512_bf16' /proc/cpuinfo``."""
+    from inp_former.benchmarks.cpu import cpu_flags, cpu_info
+
+    info = cpu_info()
+    return {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{info['model']}, {info['cores']} cores (shared with other jobs)",
+            "cpu_flags": cpu_flags(("amx_bf16", "avx512_bf16")), "load_average": info["load_average"],
+            "torch": info["torch"], "onnxruntime": info["onnxruntime"], "python": info["python"],
+            "command": command, "commit": commit()}
