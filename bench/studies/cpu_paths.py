@@ -46,23 +46,22 @@ REFERENCE = "fp32 eager (reference)"
 
 
 @contextlib.contextmanager
-def threads(count: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
+def torch_setting(get: Callable[[], Any], put: Callable[[Any], None], value: Any) -> Iterator[None]:
+    """``put(value)`` inside the block, the previous ``get()`` restored after it."""
+    before = get()
+    put(value)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        put(before)
 
 
-@contextlib.contextmanager
-def matmul_precision(level: str) -> Iterator[None]:
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(level)
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before)
+def threads(count: int):
+    return torch_setting(torch.get_num_threads, torch.set_num_threads, count)
+
+
+def matmul_precision(level: str):
+    return torch_setting(torch.get_float32_matmul_precision, torch.set_float32_matmul_precision, level)
 
 
 def under(context: Callable[[], Any], fn: Fn) -> Fn:
