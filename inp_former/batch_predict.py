@@ -253,8 +253,8 @@ def _identity(predictor: Predictor, checkpoint: str | None, overlays: bool, save
             stamp = [str(source.resolve()), info.st_size, info.st_mtime_ns]
     return {"checkpoint": stamp, "calibration": predictor.calibration.to_dict() if predictor.calibration else None,
             "threshold": predictor.decision.given, "category": predictor.category, "map_mode": str(predictor.map_mode),
-            "precision": str(predictor.precision), "batch_size": batch_size, "overlays": overlays,
-            "save_maps": save_maps, "masks": masks, "max_megapixels": max_megapixels}
+            "precision": str(predictor.precision), "runtime": predictor.runtime, "batch_size": batch_size,
+            "overlays": overlays, "save_maps": save_maps, "masks": masks, "max_megapixels": max_megapixels}
 
 
 # --- the job -----------------------------------------------------------------------------------
@@ -370,6 +370,8 @@ def _summary(predictor: Predictor, checkpoint: str | None, files: list[tuple[Pat
         "map_mode": str(predictor.map_mode),
         "precision": str(predictor.precision),
         "precision_reason": predictor.precision_reason,
+        "runtime": predictor.runtime,                 # torch or openvino: inference.choose_runtime
+        "runtime_reason": predictor.runtime_reason,
         "threshold": {"image": predictor.threshold, "source": predictor.threshold_source,
                       "pixel": predictor.pixel_threshold, "rule": LABEL_RULE},
         "score_range": (predictor.calibration.score_range if predictor.calibration is not None else None),

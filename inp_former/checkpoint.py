@@ -28,8 +28,9 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 def encoder_fingerprint(model: INPFormer) -> float:
     """A cheap number that differs between encoders with different weights."""
+    # summed in float64 without a float64 copy of each weight
     with torch.no_grad():
-        return float(sum(p.double().abs().sum() for p in model.encoder.parameters()))
+        return float(sum(p.abs().sum(dtype=torch.float64) for p in model.encoder.parameters()))
 
 
 def save_checkpoint(path: Path, model: INPFormer, cfg: RunConfig, meta: dict[str, Any] | None = None) -> None:
@@ -132,7 +133,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu", encoder_weig
     cfg = RunConfig.from_dict(payload["config"], saved=True)
     if encoder_weights is not None:
         cfg = cfg.updated(model={"encoder_weights": encoder_weights})
-    model = INPFormer(cfg.model)
+    model = INPFormer(cfg.model, init_weights=False)   # every trainable weight is loaded next (strictly)
     try:
         model.load_trainable_state_dict(payload["state_dict"])
     except ValueError as exc:
@@ -206,7 +207,7 @@ def import_authors_state_dict(state: dict[str, torch.Tensor], path: Path,
         "encoder": ENCODER_BY_DIM[dim], "num_prototypes": num_prototypes, "decoder_depth": depth,
         # their file holds the encoder: built random, then overwritten with it below
         "encoder_weights": "random" if embedded else (encoder_weights or "pretrained")})
-    model = INPFormer(cfg.model)
+    model = INPFormer(cfg.model, init_weights=False)   # every trainable weight is loaded below (strictly)
     if embedded:
         vit = model.encoder.vit
         converted = meta_dinov2_to_timm(encoder_state)

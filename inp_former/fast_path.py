@@ -25,20 +25,24 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, Union
 
 import torch
 
 from inp_former.categories import image_embeddings
 from inp_former.config import MapMode, Precision, RunConfig, choice
-from inp_former.inference import InferenceConfig, choose_precision, resolve_precision, score_batch
+from inp_former.inference import (InferenceConfig, Runtime, choose_precision, choose_runtime, resolve_precision,
+                                  score_batch)
 from inp_former.model import INPFormer
 from kernels.dispatch import kernel_mode
+
+if TYPE_CHECKING:
+    from inp_former.openvino_runtime import OpenVinoScorer
 
 NO_CUDA = "no CUDA device"
 DISABLED = "fast path switched off (--no-fast)"
 
-__all__ = ["FastScorer", "scoring_function"]
+__all__ = ["FastScorer", "Scorer", "scoring_function"]
 
 
 Scored = tuple[torch.Tensor, torch.Tensor, torch.Tensor]   # maps (B, S, S), scores (B,), embeddings (B, C)
@@ -70,17 +74,20 @@ class FastScorer:
     Thread-safe: replays share static buffers, so calls are serialised by a lock.
     """
 
+    runtime = "torch"   # what runs the model (inference.choose_runtime); OpenVinoScorer's is "openvino"
+
     def __init__(self, model: INPFormer, cfg: RunConfig, map_mode: str = "decoder", precision: str = "bf16",
                  device: torch.device | str | None = None, *, use_graphs: bool = True,
                  kernels: str | None = None, max_graphs: int = 8, pad_batches: bool = True,
                  warmup: int = 3, verify: bool = True, precision_reason: str | None = None,
-                 on_fallback: Callable[[str], None] | None = None) -> None:
+                 runtime_reason: str | None = None, on_fallback: Callable[[str], None] | None = None) -> None:
         map_mode = str(choice(MapMode, map_mode, "map_mode"))
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         precision = str(resolve_precision(choice(Precision, precision, "precision"), self.device))
         self.model = model.eval().to(self.device)
         self.cfg, self.map_mode, self.precision, self.kernels = cfg, map_mode, precision, kernels
         self.precision_reason = precision_reason   # why this precision (inference.choose_precision)
+        self.runtime_reason = runtime_reason       # why torch runs it (inference.choose_runtime)
         self.max_graphs, self.pad_batches, self.warmup, self.verify = max_graphs, pad_batches, max(1, warmup), verify
         self.on_fallback = on_fallback
         self.graphs: dict[tuple[int, ...], _Graph] = {}
@@ -114,9 +121,10 @@ class FastScorer:
             return self._eager(images.to(self.device, non_blocking=True))
 
     def describe(self) -> str:
-        """One line for logs and metrics meta: which path runs and, if eager, why."""
+        """One line for logs and metrics meta: the runtime and why, which path runs and, if eager, why."""
+        runtime = f"torch ({self.runtime_reason})" if self.runtime_reason else "torch"
         why = f" ({self.precision_reason})" if self.precision_reason else ""
-        text = f"{self.mode}, {self.precision}{why}, map {self.map_mode}"
+        text = f"{runtime}, {self.mode}, {self.precision}{why}, map {self.map_mode}"
         return text + (f" (eager because: {self.fallback_reason})" if self.fallback_reason else
                        f", {len(self.graphs)} graph(s) captured")
 
@@ -230,18 +238,45 @@ def cpu_channels_last(model: INPFormer, precision: str, device: torch.device) ->
     return device.type == "cpu" and str(precision) == "bf16" and isinstance(model.encoder, TimmCNNEncoder)
 
 
+Scorer = Union[FastScorer, "OpenVinoScorer"]   # both: __call__, score, describe, precision, runtime and why
+
+
 def scoring_function(model: INPFormer, cfg: RunConfig, inference: InferenceConfig = InferenceConfig(),
                      device: torch.device | str | None = None,
-                     on_fallback: Callable[[str], None] | None = None) -> FastScorer:
+                     on_fallback: Callable[[str], None] | None = None) -> Scorer:
     """The scorer ``inference`` describes; call it as ``maps, scores = f(images)``.
 
-    ``inference.fast``: CUDA graphs on CUDA (eager elsewhere, ``fallback_reason`` "no CUDA device");
-    otherwise eager. The precision is ``inference.precision_on(device)`` (one rule:
+    The runtime is :func:`inp_former.inference.choose_runtime`'s (one rule): OpenVINO
+    (:class:`inp_former.openvino_runtime.OpenVinoScorer`) where ``inference.runtime`` asks for it, or
+    where ``auto`` picks it (a CPU with native bf16, OpenVINO installed, an exportable model);
+    otherwise torch, as below. Should OpenVINO fail to export or compile the model under ``auto``,
+    torch scores it, saying why once (``warnings.warn`` and ``on_fallback``) and in
+    ``scorer.runtime_reason``.
+
+    Torch: ``inference.fast``: CUDA graphs on CUDA (eager elsewhere, ``fallback_reason`` "no CUDA
+    device"); otherwise eager. The precision is ``inference.precision_on(device)`` (one rule:
     :func:`inp_former.inference.choose_precision`). Both use the dispatcher's kernels (a fused
     kernel where a recorded measurement shows it faster on this GPU and dtype, kernels/evidence.py;
     the PyTorch reference elsewhere) unless ``inference.kernels`` forces a mode.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     precision, reason = choose_precision(inference.precision, device)
+    runtime, runtime_reason = choose_runtime(inference.runtime, inference.precision, device, cfg.model,
+                                             inference.map_mode, inference.kernels)
+    if runtime == Runtime.OPENVINO:
+        from inp_former.openvino_runtime import OpenVinoScorer
+
+        try:
+            return OpenVinoScorer(model, cfg, inference.map_mode, precision, precision_reason=reason,
+                                  runtime_reason=runtime_reason)
+        except Exception as exc:  # noqa: BLE001 - under auto any failure means "torch scores it": say why
+            if inference.runtime == Runtime.OPENVINO:
+                raise
+            runtime_reason = f"auto: OpenVINO failed ({exc.__class__.__name__}: {_first_line(exc)})"
+            message = f"runtime auto: scoring with torch, {runtime_reason}"
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            if on_fallback is not None:
+                on_fallback(message)
     return FastScorer(model, cfg, inference.map_mode, precision, device, use_graphs=inference.fast,
-                      kernels=inference.kernels, precision_reason=reason, on_fallback=on_fallback)
+                      kernels=inference.kernels, precision_reason=reason, runtime_reason=runtime_reason,
+                      on_fallback=on_fallback)

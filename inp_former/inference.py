@@ -7,12 +7,14 @@ scoring kernels, so that a server does not pull in training, data or metrics cod
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from inp_former.config import MapMode, Precision, RunConfig, choice
+from inp_former.config import Choice, MapMode, ModelConfig, Precision, RunConfig, choice
 from inp_former.errors import ConfigError
 from inp_former.model import INPFormer, INPFormerOutput
 from kernels.dispatch import MODES as KERNEL_MODES
@@ -23,7 +25,8 @@ def choose_precision(precision: Precision | str | None, device: torch.device | s
     """(the precision scoring runs with on ``device``, why): the one place this rule is written.
 
     - ``fp32`` / ``bf16``: as given.
-    - ``auto`` (the default; None means it too): bf16 autocast on CUDA, and on a CPU with native
+    - ``auto`` (the default; None means it too) is ``$INPCTL_RUNTIME`` where that names torch or
+      openvino (the reason then says so); else bf16 autocast on CUDA, and on a CPU with native
       bf16 matrix units (AMX-BF16 or AVX-512-BF16, read at run time:
       :func:`inp_former.runtime.cpu_capabilities`); fp32 on other CPUs, where bf16 autocast runs
       but is slower than fp32. The fp32 path is the one checked against the authors' code.
@@ -46,11 +49,115 @@ def resolve_precision(precision: Precision | str | None, device: torch.device | 
     return choose_precision(precision, device)[0]
 
 
+class Runtime(Choice):
+    AUTO = "auto"            # OpenVINO where it is measured faster (choose_runtime), else torch
+    TORCH = "torch"          # PyTorch eager (or CUDA graphs with fast): the reference with fp32
+    OPENVINO = "openvino"    # the ONNX export compiled by OpenVINO's CPU plugin (inp_former/openvino_runtime.py)
+
+
+OPENVINO_INSTALL = "pip install 'inpctl[openvino]'"
+# the map modes ExportableINPFormer (inp_former/export.py) builds a graph for
+EXPORTED_MAP_MODES = (MapMode.DECODER, MapMode.PROTOTYPE)
+
+
+def openvino_missing() -> str | None:
+    """Which of the packages the OpenVINO runtime needs (openvino; onnx, through which the model is
+    exported) cannot be imported here, as ``openvino and onnx``; None when both can."""
+    missing = []
+    for name in ("openvino", "onnx"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    return " and ".join(missing) or None
+
+
+def openvino_release() -> str | None:
+    """The installed OpenVINO's release (``2026.4.1``, without the build string), or None."""
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.__version__.split("-")[0]
+
+
+def _export_refusal(model: ModelConfig | None, map_mode: MapMode | str) -> str | None:
+    """Why :func:`inp_former.export.export_onnx` would not export this model, or None (the rules
+    written there: a tiled model's graph would be one tile's; two map modes have a graph)."""
+    if model is not None and model.tile is not None:
+        return f"a tiled model (tile {model.tile} px) is not exported to ONNX"
+    if MapMode(map_mode) not in EXPORTED_MAP_MODES:
+        return f"map {map_mode} has no exported graph"
+    return None
+
+
+RUNTIME_VARIABLE = "INPCTL_RUNTIME"   # auto|torch|openvino: what runtime auto means in this environment
+
+
+def choose_runtime(runtime: Runtime | str | None, precision: Precision | str | None, device: torch.device | str,
+                   model: ModelConfig | None = None, map_mode: MapMode | str = MapMode.DECODER,
+                   kernels: str | None = None) -> tuple[Runtime, str]:
+    """(what runs the model on ``device``, why): the one place this rule is written.
+
+    - ``torch``: always. ``openvino``: the ONNX export compiled by OpenVINO for the CPU; a
+      :class:`ConfigError` naming ``runtime`` when OpenVINO (or onnx) is not installed, the device is
+      not a CPU, the model cannot be exported (a tiled model) or ``kernels`` are forced.
+    - ``auto`` (the default; None means it too) is ``$INPCTL_RUNTIME`` where that names torch or
+      openvino (the reason then says so); else OpenVINO only where it was measured faster than
+      torch's default: a CPU whose precision resolves to bf16 (:func:`choose_precision`) with a native
+      bf16 unit (OpenVINO then computes in bf16; docs/performance.md "OpenVINO on Intel CPUs"),
+      OpenVINO installed, and a model the export takes. Torch otherwise, and always for fp32: the
+      fp32 reference path stays torch eager, the path checked against the authors' code.
+    """
+    runtime = Runtime.AUTO if runtime is None else choice(Runtime, runtime, "runtime")
+    given = "given"
+    if runtime == Runtime.AUTO and os.environ.get(RUNTIME_VARIABLE, "").strip() not in ("", "auto"):
+        # the environment's default for auto (e.g. a test suite that scores with torch unless told)
+        runtime = choice(Runtime, os.environ[RUNTIME_VARIABLE].strip(), RUNTIME_VARIABLE)
+        given = f"environment ({RUNTIME_VARIABLE}={runtime})"
+    if runtime == Runtime.TORCH:
+        return runtime, given
+    device_type = torch.device(device).type
+    refusal = _export_refusal(model, map_mode)
+    if runtime == Runtime.OPENVINO:
+        missing = openvino_missing()
+        if missing:
+            raise ConfigError(f"runtime openvino: {missing} not installed ({OPENVINO_INSTALL})", arg="runtime")
+        if device_type != "cpu":
+            raise ConfigError(f"runtime openvino: runs on a CPU, not on device {device} (use runtime torch there, "
+                              "or device cpu)", arg="runtime")
+        if refusal:
+            raise ConfigError(f"runtime openvino: {refusal} (use runtime torch)", arg="runtime")
+        if kernels is not None:
+            raise ConfigError(f"runtime openvino: kernels {kernels} run in torch only (use runtime torch)",
+                              arg="runtime")
+        return runtime, given
+    if device_type != "cpu":
+        return Runtime.TORCH, f"auto: device {device_type} (OpenVINO runs on CPUs)"
+    if choose_precision(precision, device) == (Precision.FP32, "given"):
+        return Runtime.TORCH, "auto: fp32 asked for (the reference path)"
+    from inp_former.runtime import cpu_capabilities
+
+    unit = cpu_capabilities().native_bf16
+    if unit is None:   # auto scores in fp32 here; bf16 asked for is emulated, and OpenVINO would compute in f32
+        return Runtime.TORCH, "auto: CPU has no native bf16 unit (AMX-BF16 or AVX-512-BF16)"
+    if refusal:
+        return Runtime.TORCH, f"auto: {refusal}"
+    if kernels is not None:
+        return Runtime.TORCH, f"auto: kernels {kernels} forced (they run in torch)"
+    missing = openvino_missing()
+    if missing:
+        return Runtime.TORCH, f"auto: {missing} not installed ({OPENVINO_INSTALL})"
+    return Runtime.OPENVINO, f"auto: CPU has {unit} and OpenVINO {openvino_release()} is installed"
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
     """How images are scored; the same settings for ``eval``, ``predict``, ``serve`` and the API.
 
     ``precision`` ``auto`` lets :func:`choose_precision` pick for the device (:meth:`precision_on`).
+    ``runtime`` ``auto`` lets :func:`choose_runtime` pick torch or OpenVINO for the device and model
+    (the scorer records what it picked: ``scorer.runtime``, ``scorer.runtime_reason``).
     ``kernels`` forces a :func:`kernels.dispatch.kernel_mode` around every batch (None: the
     dispatcher's own choice, ``INPCTL_KERNELS`` or ``auto``).
     """
@@ -59,9 +166,14 @@ class InferenceConfig:
     fast: bool = False                    # CUDA: the fused, graph-captured path (inp_former/fast_path.py)
     batch_size: int = 16                  # images per forward pass
     kernels: str | None = None
+    runtime: Runtime = Runtime.AUTO
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", choice(Precision, self.precision or Precision.AUTO, "precision"))
+        object.__setattr__(self, "runtime", choice(Runtime, self.runtime or Runtime.AUTO, "runtime"))
+        missing = openvino_missing() if self.runtime == Runtime.OPENVINO else None
+        if missing:   # asked for: said before any model is loaded (the device is checked by choose_runtime)
+            raise ConfigError(f"runtime openvino: {missing} not installed ({OPENVINO_INSTALL})", arg="runtime")
         object.__setattr__(self, "map_mode", choice(MapMode, self.map_mode, "map_mode"))
         if int(self.batch_size) < 1:
             raise ConfigError(f"batch_size {self.batch_size}: must be at least 1", arg="batch_size")
@@ -115,4 +227,5 @@ def score_batch(model: INPFormer, images: torch.Tensor, cfg: RunConfig, precisio
     return maps, scores, out
 
 
-__all__ = ["InferenceConfig", "autocast", "choose_precision", "resolve_precision", "score_batch"]
+__all__ = ["InferenceConfig", "Runtime", "autocast", "choose_precision", "choose_runtime", "resolve_precision",
+           "score_batch"]

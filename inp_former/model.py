@@ -6,6 +6,7 @@ from a textbook transformer.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -125,20 +126,30 @@ class INPFormer(nn.Module):
     (shared by several models) must be the one ``cfg`` describes, completed.
     """
 
-    def __init__(self, cfg: ModelConfig, encoder: FrozenEncoder | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, encoder: FrozenEncoder | None = None, init_weights: bool = True) -> None:
+        """``init_weights=False`` leaves the trainable weights uninitialised (``torch.empty``), for a
+        caller that loads them next (a checkpoint): initialising them costs seconds on a CPU."""
         super().__init__()
         if encoder is None:
             encoder, cfg = build_encoder(cfg)
         self.cfg = cfg
         self.encoder = encoder
         dim, heads = self.encoder.embed_dim, self.encoder.num_heads
-        self.prototypes = nn.Parameter(torch.randn(cfg.num_prototypes, dim))  # N(0, 1) init
-        self.bottleneck = Mlp(dim, int(dim * cfg.mlp_ratio))
-        self.extractor = INPExtractor(dim, heads, cfg.mlp_ratio)
-        self.decoder = nn.ModuleList(
-            INPGuidedDecoderBlock(dim, heads, cfg.mlp_ratio) for _ in range(cfg.decoder_depth))
-        for part in (self.bottleneck, self.extractor, self.decoder):
-            part.apply(_init_weights)  # not self.apply: that would overwrite the encoder
+        # meta tensors: no memory and no initialisation until to_empty below
+        with contextlib.nullcontext() if init_weights else torch.device("meta"):
+            self.prototypes = nn.Parameter(torch.randn(cfg.num_prototypes, dim))  # N(0, 1) init
+            self.bottleneck = Mlp(dim, int(dim * cfg.mlp_ratio))
+            self.extractor = INPExtractor(dim, heads, cfg.mlp_ratio)
+            self.decoder = nn.ModuleList(
+                INPGuidedDecoderBlock(dim, heads, cfg.mlp_ratio) for _ in range(cfg.decoder_depth))
+        trainable = (self.bottleneck, self.extractor, self.decoder)
+        if init_weights:
+            for part in trainable:
+                part.apply(_init_weights)  # not self.apply: that would overwrite the encoder
+        else:
+            for part in trainable:
+                part.to_empty(device="cpu")
+            self.prototypes = nn.Parameter(torch.empty(cfg.num_prototypes, dim))
 
     # The encoder is frozen and loaded from its own weights: checkpoints hold only the rest.
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -183,9 +194,24 @@ def prototype_distance(tokens: torch.Tensor, prototypes: torch.Tensor, eps: floa
     return 1.0 - (t @ p.transpose(1, 2)).amax(dim=-1)
 
 
+@torch.no_grad()
+def truncated_normal_(tensor: torch.Tensor, std: float, bound: float) -> torch.Tensor:
+    """N(0, std) truncated to [-bound, bound], in place: draw, then redraw only what fell outside.
+
+    The distribution of ``nn.init.trunc_normal_``; torch's own (2.14) redraws the whole tensor for
+    every round of rejections, several times the cost on a CPU for a 3-sigma bound."""
+    flat = tensor.view(-1).normal_(0.0, std)
+    outside = (flat.abs() > bound).nonzero().squeeze(1)   # about 0.3% at 3 sigma
+    while outside.numel():
+        redrawn = torch.empty(outside.numel(), dtype=tensor.dtype, device=tensor.device).normal_(0.0, std)
+        flat[outside] = redrawn
+        outside = outside[redrawn.abs() > bound]
+    return tensor
+
+
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.01, a=-0.03, b=0.03)
+        truncated_normal_(module.weight, std=0.01, bound=0.03)   # the authors' trunc_normal(0.01, -0.03, 0.03)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):

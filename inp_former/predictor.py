@@ -144,7 +144,8 @@ class Predictor:
         self.tiled = cfg.model.tile is not None
         # a tiled model keeps each image whole, as uint8; its tiles are normalised batch by batch
         self.transform = to_uint8_tensor if self.tiled else image_transform(cfg.model.resize_hw, cfg.model.input_hw)
-        # images -> (maps, scores): eager, or on CUDA with ``fast`` the graph-captured fast path
+        # images -> (maps, scores): torch eager, on CUDA with ``fast`` the graph-captured fast path,
+        # or OpenVINO on a CPU where inference.choose_runtime picks it
         self.scorer = scoring_function(self.model, cfg, inference, self.device)
         self.seen = self.stretched = 0            # images preprocessed; of them stretched (keep-aspect)
         self.meta: dict = {}                     # the checkpoint's metadata (from_checkpoint)
@@ -185,6 +186,16 @@ class Predictor:
         return self.inference.precision_reason(self.device)
 
     @property
+    def runtime(self) -> str:
+        """What runs the model: ``torch`` or ``openvino`` (:func:`inp_former.inference.choose_runtime`)."""
+        return self.scorer.runtime
+
+    @property
+    def runtime_reason(self) -> str | None:
+        """Why :attr:`runtime` (``auto: CPU has AMX-BF16 and OpenVINO 2026.4.1 is installed``, ``given``, ...)."""
+        return self.scorer.runtime_reason
+
+    @property
     def batch_size(self) -> int:
         return self.inference.batch_size
 
@@ -214,13 +225,22 @@ class Predictor:
 
     @property
     def precision_warning(self) -> str | None:
-        """One line when the stored thresholds were calibrated on scores of another precision than
-        this predictor scores with (a threshold follows the path it was calibrated on)."""
-        calibrated = (self.calibration.source or {}).get("precision") if self.calibration is not None else None
-        now = str(self.precision)
-        if calibrated is None or calibrated == now or self.decision.given is not None:
+        """One line when the stored thresholds were calibrated on scores of another precision (or
+        runtime, where the calibration records one) than this predictor scores with (a threshold
+        follows the path it was calibrated on)."""
+        source = (self.calibration.source or {}) if self.calibration is not None else {}
+        calibrated, now = source.get("precision"), str(self.precision)
+        if self.decision.given is not None:
             return None
         where = self.checkpoint or "this checkpoint"
+        runtime = source.get("runtime")
+        if (calibrated is None or calibrated == now) and runtime is not None and runtime != self.runtime:
+            return (f"the thresholds in {where} were calibrated on scores of the {runtime} runtime; this run scores "
+                    f"with {self.runtime} ({self.runtime_reason}), so an image scored within rounding of its threshold "
+                    f"may get another label; recalibrate with: inpctl eval --ckpt {where} --runtime {self.runtime} "
+                    f"--save-thresholds")
+        if calibrated is None or calibrated == now:
+            return None
         return (f"the thresholds in {where} were calibrated on {calibrated} scores; this run scores in {now} "
                 f"({self.precision_reason}), so an image scored within rounding of its threshold may get another "
                 f"label; recalibrate for {now} with: inpctl eval --ckpt {where} --precision {now} --save-thresholds")

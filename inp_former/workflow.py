@@ -152,12 +152,15 @@ def evaluate_and_calibrate(model: INPFormer, cfg: RunConfig, device: torch.devic
     result.meta.update({"encoder": cfg.model.encoder, "encoder_source": model.encoder.weights_source,
                         "random_encoder": model.encoder.is_random, "fast_path": getattr(scorer, "mode", "eager"),
                         "precision_reason": inference.precision_reason(device),
+                        # torch or openvino, and why (inference.choose_runtime, as the scorer resolved it)
+                        "runtime": scorer.runtime, "runtime_reason": scorer.runtime_reason,
                         "scope": evaluation_scope(cfg, categories, inference, device), **(meta or {})})
 
     def finish() -> Evaluation:  # on rank 0 alone under torchrun: its calibrator saw every category
         calibration = calibrator.result({"dataset": result.meta.get("dataset"),
                                          "data_root": result.meta.get("data_root"),
-                                         "precision": result.meta.get("precision")})
+                                         "precision": result.meta.get("precision"),
+                                         "runtime": result.meta.get("runtime")})
         result.meta["calibration"] = calibration.to_dict()
         outcome = Evaluation(result, calibration, out_dir)
         if out_dir is not None:
@@ -217,6 +220,17 @@ def check_evaluation_target(out_dir: Path, scope: dict[str, Any], overwrite: boo
 
 def _inference_meta(inference: InferenceConfig, device: torch.device) -> dict[str, str]:
     return {"map_mode": str(inference.map_mode), "precision": str(inference.precision_on(device))}
+
+
+def _runtime_meta(evaluations: dict[str, Evaluation]) -> dict[str, Any]:
+    """The runtime of per-category evaluations (each resolved its own; they agree unless some model
+    could not be exported), for the combined metrics.json."""
+    if not evaluations:
+        return {}
+    runtimes = sorted({str(e.result.meta.get("runtime")) for e in evaluations.values()})
+    reasons = sorted({str(e.result.meta.get("runtime_reason")) for e in evaluations.values()})
+    return {"runtime": runtimes[0] if len(runtimes) == 1 else ", ".join(runtimes),
+            "runtime_reason": reasons[0] if len(reasons) == 1 else "; ".join(reasons)}
 
 
 def write_evaluation(outcome: Evaluation) -> None:
@@ -405,7 +419,7 @@ def _evaluate_single_class_run(run_dir: Path, data: DataOverride, evaluation: Ev
                                                    meta={"setting": "single-class", "checkpoint": str(path)},
                                                    store_in=path if save_thresholds else None, reporter=reporter)
     meta = {"setting": "single-class", **_inference_meta(evaluation.inference, device), "device": str(device),
-            "scope": scope, "checkpoints": {c: str(p) for c, p in checkpoints.items()}}
+            **_runtime_meta(evaluations), "scope": scope, "checkpoints": {c: str(p) for c, p in checkpoints.items()}}
     combined = combine_evaluations(evaluations, Path(out_dir or run_dir), meta)
     combined.stored_changes = [f"{c}: {change}" for c, e in evaluations.items() for change in e.stored_changes]
     return combined
@@ -591,7 +605,8 @@ def _train_single_class(cfg: RunConfig, run_dir: Path, device: torch.device | st
     combined = None
     if evaluation is not None:
         meta = {"setting": "single-class", **_inference_meta(evaluation.inference, device), "device": str(device),
-                "dataset": cfg.data.dataset, "data_root": str(cfg.data.root), "encoder": cfg.model.encoder,
+                **_runtime_meta(evaluations), "dataset": cfg.data.dataset, "data_root": str(cfg.data.root),
+                "encoder": cfg.model.encoder,
                 "scope": evaluation_scope(cfg, categories, evaluation.inference, device),
                 "checkpoints": {c: str(r.checkpoint) for c, r in trained.items()}}
         combined = combine_evaluations(evaluations, run_dir, meta)

@@ -49,13 +49,14 @@ EXIT_SIGINT = 130      # interrupted by Ctrl-C (128 + SIGINT); SIGTERM is 128 + 
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
-    """A one-line error and a non-zero exit, never a traceback."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    """A one-line error and a non-zero exit, never a traceback. ``message`` is plain text: brackets
+    in it (``pip install 'inpctl[openvino]'``) are printed, not read as rich markup."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, markup=True)
     raise typer.Exit(code)
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)   # plain text
 
 
 def one_line(exc: BaseException) -> str:
@@ -168,6 +169,12 @@ def choices(enum_name: str) -> str:
 
 PRECISION_HELP = ("auto: bf16 where the GPU or CPU (AMX-BF16, AVX-512-BF16) runs it natively, else fp32; "
                   "fp32: the reference path [default: auto].")
+# inp_former.inference.Runtime's values (tests/test_openvino_runtime.py checks they agree): written out so
+# that building the help does not import torch
+RUNTIME_CHOICES = "[auto|torch|openvino]"
+RUNTIME_HELP = ("auto: OpenVINO on a CPU with native bf16 (AMX-BF16, AVX-512-BF16) where it is installed "
+                "(pip install 'inpctl[openvino]') and the model exports, else torch; fp32 always runs in torch "
+                "[default: auto].")
 
 
 def default(section: str, name: str) -> str:

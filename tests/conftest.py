@@ -11,6 +11,10 @@ import os
 from inp_former.runtime import apply_env_defaults
 
 apply_env_defaults()
+# The suite scores with torch unless a test asks for OpenVINO (tests/test_openvino_runtime.py, which
+# clears this): under `auto` every test's freshly trained model would be exported and compiled first,
+# seconds each. Subprocesses inherit it.
+os.environ.setdefault("INPCTL_RUNTIME", "torch")
 
 import torch  # noqa: E402
 

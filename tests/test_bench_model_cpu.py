@@ -1,7 +1,8 @@
 """``inpctl bench model --device cpu`` (issue 21, item 5): one run, on the same images and weights
 (random weights: only the rows and their fields are checked, not a speed), with the rows ``ref fp32``,
-``auto``, ``bf16``, ``onnx fp32``, ``onnx int8`` (skipped, saying why, without onnxruntime), the
-keys of every row and the top-level ``cpu`` object. Tiny sizes: ViT-S/14 at 28 px, batch 1.
+``auto``, ``bf16``, ``onnx fp32``, ``onnx int8`` (skipped, saying why, without onnxruntime),
+``openvino``, ``openvino int8`` (issue 21, item 4; skipped, saying why, without the optional openvino
+extra), the keys of every row and the top-level ``cpu`` object. Tiny sizes: ViT-S/14 at 28 px, batch 1.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from inp_former.benchmarks.model import run_model_bench
 from inp_former.runtime import cpu_capabilities
 from inpctl.cli import app
 
-INFER_PATHS = ["ref fp32", "auto", "bf16", "onnx fp32", "onnx int8"]
+INFER_PATHS = ["ref fp32", "auto", "bf16", "onnx fp32", "onnx int8", "openvino", "openvino int8"]
 KEYS = ("pass", "path", "img/s", "x ref", "max err")
 TINY = ["--encoder", "small", "--crop", "28", "--batch", "1", "--train-batch", "1", "--repeats", "1"]
 
@@ -87,31 +88,105 @@ def test_onnx_rows_run_when_onnxruntime_is_installed(cli_run):
     assert cli_run[1]["cpu"]["onnxruntime"] is not None
 
 
-def test_onnx_rows_say_why_they_are_skipped(monkeypatch):
+def test_openvino_rows_run_when_openvino_is_installed(cli_run):
+    ov = pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    output, result = cli_run
+    rows = _rows(result, "infer")
+    # the precision the CPU plugin chose for this CPU (bf16 where it has native bf16 units), named in the note
+    precision = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+    for name in ("openvino", "openvino int8"):
+        assert rows[name]["img/s"] > 0 and rows[name]["x ref"] > 0, rows[name]
+        release = ov.__version__.split("-")[0]
+        assert rows[name]["note"].startswith(f"{name}: OpenVINO {release}, INFERENCE_PRECISION_HINT {precision}")
+        assert f"note: {rows[name]['note']}" in output
+    assert rows["openvino"]["max err"] < 0.05                # the fp32 graph, in bf16 or fp32
+    assert 0.0 < rows["openvino int8"]["max err"] < 0.5      # quantised: close, not equal
+    assert "int8" in rows["openvino int8"]["note"]           # its quantised products ran int8 kernels
+    assert result["cpu"]["openvino"] == ov.__version__ and f"openvino {ov.__version__}" in output
+
+
+def test_openvino_scorer_gives_maps_and_scores_close_to_the_reference():
+    """Both outputs, not only the maps the table's ``max err`` compares."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    from inp_former.config import ModelConfig, RunConfig
+    from inp_former.inference import score_batch
+    from inp_former.model import INPFormer
+    from kernels.dispatch import kernel_mode
+
+    torch.manual_seed(0)
+    cfg = RunConfig(model=ModelConfig(encoder="small", encoder_weights="random", resize=28, crop=28))
+    model = INPFormer(cfg.model).eval()
+    images = torch.randn(2, 3, 28, 28)
+    with kernel_mode("reference"):
+        maps, scores = score_batch(model, images, cfg, "fp32")[:2]
+    onnx = onnx_paths.OnnxModels(model, cfg, torch.randn(2, 3, 28, 28))
+    try:
+        openvino = onnx_paths.OpenVinoModels(onnx)
+        for name, tolerance in (("openvino", 0.05), ("openvino int8", 0.5)):
+            got_maps, got_scores = openvino.scorer(name)(images)
+            assert got_maps.shape == maps.shape and got_scores.shape == scores.shape
+            assert ((got_maps - maps).abs().max() / maps.abs().max()).item() < tolerance, name
+            assert ((got_scores - scores).abs() / scores.abs()).max().item() < tolerance, name
+    finally:
+        onnx.close()   # the files; OpenVINO holds its compiled copies
+
+
+@pytest.mark.parametrize("openvino_installed", [True, False])
+def test_runtime_rows_say_why_they_are_skipped(monkeypatch, openvino_installed):
+    """Without onnxruntime nothing can write the graphs OpenVINO runs: its rows are skipped too."""
     monkeypatch.setattr(onnx_paths, "onnx_missing", lambda: "skipped: onnxruntime not installed (test)")
+    monkeypatch.setattr(onnx_paths, "openvino_missing",
+                        lambda: None if openvino_installed else "skipped: openvino not installed (test)")
     steps = []
     result = run_model_bench("small", [1], 1, 28, torch.device("cpu"), repeats=1,
                              progress=lambda done, total, name: steps.append((done, total, name)))
     rows = _rows(result, "infer")
     assert list(rows) == INFER_PATHS
-    for name in ("onnx fp32", "onnx int8"):
+    expected = {"onnx fp32": "onnxruntime", "onnx int8": "onnxruntime",
+                "openvino": "onnxruntime" if openvino_installed else "openvino",
+                "openvino int8": "onnxruntime" if openvino_installed else "openvino"}
+    for name, package in expected.items():
         assert rows[name]["img/s"] is None and rows[name]["x ref"] is None
-        assert rows[name]["note"] == "skipped: onnxruntime not installed (test)"
-    # progress from the start, every row counted, and the end: 5 inference rows + 2 training rows
-    assert steps[0] == (0, 7, "building the small model") and steps[-1] == (7, 7, "")
-    assert not any("ONNX" in name for _, _, name in steps)
+        assert rows[name]["note"] == f"skipped: {package} not installed (test)"
+    # progress from the start, every row counted, and the end: 7 inference rows + 2 training rows
+    assert steps[0] == (0, 9, "building the small model") and steps[-1] == (9, 9, "")
+    assert not any("ONNX" in name or "OpenVINO" in name for _, _, name in steps)
 
 
-def test_onnx_missing_names_the_package(monkeypatch):
+def _without(monkeypatch, package: str) -> None:
+    """Imports of ``package`` fail from now on in this test, as where it is not installed."""
     import builtins
 
     real_import = builtins.__import__
 
-    def no_onnxruntime(name, *args, **kwargs):
-        if name == "onnxruntime":
+    def refuse(name, *args, **kwargs):
+        if name == package:
             raise ImportError(name)
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    monkeypatch.setattr(builtins, "__import__", refuse)
+
+
+def test_onnx_missing_names_the_package(monkeypatch):
+    _without(monkeypatch, "onnxruntime")
     reason = onnx_paths.onnx_missing()
     assert reason.startswith("skipped: onnxruntime not installed") and "inpctl[export]" in reason
+
+
+def test_openvino_missing_names_the_package_and_the_extra(monkeypatch):
+    _without(monkeypatch, "openvino")
+    reason = onnx_paths.openvino_missing()
+    assert reason.startswith("skipped: ") and "openvino not installed" in reason and "'inpctl[openvino]'" in reason
+    assert "\n" not in reason and onnx_paths.openvino_version() is None
+
+
+def test_skip_notes_print_the_extra_as_written(capsys):
+    """rich would read ``[openvino]`` as markup and print ``pip install 'inpctl'``."""
+    from inpctl.commands.bench import print_rows
+
+    note = "skipped: openvino not installed (pip install 'inpctl[openvino]')"
+    print_rows("t", {"rows": [{"path": "openvino", "ms": None, "note": note}]})
+    assert f"note: {note}" in capsys.readouterr().out

@@ -37,7 +37,7 @@ def test_cnn_in_bf16_runs_channels_last_with_the_same_maps(cnn, monkeypatch, pre
     model, cfg = cnn
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     reference = score_batch(model, images, cfg, precision)[0]   # contiguous input: the path as it was
-    scorer = scoring_function(model, cfg, InferenceConfig(precision=precision), "cpu")
+    scorer = scoring_function(model, cfg, InferenceConfig(precision=precision, runtime="torch"), "cpu")
     assert scorer.channels_last is expected
     seen = _layouts(model, monkeypatch)
     maps, _ = scorer(images)

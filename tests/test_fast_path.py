@@ -56,21 +56,22 @@ def test_bf16_fast_path_is_close_to_fp32(map_mode):
 
 def test_cpu_runs_eager_and_says_why():
     model, cfg, images = _setup(batch=2)
-    fast = scoring_function(model, cfg, InferenceConfig(fast=True), "cpu")
+    # torch's eager path (runtime auto may pick OpenVINO on this CPU: tests/test_openvino_runtime.py)
+    fast = scoring_function(model, cfg, InferenceConfig(fast=True, runtime="torch"), "cpu")
     assert fast.mode == "eager" and fast.fallback_reason == NO_CUDA
     # CPU default: auto (bf16 where the CPU has AMX-BF16 / AVX-512-BF16, else fp32), dispatcher's kernels
     assert fast.precision == str(resolve_precision("auto", "cpu")) and fast.kernels is None
     assert fast.precision_reason.startswith("auto: CPU has") and fast.precision_reason in fast.describe()
     assert "no CUDA device" in fast.describe()
-    slow = scoring_function(model, cfg, InferenceConfig(), "cpu")
+    slow = scoring_function(model, cfg, InferenceConfig(runtime="torch"), "cpu")
     assert slow.mode == "eager" and slow.fallback_reason == DISABLED and slow.kernels is None
-    assert scoring_function(model, cfg, InferenceConfig(precision="bf16"), "cpu").precision == "bf16"
+    assert scoring_function(model, cfg, InferenceConfig(precision="bf16", runtime="torch"), "cpu").precision == "bf16"
 
 
 def test_explicit_kernel_choice_is_kept_with_no_fast(monkeypatch):
     model, cfg, _ = _setup()
     monkeypatch.setenv("INPCTL_KERNELS", "auto")
-    assert scoring_function(model, cfg, InferenceConfig(), "cpu").kernels is None
+    assert scoring_function(model, cfg, InferenceConfig(runtime="torch"), "cpu").kernels is None
 
 
 def test_a_failed_capture_falls_back_to_eager_once_and_says_why():

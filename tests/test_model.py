@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from inp_former.encoders.dinov2 import DINOV2_GRID, DinoV2Encoder, meta_dinov2_to_timm
-from inp_former.model import INPGuidedDecoderBlock, prototype_distance
+from inp_former.model import INPFormer, INPGuidedDecoderBlock, prototype_distance
 from tests.helpers import tiny_model
 
 
@@ -124,6 +124,32 @@ def test_initialisation():
         if isinstance(module, torch.nn.LayerNorm):
             assert module.eps == 1e-8 and (module.weight == 1).all() and (module.bias == 0).all()
     assert abs(model.prototypes.std().item() - 1) < 0.2
+
+
+def test_truncated_normal_has_the_truncated_distribution():
+    """N(0, 0.01) truncated at +-0.03 (3 sigma): std 0.98658 sigma, symmetric, nothing outside."""
+    from inp_former.model import truncated_normal_
+
+    torch.manual_seed(3)
+    x = truncated_normal_(torch.empty(400, 1000), std=0.01, bound=0.03)
+    assert x.abs().max() <= 0.03 and x.abs().max() > 0.029           # the bound is reached, never passed
+    assert abs(x.std().item() - 0.0098658) < 5e-5 and abs(x.mean().item()) < 5e-5
+    reference = torch.nn.init.trunc_normal_(torch.empty(400, 1000), std=0.01, a=-0.03, b=0.03)
+    assert abs(x.std().item() - reference.std().item()) < 5e-5
+
+
+def test_a_model_built_for_loading_equals_the_model_it_loads():
+    """init_weights=False (what load_checkpoint builds) leaves the trainable weights for the loaded
+    ones, on the CPU, trainable; the random encoder is the same every time."""
+    model = tiny_model()
+    empty = INPFormer(model.cfg, init_weights=False)
+    assert {p.device.type for p in empty.parameters()} == {"cpu"}
+    assert all(p.requires_grad for p in empty.trainable_parameters())
+    empty.load_trainable_state_dict(model.trainable_state_dict())
+    for (name, ours), theirs in zip(empty.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(ours, theirs), name
+    vit = empty.encoder.vit
+    assert abs(vit.blocks[0].attn.qkv.weight.std().item() - 0.02) < 1e-3 and (vit.blocks[0].attn.qkv.bias == 0).all()
 
 
 def test_decoder_block_has_no_attention_residual():

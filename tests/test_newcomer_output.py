@@ -147,11 +147,12 @@ def test_bench_model_with_its_defaults_on_a_cpu_says_so_and_shows_progress_at_on
     assert len(lines) == 2, lines
     assert lines[0] == (f"On cpu: CPU-sized defaults for the flags not given ({CPU_SIZES.describe()}; on a GPU: "
                         f"{GPU_SIZES.describe()}); --encoder, --crop, --batch, --train-batch choose")
-    # progress before the model is built, not after the first row: 2 batch sizes x 5 inference rows (ref fp32,
-    # auto, bf16, onnx fp32, onnx int8), the ONNX export and its quantisation (with onnxruntime), 2 training rows
-    from inp_former.benchmarks.onnx_paths import onnx_missing
+    # progress before the model is built, not after the first row: 2 batch sizes x 7 inference rows (ref fp32,
+    # auto, bf16, onnx fp32, onnx int8, openvino, openvino int8), the ONNX export and its quantisation (with
+    # onnxruntime), the OpenVINO compilation (with openvino), 2 training rows
+    from inp_former.benchmarks.onnx_paths import onnx_missing, openvino_missing
 
-    steps = 12 + 2 * (onnx_missing() is None)
+    steps = 16 + 2 * (onnx_missing() is None) + (openvino_missing() is None)
     assert re.match(rf"bench model: 0/{steps}  building the small model  elapsed 0:00:0\d$", lines[1]), lines[1]
 
 

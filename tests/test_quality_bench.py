@@ -42,7 +42,8 @@ def test_run_quality_on_a_dataset_config_reports_rows_losses_and_time(tiny_root)
     meta = result["meta"]
     assert meta["categories"] == ["cable"] and meta["iterations"] == 4 and meta["train_seconds"] >= 0
     assert meta["bank_tokens"] == 4 * 8 * 8            # 4 training images, 8x8 tokens at stride 8
-    assert set(meta["eval_seconds"]) == set(METHODS)
+    assert set(meta["eval_seconds"]) == set(METHODS) and meta["test_images"] == 4
+    assert "Evaluation time per test image (4 images" in markdown_report(result)
     assert result["config"]["model"]["encoder_stages"] is not None   # the encoder's choices are recorded
 
     losses, summary = result["losses"], result["loss"]
@@ -59,6 +60,22 @@ def test_run_quality_rows_can_be_chosen(tiny_root):
     assert set(result["categories"]["nearest-neighbour"]) == {"bottle", "cable"}   # empty = every category
     with pytest.raises(ValueError, match="methods"):
         run_quality(_tiny_config(tiny_root), "cpu", methods=("patchcore",))
+
+
+def test_the_baseline_of_a_tiled_model_works_on_the_same_tiles(tiny_root):
+    """With --tile the nearest-neighbour bank holds the tokens of every training tile, and test
+    images are scored tile by tile into maps at their own resolution, as the tiled model is."""
+    from inp_former.tiling import TileLayout
+
+    cfg = _tiny_config(tiny_root, categories=["cable"]).updated(model={"resize": 224, "crop": 224, "tile": 32,
+                                                                       "tile_overlap": 8, "encoder_padding": 8})
+    result = run_quality(cfg, "cpu", batch_size=4, methods=("nearest-neighbour",))
+    tiles = len(TileLayout.of(64, 64, 32, 8))
+    assert tiles > 1
+    assert result["meta"]["bank_tokens"] == 4 * tiles * 4 * 4     # 4 images, every tile's 4x4 tokens (stride 8)
+    metrics = result["rows"]["nearest-neighbour"]
+    assert all(0.0 <= metrics[key] <= 1.0 for key in METRICS)
+    assert "(the nearest-neighbour baseline on the same tiles)" in markdown_report(result)
 
 
 def test_loss_summary_reads_a_curve():
@@ -104,3 +121,18 @@ def test_bench_quality_command_writes_the_record_with_its_provenance(tiny_root, 
     assert "Trained minus untrained (points): I-AUROC" in text
     assert "- Training: 3 iterations, batch 2" in text
 
+
+
+def test_bench_quality_runs_the_rows_it_is_given_and_names_a_bad_one(tiny_root, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import inp_former.demo as demo
+    from inpctl.cli import app
+
+    monkeypatch.setattr(demo, "demo_config", lambda seed=1: (_tiny_config(tiny_root), "tiny stand-in for the demo"))
+    bad = CliRunner().invoke(app, ["bench", "quality", "--methods", "trained,patchcore"])
+    assert bad.exit_code == 2 and "--methods trained,patchcore: expected" in bad.output
+    result = CliRunner().invoke(app, ["bench", "quality", "--methods", "nearest-neighbour", "--categories", "cable",
+                                      "--device", "cpu", "--json", str(tmp_path / "q.json")])
+    assert result.exit_code == 0, result.output
+    assert list(json.loads((tmp_path / "q.json").read_text())["rows"]) == ["nearest-neighbour"]

@@ -516,6 +516,27 @@ def test_batcher_batches_bounds_and_drops_cancelled():
     batcher.close(10)
     assert sizes == [1, 2]  # 2 and 3 shared one pass; the cancelled 6 was never run
 
+def test_a_draining_batcher_runs_what_is_queued_without_waiting_for_a_fuller_batch():
+    """Shutting down, no more requests will come: an image waiting for company (max_wait_s of a
+    minute here) runs as soon as drain() is called."""
+    from inp_former.serve.batcher import MicroBatcher
+
+    batcher = MicroBatcher(lambda batch: batch[:, 0].tolist(), max_batch=8, max_wait_s=60.0)
+
+    async def scenario() -> list[float]:
+        waiting = asyncio.ensure_future(batcher.submit([torch.tensor([7.0])]))
+        for _ in range(200):                     # until the image is queued (bounded: 2 s)
+            if batcher.waiting:
+                break
+            await asyncio.sleep(0.01)
+        assert batcher.waiting == 1 and not waiting.done()
+        batcher.drain()
+        return await asyncio.wait_for(waiting, timeout=30)   # far under the 60 s it would wait
+
+    assert asyncio.run(scenario()) == [7.0]
+    batcher.close(10)
+
+
 
 def test_request_timeout_is_504(model_files):
     from starlette.testclient import TestClient

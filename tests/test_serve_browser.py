@@ -278,5 +278,7 @@ def test_a_dropped_folder_keeps_its_folders_and_the_server_chooses_the_category_
     cards = browser.find_elements(By.CSS_SELECTOR, ".card")[1:]
     for card, name in zip(cards, expected):
         assert card.find_element(By.CSS_SELECTOR, ".category").text == f"{api[name]['category']} (path)"
-        assert float(card.find_element(By.CSS_SELECTOR, ".score").get_attribute("data-score")) == api[name]["score"]
+        # the page's request may batch the images differently from ours: fp32 scores then differ in the last bit
+        shown = float(card.find_element(By.CSS_SELECTOR, ".score").get_attribute("data-score"))
+        assert shown == pytest.approx(api[name]["score"], rel=1e-6)
     assert "1 file(s) in dropped folders skipped" in browser.find_element(By.ID, "summary").text

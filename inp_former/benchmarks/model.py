@@ -16,6 +16,9 @@ On a CPU:
              first call, which compiles, took.
   onnx fp32, onnx int8: the ``inpctl export`` graph and its int8 quantisation in ONNX Runtime
              (:mod:`inp_former.benchmarks.onnx_paths`; skipped, saying why, without onnxruntime).
+  openvino, openvino int8: the same two files compiled by OpenVINO's CPU plugin at its default
+             precision (bf16 on a CPU with native bf16; the note names it); skipped, saying why,
+             without the optional ``openvino`` extra.
   The result's ``cpu`` holds the CPU's detected units, flags, cores, threads and versions.
 
 What is timed when the caller does not say depends on the device
@@ -47,6 +50,7 @@ GPU_PATHS = {  # name: (kernel mode, precision)
 }
 CPU_TRAIN_PATHS = {REFERENCE: ("reference", "fp32"), "bf16": ("auto", "bf16")}   # no fused kernels on a CPU
 ONNX_ROWS = ("onnx fp32", "onnx int8")
+OPENVINO_ROWS = ("openvino", "openvino int8")   # the same two files, compiled by OpenVINO
 COLUMNS = {
     "img/s": "images per second (median of the timed repetitions)",
     "x ref": "speed over the ref fp32 row of the same pass and batch",
@@ -127,17 +131,19 @@ def run_model_bench(encoder: str, batches: Sequence[int], train_batch: int, crop
     """Inference (per batch size) and training-step rows, each path against the ``ref fp32`` row.
 
     ``progress(steps done, steps in all, the step about to run)`` is called before each row, before
-    the ONNX export and quantisation (CPU), and once at the end; :func:`inp_former.benchmarks.sizes.resolve_sizes`
-    gives the sizes to time when the caller has none."""
-    from inp_former.benchmarks.onnx_paths import OnnxModels, onnx_missing
+    the ONNX export, its quantisation and the OpenVINO compilation (CPU), and once at the end;
+    :func:`inp_former.benchmarks.sizes.resolve_sizes` gives the sizes to time when the caller has none."""
+    from inp_former.benchmarks.onnx_paths import (OnnxModels, OpenVinoModels, onnx_missing, openvino_missing,
+                                                  openvino_version)
 
     on_cpu = device.type != "cuda"
     onnx_skip = onnx_missing() if on_cpu else None
-    onnx_rows = ONNX_ROWS if on_cpu else ()
-    inference_rows = (3 + compile_model + len(onnx_rows)) if on_cpu else (len(GPU_PATHS) + compile_model + 1)
+    openvino_skip = (openvino_missing() or onnx_skip) if on_cpu else None   # it compiles the ONNX rows' files
+    runtime_rows = ONNX_ROWS + OPENVINO_ROWS if on_cpu else ()
+    inference_rows = (3 + compile_model + len(runtime_rows)) if on_cpu else (len(GPU_PATHS) + compile_model + 1)
     train_paths = CPU_TRAIN_PATHS if on_cpu else GPU_PATHS
-    tick = _Ticks(progress, len(batches) * inference_rows + (2 if onnx_rows and not onnx_skip else 0)
-                  + len(train_paths))
+    tick = _Ticks(progress, len(batches) * inference_rows + (2 if on_cpu and not onnx_skip else 0)
+                  + (1 if on_cpu and not openvino_skip else 0) + len(train_paths))
     tick(f"building the {encoder} model", counts=False)   # seconds on a CPU: say so before
     torch.manual_seed(0)
     cfg = RunConfig(model=ModelConfig(encoder=encoder, encoder_weights="random", resize=crop, crop=crop))
@@ -145,12 +151,16 @@ def run_model_bench(encoder: str, batches: Sequence[int], train_batch: int, crop
     scorers = _cpu_scorers(model, cfg, device, compile_model) if on_cpu else _gpu_scorers(model, cfg, compile_model)
 
     generator = torch.Generator(device="cpu").manual_seed(0)
-    onnx = None
-    if onnx_rows and not onnx_skip:
+    onnx = openvino = None
+    if on_cpu and not onnx_skip:
         calibration = torch.randn(4, 3, crop, crop, generator=generator)
         onnx = OnnxModels(model, cfg, calibration, tick)
     rows: list[dict[str, Any]] = []
     try:
+        if onnx is not None and not openvino_skip:
+            openvino = OpenVinoModels(onnx, tick)
+        runtimes = {**{name: (onnx, onnx_skip) for name in ONNX_ROWS},
+                    **{name: (openvino, openvino_skip) for name in OPENVINO_ROWS}}
         for batch in batches:
             images = torch.randn(batch, 3, crop, crop, generator=generator).to(device)
             reference_maps = None
@@ -159,13 +169,15 @@ def run_model_bench(encoder: str, batches: Sequence[int], train_batch: int, crop
                 row, maps = _timed_row(name, batch, scorer, images, device, repeats, max_seconds, note, reference_maps)
                 reference_maps = maps.float() if reference_maps is None else reference_maps
                 rows.append(row)
-            for name in onnx_rows:
+            for name in runtime_rows:
                 tick(f"infer {name}, batch {batch}")
-                if onnx is None:
+                runtime, skip = runtimes[name]
+                if runtime is None:
                     rows.append({"pass": "infer", "path": name, "batch": batch, "ms": None, "img/s": None,
-                                 "max err": None, "note": onnx_skip})
+                                 "max err": None, "note": skip})
                     continue
-                rows.append(_timed_row(name, batch, onnx.scorer(name), images, device, repeats, max_seconds, None,
+                note = runtime.note(name) if runtime is openvino else None   # the precision OpenVINO chose
+                rows.append(_timed_row(name, batch, runtime.scorer(name), images, device, repeats, max_seconds, note,
                                        reference_maps)[0])
             if not on_cpu:   # the end-to-end fast path of eval/predict/serve: CUDA graphs + bf16
                 tick(f"infer fast path, batch {batch}")
@@ -173,6 +185,8 @@ def run_model_bench(encoder: str, batches: Sequence[int], train_batch: int, crop
                 rows.append(_timed_row(f"fast {fast.mode} {fast.precision}", batch, fast, images, device, repeats,
                                        max_seconds, None, reference_maps)[0])
     finally:
+        if openvino is not None:
+            openvino.close()
         if onnx is not None:
             onnx.close()
 
@@ -193,7 +207,7 @@ def run_model_bench(encoder: str, batches: Sequence[int], train_batch: int, crop
     if on_cpu:
         from inp_former.benchmarks.cpu import cpu_info
 
-        result["cpu"] = cpu_info()
+        result["cpu"] = {**cpu_info(), "openvino": openvino_version()}
     return result
 
 

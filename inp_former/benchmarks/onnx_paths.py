@@ -1,5 +1,6 @@
 """The ONNX rows of ``inpctl bench model --device cpu``: the model as ``inpctl export`` writes it,
-fp32 and int8 (:mod:`inp_former.quantize`), run by ONNX Runtime on the CPU.
+fp32 and int8 (:mod:`inp_former.quantize`), run by ONNX Runtime on the CPU; and the OpenVINO rows:
+the same two files compiled by OpenVINO for its CPU plugin (an optional extra, ``inpctl[openvino]``).
 
 The int8 model is calibrated on the benchmark's own random images: with random weights only its
 speed means anything (its accuracy is what ``inpctl export --int8`` checks on real images).
@@ -19,17 +20,36 @@ from inp_former.model import INPFormer
 CALIBRATION_BATCHES = 4   # random images the int8 scales are set on (speed only: random weights)
 
 
-def onnx_missing() -> str | None:
-    """Why the ONNX rows cannot run here (one line), or None when onnx and onnxruntime are installed."""
+def _missing(packages: tuple[str, ...], extra: str) -> str | None:
+    """``skipped: ... not installed (pip install 'inpctl[extra]')`` naming those of ``packages`` that
+    cannot be imported, or None when all can."""
     missing = []
-    for name in ("onnx", "onnxruntime"):
+    for name in packages:
         try:
             __import__(name)
         except ImportError:
             missing.append(name)
-    if missing:
-        return f"skipped: {' and '.join(missing)} not installed (pip install 'inpctl[export]')"
-    return None
+    return f"skipped: {' and '.join(missing)} not installed (pip install 'inpctl[{extra}]')" if missing else None
+
+
+def onnx_missing() -> str | None:
+    """Why the ONNX rows cannot run here (one line), or None when onnx and onnxruntime are installed."""
+    return _missing(("onnx", "onnxruntime"), "export")
+
+
+def openvino_missing() -> str | None:
+    """Why the OpenVINO rows cannot run here (one line), or None when openvino is installed with the
+    packages that write the graphs it runs (onnx, and onnxruntime's quantisation tools)."""
+    return _missing(("onnx", "onnxruntime", "openvino"), "openvino")
+
+
+def openvino_version() -> str | None:
+    """The installed OpenVINO's version, or None."""
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.__version__
 
 
 class OnnxModels:
@@ -64,10 +84,73 @@ class OnnxModels:
         self._folder.cleanup()
 
 
+class OpenVinoModels:
+    """The two ONNX files of :class:`OnnxModels` compiled by OpenVINO for the CPU as they are
+    (dynamic batch, the plugin's default precision: bf16 on a CPU with native bf16 units; the QDQ
+    graph's quantised products run in int8), one infer request each."""
+
+    ROWS = {"openvino": "onnx fp32", "openvino int8": "onnx int8"}   # row: the ONNX row whose file it compiles
+
+    def __init__(self, onnx: OnnxModels, tick: Callable[[str], None] = lambda name: None) -> None:
+        import openvino as ov
+
+        tick("compiling OpenVINO models")
+        core = ov.Core()
+        self.compiled = {row: core.compile_model(str(onnx.paths[source]), "CPU") for row, source in self.ROWS.items()}
+        self.requests = {row: compiled.create_infer_request() for row, compiled in self.compiled.items()}
+
+    def note(self, name: str) -> str:
+        """What row ``name`` computes in: the compiled model's INFERENCE_PRECISION_HINT and, where the
+        runtime model says, the precision each matrix product ran in."""
+        release = (openvino_version() or "").split("-")[0]   # 2026.4.1, not the build string
+        note = f"{name}: OpenVINO {release}, INFERENCE_PRECISION_HINT {self.precision(name)}"
+        counts = _matrix_product_precisions(self.compiled[name])
+        if counts:
+            note += "; matrix products: " + ", ".join(f"{n} {p}" for p, n in counts.items())
+        return note
+
+    def precision(self, name: str) -> str:
+        """The compiled model's INFERENCE_PRECISION_HINT, e.g. ``bf16`` or ``f32``."""
+        return self.compiled[name].get_property("INFERENCE_PRECISION_HINT").get_type_name()
+
+    def scorer(self, name: str) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """``maps, scores = f(images)`` through the infer request of row ``name``."""
+        compiled, request = self.compiled[name], self.requests[name]
+        map_port, score_port = compiled.output("map"), compiled.output("score")
+
+        def score(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = request.infer({"image": np.ascontiguousarray(images.numpy())})   # copies out: next call reuses
+            return torch.from_numpy(out[map_port]), torch.from_numpy(out[score_port])
+        return score
+
+    def close(self) -> None:
+        self.requests.clear()
+        self.compiled.clear()
+
+
+def _matrix_product_precisions(compiled: Any) -> dict[str, int]:
+    """How many matrix products (FullyConnected, MatMul, Convolution) of the compiled model ran in
+    each precision, from its runtime model; empty where this OpenVINO does not say."""
+    counts: dict[str, int] = {}
+    try:
+        for op in compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            if "layerType" not in info or "runtimePrecision" not in info:
+                continue
+            if info["layerType"].astype(str) in ("FullyConnected", "MatMul", "Convolution"):
+                precision = info["runtimePrecision"].astype(str)
+                precision = "int8" if precision in ("u8", "i8") else precision   # int8 kernels, by input type
+                counts[precision] = counts.get(precision, 0) + 1
+    except (KeyError, RuntimeError, AttributeError):   # rt_info keys are the plugin's, not a stable API
+        return {}
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
 def _session(path: Path) -> Any:
     import onnxruntime as ort
 
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-__all__ = ["CALIBRATION_BATCHES", "OnnxModels", "onnx_missing"]
+__all__ = ["CALIBRATION_BATCHES", "OnnxModels", "OpenVinoModels", "onnx_missing", "openvino_missing",
+           "openvino_version"]

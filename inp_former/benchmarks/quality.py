@@ -45,11 +45,13 @@ from torch.utils.data import DataLoader
 
 from inp_former.config import RunConfig
 from inp_former.data import AnomalyDataset, image_transform, mask_transform, masks_for_metrics
+from inp_former.data.transforms import load_rgb
 from inp_former.evaluate import evaluate
 from inp_former.inference import InferenceConfig
 from inp_former.metrics import category_metrics, mean_metrics
 from inp_former.model import INPFormer
 from inp_former.settings import category_samples, resolve_input_size
+from inp_former.tiling import TileLayout, tile_batches, to_uint8_tensor
 from inp_former.train import StepInfo, resolve_categories, seed_everything, train
 from inp_former.workflow import SILENT, Reporter
 from kernels.scoring import top_k_count, upsample_token_map
@@ -80,6 +82,8 @@ def nearest_neighbour_eval(model: INPFormer, cfg: RunConfig, categories: list[st
     on_batch = on_batch or (lambda label, count, size: None)
     mc = cfg.model
     model.encoder.to(device).eval()
+    if mc.tile is not None:
+        return _nearest_neighbour_tiled(model, cfg, categories, device, batch_size, bank_limit, seed, on_batch)
     transform = image_transform(mc.resize_hw, mc.input_hw)
     bank_parts = []
     for category in categories:
@@ -88,10 +92,7 @@ def nearest_neighbour_eval(model: INPFormer, cfg: RunConfig, categories: list[st
             tokens = _fused_tokens(model, batch["image"].to(device))
             bank_parts.append(F.normalize(tokens.flatten(0, 1).float(), dim=-1))
             on_batch(f"{category} (bank)", len(tokens), len(dataset))
-    bank = torch.cat(bank_parts)
-    if len(bank) > bank_limit:  # a seeded random subsample keeps the cost bounded on CPUs
-        keep = torch.randperm(len(bank), generator=torch.Generator().manual_seed(seed))[:bank_limit]
-        bank = bank[keep.to(bank.device)]
+    bank = _bank(bank_parts, bank_limit, seed)
     per_category = {}
     for category in categories:
         dataset = AnomalyDataset(category_samples(cfg.data, category, "test"), transform,
@@ -116,6 +117,49 @@ def nearest_neighbour_eval(model: INPFormer, cfg: RunConfig, categories: list[st
         per_category[category] = category_metrics(torch.cat(labels), torch.cat(scores),
                                                   torch.cat(masks), torch.cat(maps))
     return {"categories": per_category, "mean": mean_metrics(per_category), "bank_tokens": len(bank)}
+
+
+def _bank(parts: list[torch.Tensor], limit: int, seed: int) -> torch.Tensor:
+    bank = torch.cat(parts)
+    if len(bank) > limit:  # a seeded random subsample keeps the cost bounded on CPUs
+        keep = torch.randperm(len(bank), generator=torch.Generator().manual_seed(seed))[:limit]
+        bank = bank[keep.to(bank.device)]
+    return bank
+
+
+def _nearest_neighbour_tiled(model: INPFormer, cfg: RunConfig, categories: list[str], device: torch.device,
+                             batch_size: int, bank_limit: int, seed: int,
+                             on_batch: Callable[[str, int, int], None]) -> dict[str, Any]:
+    """The baseline on the tokens of a tiled model: the bank holds the tokens of every tile of the
+    training images, and test images are scored tile by tile and blended into full-resolution maps
+    exactly as the tiled INP-Former is (:func:`inp_former.evaluate.evaluate` with this scorer)."""
+    mc = cfg.model
+    bank_parts = []
+    for category in categories:
+        samples = category_samples(cfg.data, category, "train")
+        for sample in samples:
+            image = to_uint8_tensor(load_rgb(sample.path))
+            layout = TileLayout.of(*image.shape[-2:], mc.tile, mc.tile_overlap)
+            for tiles, _ in tile_batches(image, layout, batch_size):
+                tokens = _fused_tokens(model, tiles.to(device))
+                bank_parts.append(F.normalize(tokens.flatten(0, 1).float(), dim=-1))
+            on_batch(f"{category} (bank)", 1, len(samples))
+    bank = _bank(bank_parts, bank_limit, seed)
+
+    def score_tiles(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            tokens = F.normalize(_fused_tokens(model, tiles).float(), dim=-1)
+            b, n, _ = tokens.shape
+            nearest = torch.cat([(chunk @ bank.T).amax(1) for chunk in tokens.flatten(0, 1).split(QUERY_CHUNK)])
+            size = tuple(tiles.shape[-2:])
+            maps = upsample_token_map((1.0 - nearest).reshape(b, n), image_size=size, out_size=size,
+                                      kernel_size=mc.blur_kernel, sigma=mc.blur_sigma,
+                                      grid=model.encoder.grid_size(size))
+        return maps, maps.flatten(1).amax(1)   # tile scores are unused: the image's comes from its blended map
+
+    result = evaluate(model, cfg, categories, device, InferenceConfig(batch_size=batch_size), on_batch=on_batch,
+                      scorer=score_tiles)
+    return {"categories": result.categories, "mean": result.mean, "bank_tokens": len(bank)}
 
 
 def loss_summary(losses: Sequence[float], tail_fraction: float = TAIL_FRACTION,
@@ -242,6 +286,7 @@ def run_quality(cfg: RunConfig, device: torch.device | str = "cpu", *, run_dir: 
                                                bank_limit=bank_limit, on_batch=on_batch)
         record("nearest-neighbour", started, nn_result["categories"], nn_result["mean"])
         extra["bank_tokens"] = nn_result["bank_tokens"]
+        extra["nearest_neighbour_tiled"] = cfg.model.tile is not None   # records before it existed: square
 
     if "trained" in methods:
         started = time.perf_counter()
@@ -266,6 +311,7 @@ def run_quality(cfg: RunConfig, device: torch.device | str = "cpu", *, run_dir: 
         with reporter.evaluating("trained (eval)") as on_batch:
             after = evaluate(model, cfg, categories, device, InferenceConfig(batch_size=batch_size), on_batch=on_batch)
         record("trained", started, after.categories, after.mean)
+        extra["test_images"] = len(after.rows)
 
     losses = extra.pop("losses", None)
     out: dict[str, Any] = {
@@ -276,6 +322,7 @@ def run_quality(cfg: RunConfig, device: torch.device | str = "cpu", *, run_dir: 
                  "dataset": cfg.data.dataset, "data_root": str(cfg.data.root), "categories": categories,
                  "batch_size": cfg.train.batch_size, "lr": cfg.train.lr, "resize": cfg.model.resize,
                  "crop": cfg.model.crop, "keep_aspect": cfg.model.keep_aspect,
+                 "tile": cfg.model.tile, "tile_overlap": cfg.model.tile_overlap,
                  "input_size": list(cfg.model.input_hw), "token_stride": cfg.model.token_stride, "device": str(device),
                  "eval_seconds": seconds, **extra},
         "config": cfg.to_dict(),
@@ -313,6 +360,18 @@ def provenance(command: str, device: torch.device | str) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads()}
 
 
+def _input_words(meta: dict[str, Any]) -> str:
+    """How images reach the model, in words: square, aspect kept, or tiled."""
+    if meta.get("tile"):
+        baseline = ("the nearest-neighbour baseline on the same tiles" if meta.get("nearest_neighbour_tiled")
+                    else f"the nearest-neighbour row square: {meta['resize']} px, crop {meta['crop']}")
+        return f"tiles of {meta['tile']} px at native resolution, overlap {meta.get('tile_overlap')} px ({baseline})"
+    if meta.get("keep_aspect"):
+        height, width = meta["input_size"]
+        return f"aspect kept: shorter side {meta['resize']} px, input {height}x{width} (height x width), no crop"
+    return f"square: resized to {meta['resize']} px, centre crop {meta['crop']}"
+
+
 def markdown_report(result: dict[str, Any]) -> str:
     """A :func:`run_quality` result (with ``provenance`` when it has one) as a Markdown page: how it
     was measured, the mean over categories, every category, and the differences between the rows."""
@@ -329,12 +388,16 @@ def markdown_report(result: dict[str, Any]) -> str:
                   f"- Command: `{prov['command']}`"]
     lines += [f"- Encoder: `{meta['encoder']}` ({meta['encoder_source']}); {meta['encoder_design']}",
               f"- Data: {meta['dataset']} layout, categories {', '.join(meta['categories'])} ({meta['data_root']}); "
-              f"images {meta['resize']} px, crop {meta['crop']}"]
+              f"images {_input_words(meta)}"]
     if "trained" in rows:
         lines.append(f"- Training: {meta['iterations']} iterations, batch {meta['batch_size']}, "
                      f"{meta['train_seconds']} s; final loss {meta['final_loss']:.4f}" + (
                          f"; loss {loss['first']:.3f} at the start, {loss['at_50']:.3f} halfway; still falling over "
                          f"the last 20%: {'yes' if loss['still_falling'] else 'no'}" if loss else ""))
+    if meta.get("test_images"):
+        per_image = {name: 1000 * sec / meta["test_images"] for name, sec in meta["eval_seconds"].items()}
+        lines.append(f"- Evaluation time per test image ({meta['test_images']} images, batch included): " + ", ".join(
+            f"{name} {ms:.0f} ms" for name, ms in per_image.items()))
     if "bank_tokens" in meta:
         lines.append(f"- Nearest-neighbour bank: {meta['bank_tokens']} tokens (all training tokens up to "
                      f"{BANK_LIMIT})")

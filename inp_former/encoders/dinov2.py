@@ -61,10 +61,14 @@ class DinoV2Encoder(FrozenEncoder):
             raise ConfigError(f"encoder {variant!r}: expected one of {', '.join(DINOV2_VARIANTS)}", arg="encoder")
         timm_name, self.layers = DINOV2_VARIANTS[variant]
         self.name = variant
-        # A random encoder must be the same at train and eval time: fixed seed, own RNG stream.
+        # timm's initialisation draws truncated normals for every weight (seconds on a CPU), which
+        # loaded weights then overwrite: skipped. A random encoder is drawn by init_random_vit instead,
+        # the same at train and eval time: fixed seed, own RNG stream.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            self.vit = timm.create_model(timm_name, pretrained=False, num_classes=0)
+            self.vit = timm.create_model(timm_name, pretrained=False, num_classes=0, weight_init="skip")
+            if weights == "random":
+                init_random_vit(self.vit)
         self.embed_dim = self.vit.embed_dim
         self.num_heads = self.vit.blocks[0].attn.num_heads
         self.groups = (tuple(range(0, 4)), tuple(range(4, 8)))
@@ -104,6 +108,24 @@ class DinoV2Encoder(FrozenEncoder):
         return outputs
 
 
+@torch.no_grad()
+def init_random_vit(vit: nn.Module) -> None:
+    """timm's ViT initialisation, drawn with plain normals: linear weights and position embeddings
+    N(0, 0.02), class and register tokens N(0, 1e-6), linear biases 0 (norms and layer scales keep
+    their constructor values). timm truncates its normals at +-2, i.e. at 100 standard deviations,
+    so the distribution is the same, at a fraction of the cost."""
+    for module in vit.modules():
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(0.0, 0.02)
+            if module.bias is not None:
+                module.bias.zero_()
+    vit.pos_embed.normal_(0.0, 0.02)
+    for name in ("cls_token", "reg_token"):
+        token = getattr(vit, name, None)
+        if token is not None:
+            token.normal_(0.0, 1e-6)
+
+
 def load_dinov2_weights(vit: nn.Module, timm_name: str, weights: str) -> str:
     """Load ``weights`` into ``vit``; returns a human-readable description of the source."""
     if weights == "random":
@@ -138,7 +160,7 @@ def _load_timm_pretrained(vit: nn.Module, timm_name: str) -> str:
                                   f"the hub is unreachable (offline); {hint}", arg="encoder_weights",
                                   others=("encoder",))
     try:
-        pretrained = timm.create_model(name, pretrained=True, num_classes=0)
+        pretrained = timm.create_model(name, pretrained=True, num_classes=0, weight_init="skip")
     except Exception as exc:
         raise EncoderWeightsError(f"encoder_weights pretrained: timm could not load {name} "
                                   f"({exc.__class__.__name__}); {hint}", arg="encoder_weights") from exc

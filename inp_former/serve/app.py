@@ -86,6 +86,8 @@ def model_info(predictor: Any, config: ServeConfig) -> dict[str, Any]:
         "map_mode": str(predictor.map_mode),
         "precision": str(predictor.precision),
         "precision_reason": predictor.inference.precision_reason(predictor.device),
+        "runtime": predictor.runtime,               # torch or openvino, and why (inference.choose_runtime)
+        "runtime_reason": predictor.runtime_reason,
         "input": {"resize": cfg.model.resize, "crop": cfg.model.crop, "map_size": cfg.model.map_size,
                   **({"keep_aspect": True, "input_size": list(cfg.model.input_hw), "map": list(cfg.model.map_hw)}
                      if cfg.model.keep_aspect else {}),
@@ -369,7 +371,9 @@ def create_app(predictor: Any, config: ServeConfig,
                                         Exception: internal_error},
                     lifespan=lifespan)
     app.state.model = state  # for tests and embedding
-    return AccessLog(UploadLimit(app, config.max_upload_bytes))
+    outer = AccessLog(UploadLimit(app, config.max_upload_bytes))
+    outer.model_state = state   # the server drains its batcher when a signal ends it
+    return outer
 
 
 def _prepare(predictor: Any, data: bytes, max_pixels: int, with_view: bool) -> tuple[Any, Any]:

@@ -56,6 +56,7 @@ class MicroBatcher:
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._draining = False   # shutting down: run what is queued now, never wait for a fuller batch
         self.batches = 0          # forward passes run
         self.images = 0           # images scored
         self._thread = threading.Thread(target=self._loop, name="inpctl-serve-batcher", daemon=True)
@@ -87,6 +88,13 @@ class MicroBatcher:
             for future in futures:  # on cancellation: mark them so the worker skips them
                 future.cancel()
 
+    def drain(self) -> None:
+        """Shutting down: no more requests will come, so queued images run at once instead of
+        waiting up to ``max_wait_s`` for company (submissions are still taken)."""
+        with self._cond:
+            self._draining = True
+            self._cond.notify_all()
+
     def close(self, timeout: float | None = None) -> None:
         """Stop taking work, finish what is queued, stop the worker."""
         with self._cond:
@@ -102,7 +110,7 @@ class MicroBatcher:
             if not self._queue:
                 return None  # closed and drained
             deadline = time.monotonic() + self.max_wait_s
-            while len(self._queue) < self.max_batch and not self._closed:
+            while len(self._queue) < self.max_batch and not (self._closed or self._draining):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

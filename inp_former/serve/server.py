@@ -9,7 +9,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from inp_former.serve.config import require_web_stack
 from inp_former.serve.config import ServeConfig
@@ -72,8 +72,13 @@ def serve(config: ServeConfig, predictor: Any = None) -> None:
     app = create_app(predictor if predictor is not None else load, config, on_load_error)
     sock = bind(config.host, config.port)
     host, port = sock.getsockname()[:2]
+    def drain() -> None:   # in-flight images run now, not after --max-wait-ms
+        batcher = app.model_state.batcher
+        if batcher is not None:
+            batcher.drain()
+
     server = _graceful_server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                                    timeout_graceful_shutdown=int(config.shutdown_timeout_s + 0.999)))
+                                    timeout_graceful_shutdown=int(config.shutdown_timeout_s + 0.999)), drain)
     log_event("listening", url=f"http://{host if ':' not in host else f'[{host}]'}:{port}",
               checkpoint=str(config.checkpoint))
     try:
@@ -85,9 +90,10 @@ def serve(config: ServeConfig, predictor: Any = None) -> None:
     log_event("stopped", signal=server.signal_name)
 
 
-def _graceful_server(config: Any) -> Any:
+def _graceful_server(config: Any, on_shutdown: Callable[[], None]) -> Any:
     """uvicorn's Server, but a signal ends it with a normal return instead of being re-raised
-    afterwards (uvicorn re-raises it, so a drained SIGTERM'd server would not exit 0)."""
+    afterwards (uvicorn re-raises it, so a drained SIGTERM'd server would not exit 0); ``on_shutdown``
+    runs when it stops accepting."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -114,6 +120,7 @@ def _graceful_server(config: Any) -> Any:
         async def shutdown(self, sockets: Any = None) -> None:
             log_event("shutting_down", signal=self.signal_name,
                       note="not accepting new connections; finishing in-flight requests")
+            on_shutdown()
             await super().shutdown(sockets)
 
     return Server(config)

@@ -51,7 +51,7 @@ def print_rows(title: str, result: dict[str, Any]) -> None:
     if rows:
         console.print(rows_table(title, columns, ([_fmt(row.get(c)) for c in columns] for row in rows)))
     for note in notes:
-        console.print(f"note: {note}", highlight=False)
+        console.print(f"note: {note}", highlight=False, markup=False)   # keeps "inpctl[openvino]" as written
     for name, text in (result.get("columns") or {}).items():
         if any(part in columns for part in name.split(" / ")):   # a legend only for what is shown
             console.print(f"{name}: {text}", highlight=False)
@@ -157,7 +157,8 @@ def bench_model(
     json_path: Optional[Path] = JSON,
 ) -> None:
     """End to end: inference images/s and training step time, reference fp32 vs the faster paths
-    (on a CPU: the default auto path, bf16, ONNX fp32 and int8), in one run on the same images."""
+    (on a CPU: the default auto path, bf16, ONNX fp32 and int8 in ONNX Runtime and in OpenVINO), in one run on
+    the same images."""
     from inp_former.benchmarks.model import run_model_bench
     from inp_former.benchmarks.sizes import CPU_SIZES, GPU_SIZES, resolve_sizes
 
@@ -174,7 +175,8 @@ def bench_model(
         cpu = result["cpu"]
         console.print(f"cpu: {cpu['model']}; {cpu['cores']} cores, {cpu['threads']} torch threads, load "
                       f"{cpu['load_average']}; native bf16: {cpu['capabilities']['native_bf16'] or 'none'}; flags: "
-                      f"{' '.join(cpu['flags']) or 'none'}; onnxruntime {cpu['onnxruntime'] or 'not installed'}",
+                      f"{' '.join(cpu['flags']) or 'none'}; onnxruntime {cpu['onnxruntime'] or 'not installed'}; "
+                      f"openvino {cpu.get('openvino') or 'not installed'}",
                       highlight=False, soft_wrap=True)
     write_json(json_path, result)
 
@@ -191,7 +193,7 @@ def bench_quality(
     crop: Optional[int] = typer.Option(None, min=14, help="Centre crop."),
     keep_aspect: bool = typer.Option(False, "--keep-aspect", help="Keep the aspect ratio (as inpctl train)."),
     tile: Optional[int] = typer.Option(None, min=1, metavar="SIZE", help="Tiles at native resolution (as inpctl "
-                                       "train); the nearest-neighbour row stays square."),
+                                       "train), for every row."),
     tile_overlap: Optional[int] = typer.Option(None, min=0, metavar="PX", help="With --tile: overlap (as inpctl "
                                                "train)."),
     token_stride: Optional[int] = typer.Option(None, min=1, help="CNN encoders: pixels per token."),
@@ -204,17 +206,23 @@ def bench_quality(
     seed: Optional[int] = typer.Option(None, help="Seed of the initialisation and training."),
     precision: Optional[str] = typer.Option(None, metavar=choices("Precision"), help="Training precision "
                                             "(bf16: autocast) [default: the demo's]."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated rows to run, of untrained, "
+                                          "trained, nearest-neighbour [default: all three]."),
     device: str = DEVICE,
     json_path: Optional[Path] = JSON,
     md_path: Optional[Path] = typer.Option(None, "--md", help="Also write a Markdown record: provenance, the "
                                            "mean and per-category tables, the row differences."),
 ) -> None:
     """INP-Former untrained vs trained vs a nearest-neighbour patch baseline, same encoder and data."""
-    from inp_former.benchmarks.quality import markdown_report, provenance, run_quality
+    from inp_former.benchmarks.quality import METHODS, markdown_report, provenance, run_quality
     from inp_former.demo import demo_config
     from inp_former.io import atomic_write_text
     from inpctl.commands.train import config_from_flags
     from inpctl.helpers import METRIC_TITLES, percent
+
+    rows = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods is not None else METHODS
+    if not rows or any(m not in METHODS for m in rows):
+        fail(f"--methods {methods}: expected a comma-separated list of {', '.join(METHODS)}")
 
     def build():
         base, notice = demo_config()
@@ -231,7 +239,7 @@ def bench_quality(
 
     cfg = run(build)
     resolved = pick_device(device)
-    result = run(lambda: run_quality(cfg, resolved, reporter=RichReporter()))
+    result = run(lambda: run_quality(cfg, resolved, reporter=RichReporter(), methods=rows))
     result["provenance"] = provenance(_command_line(ctx, "inpctl bench quality"), resolved)
     console.print(rows_table(f"Mean over categories, % ({cfg.model.encoder})", ["method", *METRIC_TITLES.values()],
                              ([name, *(percent(m[k]) for k in METRIC_TITLES)] for name, m in result["rows"].items())))

@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from inpctl.helpers import PRECISION_HELP, RichReporter, choices, default, parse_categories, print_evaluation, run
+from inpctl.helpers import (PRECISION_HELP, RUNTIME_CHOICES, RUNTIME_HELP, RichReporter, choices, default,
+                            parse_categories, print_evaluation, run)
 
 
 def eval_command(
@@ -18,6 +19,7 @@ def eval_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: beside --ckpt]."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Images per batch." + default("inference", "batch_size")),
     precision: Optional[str] = typer.Option(None, metavar=choices("Precision"), help=PRECISION_HELP),
+    runtime: Optional[str] = typer.Option(None, "--runtime", metavar=RUNTIME_CHOICES, help=RUNTIME_HELP),
     map_mode: Optional[str] = typer.Option(None, "--map", metavar=choices("MapMode"), help="prototype: the "
                                            "zero-shot map." + default("inference", "map_mode")),
     fast: bool = typer.Option(False, "--fast/--no-fast", help="CUDA: bf16, fused kernels, CUDA graphs."),
@@ -50,7 +52,7 @@ def eval_command(
 
     def job():
         inference = overlay(InferenceConfig(), batch_size=batch_size, precision=precision, map_mode=map_mode,
-                            fast=fast or None)
+                            fast=fast or None, runtime=runtime)
         evaluation = overlay(EvalConfig(inference), exact_pixels=exact_pixels)
         override = DataOverride(root=str(data) if data is not None else None, dataset=dataset,
                                 categories=tuple(parse_categories(categories)), resize=resize, crop=crop)

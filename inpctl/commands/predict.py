@@ -9,8 +9,8 @@ import typer
 from rich.markup import escape
 
 from inp_former.serve.config import MAX_MEGAPIXELS
-from inpctl.helpers import (PRECISION_HELP, RichReporter, as_flags, choices, console, err_console, fail, rows_table,
-                            run, warn)
+from inpctl.helpers import (PRECISION_HELP, RUNTIME_CHOICES, RUNTIME_HELP, RichReporter, as_flags, choices, console,
+                            err_console, fail, rows_table, run, warn)
 
 
 def predict_command(
@@ -30,6 +30,7 @@ def predict_command(
     batch_size: int = typer.Option(16, min=1, help="Images per batch."),
     map_mode: str = typer.Option("decoder", "--map", metavar=choices("MapMode"), help="prototype: zero-shot map."),
     precision: Optional[str] = typer.Option(None, metavar=choices("Precision"), help=PRECISION_HELP),
+    runtime: Optional[str] = typer.Option(None, "--runtime", metavar=RUNTIME_CHOICES, help=RUNTIME_HELP),
     fast: bool = typer.Option(False, "--fast/--no-fast", help="CUDA: bf16, fused kernels, CUDA graphs."),
     encoder_weights: Optional[str] = typer.Option(None, help="Encoder weights, if not as at training."),
     allow_encoder_mismatch: bool = typer.Option(False, "--allow-encoder-mismatch", help="Score even if the "
@@ -55,7 +56,8 @@ def predict_command(
     flags = {"save_thresholds": f"inpctl eval --ckpt {ckpt} --save-thresholds"}
 
     def job():
-        inference = InferenceConfig(precision=precision, map_mode=map_mode, fast=fast, batch_size=batch_size)
+        inference = InferenceConfig(precision=precision, map_mode=map_mode, fast=fast, batch_size=batch_size,
+                                    runtime=runtime)
         options = PredictOptions(inference, threshold, category, overlays, save_maps, masks, max_megapixels)
         return predict_images(ckpt, inputs, out_dir, options, device, encoder_weights, allow_encoder_mismatch,
                               RichReporter(rank_zero_only=True), resume=resume)

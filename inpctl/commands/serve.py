@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from inp_former.serve.config import MAX_MEGAPIXELS
-from inpctl.helpers import PRECISION_HELP, choices, fail, pick_device, run
+from inpctl.helpers import PRECISION_HELP, RUNTIME_CHOICES, RUNTIME_HELP, choices, fail, pick_device, run
 
 
 def serve_command(
@@ -30,6 +30,7 @@ def serve_command(
                                           "is answered 504."),
     map_mode: str = typer.Option("decoder", "--map", metavar=choices("MapMode"), help="prototype: zero-shot map."),
     precision: Optional[str] = typer.Option(None, "--precision", metavar=choices("Precision"), help=PRECISION_HELP),
+    runtime: Optional[str] = typer.Option(None, "--runtime", metavar=RUNTIME_CHOICES, help=RUNTIME_HELP),
     fast: bool = typer.Option(False, "--fast/--no-fast", help="CUDA: bf16, fused kernels, CUDA graphs."),
     encoder_weights: Optional[str] = typer.Option(None, help="Encoder weights, if not as at training."),
     allow_encoder_mismatch: bool = typer.Option(False, "--allow-encoder-mismatch", help="Serve even if the "
@@ -47,10 +48,12 @@ def serve_command(
     ckpt = run(lambda: resolve_checkpoint(ckpt, arg="ckpt"))  # a run directory means its checkpoint.pt
 
     def job() -> None:
-        from inp_former.inference import InferenceConfig
+        from inp_former.inference import InferenceConfig, choose_runtime
         from inp_former.serve import serve
 
-        inference = InferenceConfig(precision=precision, map_mode=map_mode, fast=fast, batch_size=max_batch)
+        inference = InferenceConfig(precision=precision, map_mode=map_mode, fast=fast, batch_size=max_batch,
+                                    runtime=runtime)
+        choose_runtime(inference.runtime, inference.precision, pick_device(device))   # refused before listening
         config = ServeConfig(ckpt, inference, host=host, port=port, device=pick_device(device),
                              max_wait_ms=max_wait_ms, max_queue=max_queue, max_upload_mb=max_upload_mb,
                              max_megapixels=max_megapixels, request_timeout_s=request_timeout,
