@@ -21,14 +21,13 @@ apply_env_defaults()   # before torch loads libgomp, as the CLI's entry point do
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench.studies.provenance import provenance  # noqa: E402
+from bench.studies.provenance import provenance, write_record  # noqa: E402
 
 MODES = ("square", "keep-aspect", "tiled")
 
@@ -111,10 +110,7 @@ def main() -> None:
     command = "python3 -m bench.studies.input_modes " + " ".join(sys.argv[1:])
     prov = provenance(command)
     result = {**measure(args.data, args.tile, args.rounds), "provenance": prov}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_record(args.out, result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ apply_env_defaults()   # before torch loads libgomp, as the CLI's entry point do
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -34,7 +33,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench.studies.provenance import provenance  # noqa: E402
+from bench.studies.provenance import provenance, write_record  # noqa: E402
 
 PATHS = {"fp32 torch": {"precision": "fp32", "runtime": "torch"},
          "torch default": {"runtime": "torch"},
@@ -135,10 +134,7 @@ def main() -> None:
     args = parser.parse_args()
     prov = provenance("python3 -m bench.studies.predict_runtime " + " ".join(sys.argv[1:]))
     result = {**measure(args.images, args.rounds, args.size, args.batch), "provenance": prov}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_record(args.out, result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -28,3 +28,15 @@ def provenance(command: str) -> dict[str, Any]:
             "cpu_flags": cpu_flags(("amx_bf16", "avx512_bf16")), "load_average": info["load_average"],
             "torch": info["torch"], "onnxruntime": info["onnxruntime"], "python": info["python"],
             "command": command, "commit": commit()}
+
+
+def write_record(out: Path, result: dict[str, Any], markdown: str) -> None:
+    """``<out>.json`` (the result) and ``<out>.md`` (its page), each written atomically; the page printed."""
+    import json
+
+    from inp_former.io import atomic_write_text
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out.with_suffix(".md"), markdown)
+    print(markdown)
