@@ -55,11 +55,12 @@ def test_the_table_fits_80_columns_and_explains_its_columns(cli_run):
     assert "peak MB" not in output and "None" not in output
 
 
-def test_auto_row_names_its_precision_and_reason(cli_run):
-    from inp_former.inference import choose_precision
+def test_auto_row_names_its_runtime_and_precision_and_why(cli_run):
+    from inp_former.inference import choose_precision, choose_runtime
 
     precision, reason = choose_precision("auto", "cpu")
-    assert _rows(cli_run[1], "infer")["auto"]["note"] == f"{precision} ({reason})"
+    runtime, why = choose_runtime("auto", "auto", "cpu")   # torch here: the suite sets INPCTL_RUNTIME=torch
+    assert _rows(cli_run[1], "infer")["auto"]["note"] == f"{runtime} ({why}), {precision} ({reason})"
 
 
 def test_bf16_differs_from_the_reference_a_little(cli_run):

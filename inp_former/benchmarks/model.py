@@ -111,7 +111,9 @@ def _cpu_scorers(model: INPFormer, cfg: RunConfig, device: torch.device,
     default = scoring_function(model, cfg, InferenceConfig(), device)   # what `inpctl predict` builds
     scorers: dict[str, tuple[Scorer, str | None]] = {
         REFERENCE: (_scored("reference", lambda images: score_batch(model, images, cfg, "fp32")), None),
-        "auto": (default, f"{default.precision} ({default.precision_reason})"),
+        # the row says which runtime the default picked: OpenVINO where it is installed on a native-bf16 CPU
+        "auto": (default, f"{default.runtime} ({default.runtime_reason}), {default.precision} "
+                          f"({default.precision_reason})"),
         "bf16": (lambda images: score_batch(model, images, cfg, "bf16"), None),
     }
     if compile_model:
