@@ -68,20 +68,48 @@ class ExportableINPFormer(nn.Module):
         self.k = top_k_count(mc.map_hw[0] * mc.map_hw[1], mc.top_fraction)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.head(*self.features(images))
+
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The network: encoder groups, decoder groups (G each, (B, N, C)) and the prototype distance (B, N)."""
+        out = self.model(images)
+        return (*out.encoder_groups, *out.decoder_groups, out.prototype_distance)
+
+    def head(self, *features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`features` -> (maps, scores, embeddings), in fp32."""
         # the same cosine and G A G^T as the library's matrix path, so the graph cannot drift from it
         from kernels.scoring import apply_scoring_matrix, cosine_distance
 
         from inp_former.categories import image_embeddings
 
-        out = self.model(images)
+        groups = (len(features) - 1) // 2
+        encoder_groups, decoder_groups = features[:groups], features[groups:2 * groups]
         if self.map_mode == "decoder":
             a = torch.stack([cosine_distance(e.float(), d.float())
-                             for e, d in zip(out.encoder_groups, out.decoder_groups)]).mean(0)
+                             for e, d in zip(encoder_groups, decoder_groups)]).mean(0)
         else:
-            a = out.prototype_distance.float()
+            a = features[-1].float()
         maps = apply_scoring_matrix(a.reshape(-1, *self.grid), self.matrix, self.cols)
         scores = torch.topk(maps.flatten(1), self.k, dim=1).values.mean(1)
-        return maps, scores, image_embeddings(out.encoder_groups)
+        return maps, scores, image_embeddings([e.float() for e in encoder_groups])
+
+
+class NetworkGraph(nn.Module):
+    """Only the network of an :class:`ExportableINPFormer` (its :meth:`~ExportableINPFormer.features`):
+    what a runtime that computes in bf16 runs, the map head then staying in fp32 outside it."""
+
+    def __init__(self, whole: ExportableINPFormer) -> None:
+        super().__init__()
+        self.whole = whole
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.whole.features(images)
+
+
+def network_outputs(model: INPFormer) -> list[str]:
+    """The output names of :class:`NetworkGraph`: ``encoder_0``.., ``decoder_0``.., ``distance``."""
+    groups = len(model.encoder.groups)
+    return ([f"encoder_{i}" for i in range(groups)] + [f"decoder_{i}" for i in range(groups)] + ["distance"])
 
 
 @contextlib.contextmanager
@@ -168,11 +196,12 @@ def export_metadata(cfg: RunConfig, map_mode: str, calibration: dict[str, Any] |
 
 def export_onnx(model: INPFormer, cfg: RunConfig, path: Path, map_mode: str = "decoder",
                 exporter: str = "torchscript", opset: int = DEFAULT_OPSET, example_batch: int = 2,
-                metadata: dict[str, Any] | None = None) -> ExportInfo:
+                metadata: dict[str, Any] | None = None, network_only: bool = False) -> ExportInfo:
     """Write ``path`` (ONNX) and ``path.json`` (metadata); returns what was written.
 
     ``exporter``: "torchscript" (``torch.onnx.export(dynamo=False)``: fast, needs only onnx)
-    or "dynamo" (the torch.export-based exporter; needs ``onnxscript``)."""
+    or "dynamo" (the torch.export-based exporter; needs ``onnxscript``). ``network_only``: the graph
+    of :class:`NetworkGraph` (outputs :func:`network_outputs`), for a runtime that adds the map head."""
     from kernels.dispatch import kernel_mode
 
     if exporter not in EXPORTERS:
@@ -189,14 +218,17 @@ def export_onnx(model: INPFormer, cfg: RunConfig, path: Path, map_mode: str = "d
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
     wrapper = ExportableINPFormer(model, cfg, map_mode).eval()
+    outputs = list(OUTPUTS)
+    if network_only:
+        wrapper, outputs = NetworkGraph(wrapper).eval(), network_outputs(model)
     example = torch.randn(example_batch, 3, *cfg.model.input_hw)
     tmp = path.with_name(f".{path.name}.tmp")
     with kernel_mode("reference"), fixed_position_embedding(model, cfg.model.input_hw), torch.no_grad(), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter; the result is checked instead
         if exporter == "torchscript":
-            torch.onnx.export(wrapper, (example,), str(tmp), input_names=["image"], output_names=list(OUTPUTS),
-                              dynamic_axes={name: {0: "batch"} for name in ("image", *OUTPUTS)},
+            torch.onnx.export(wrapper, (example,), str(tmp), input_names=["image"], output_names=outputs,
+                              dynamic_axes={name: {0: "batch"} for name in ("image", *outputs)},
                               opset_version=opset, do_constant_folding=True, dynamo=False)
         else:
             try:
@@ -204,7 +236,7 @@ def export_onnx(model: INPFormer, cfg: RunConfig, path: Path, map_mode: str = "d
             except ImportError as exc:
                 raise ConfigError("exporter dynamo needs the onnxscript package (pip install onnxscript); "
                                   "or use the exporter torchscript", arg="exporter") from exc
-            program = torch.onnx.export(wrapper, (example,), input_names=["image"], output_names=list(OUTPUTS),
+            program = torch.onnx.export(wrapper, (example,), input_names=["image"], output_names=outputs,
                                         dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
                                         opset_version=max(opset, 18), dynamo=True, external_data=False)
             program.save(str(tmp), external_data=False)
@@ -212,6 +244,7 @@ def export_onnx(model: INPFormer, cfg: RunConfig, path: Path, map_mode: str = "d
     mc = cfg.model
     return ExportInfo(path, sidecar, exporter, opset if exporter == "torchscript" else max(opset, 18),
                       {"image": ["batch", 3, *mc.input_hw]},
+                      {name: ["batch", "..."] for name in outputs} if network_only else
                       {"map": ["batch", *mc.map_hw], "score": ["batch"],
                        "embedding": ["batch", model.encoder.embed_dim]})
 
