@@ -60,32 +60,47 @@ OPENVINO_INSTALL = "pip install 'inpctl[openvino]'"
 EXPORTED_MAP_MODES = (MapMode.DECODER, MapMode.PROTOTYPE)
 
 
-def openvino_missing() -> str | None:
-    """Which of the packages the OpenVINO runtime needs (openvino; onnx, through which the model is
-    exported) cannot be imported here, as ``openvino and onnx``; None when both can."""
+def missing_packages(*names: str) -> list[str]:
+    """Those of the packages ``names`` that cannot be imported here, in order."""
     missing = []
-    for name in ("openvino", "onnx"):
+    for name in names:
         try:
             __import__(name)
         except ImportError:
             missing.append(name)
-    return " and ".join(missing) or None
+    return missing
 
 
-def openvino_release() -> str | None:
-    """The installed OpenVINO's release (``2026.4.1``, without the build string), or None."""
+def openvino_missing() -> str | None:
+    """Which of the packages the OpenVINO runtime needs (openvino; onnx, through which the model is
+    exported) cannot be imported here, as ``openvino and onnx``; None when both can."""
+    return " and ".join(missing_packages("openvino", "onnx")) or None
+
+
+def openvino_version() -> str | None:
+    """The installed OpenVINO's full version (with its build string), or None."""
     try:
         import openvino
     except ImportError:
         return None
-    return openvino.__version__.split("-")[0]
+    return openvino.__version__
+
+
+def openvino_release() -> str | None:
+    """The installed OpenVINO's release (``2026.4.1``, without the build string), or None."""
+    version = openvino_version()
+    return None if version is None else version.split("-")[0]
 
 
 def _export_refusal(model: ModelConfig | None, map_mode: MapMode | str) -> str | None:
-    """Why :func:`inp_former.export.export_onnx` would not export this model, or None (the rules
-    written there: a tiled model's graph would be one tile's; two map modes have a graph)."""
-    if model is not None and model.tile is not None:
-        return f"a tiled model (tile {model.tile} px) is not exported to ONNX"
+    """Why :func:`inp_former.export.export_onnx` would not export this model, or None (its rule,
+    :func:`inp_former.export.export_refusal`; and two map modes have a graph)."""
+    if model is not None:
+        from inp_former.export import export_refusal   # here: export imports this module's score_batch
+
+        refusal = export_refusal(model)
+        if refusal:
+            return refusal
     if MapMode(map_mode) not in EXPORTED_MAP_MODES:
         return f"map {map_mode} has no exported graph"
     return None

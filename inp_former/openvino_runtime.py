@@ -46,7 +46,7 @@ GRAPH_FORMAT = 2           # bump when what is cached changes meaning (2: the ne
 # torch's precision -> OpenVINO's INFERENCE_PRECISION_HINT, and back
 OPENVINO_HINT = {Precision.BF16: "bf16", Precision.FP32: "f32"}
 
-__all__ = ["CACHE_ENTRIES", "OpenVinoScorer", "cache_root", "model_key"]
+__all__ = ["CACHE_ENTRIES", "OpenVinoScorer", "cache_root", "model_key", "openvino_core"]
 
 
 def cache_root() -> Path:
@@ -128,7 +128,7 @@ def _evict(root: Path, keep: Path) -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def _core() -> Any:
+def openvino_core() -> Any:
     """One OpenVINO Core for the process. With a Core per scorer (destroyed with it), a pytest
     process that had compiled two models crashed (segmentation fault) at the next training run's
     Ctrl-C handling (OpenVINO 2026.4); with one Core it does not."""
@@ -154,8 +154,6 @@ class OpenVinoScorer:
 
     def __init__(self, model: INPFormer, cfg: RunConfig, map_mode: str = "decoder", precision: str = "bf16", *,
                  precision_reason: str | None = None, runtime_reason: str | None = None, cache: bool = True) -> None:
-        import openvino as ov
-
         from inp_former.export import ExportableINPFormer, network_outputs
         from inp_former.inference import openvino_release
 
@@ -183,7 +181,7 @@ class OpenVinoScorer:
             wanted = OPENVINO_HINT[Precision(self.precision)]
             # threads: the count the process chose for torch (inp_former.runtime.configure_cpu_threads)
             settings = {"INFERENCE_PRECISION_HINT": wanted, "INFERENCE_NUM_THREADS": torch.get_num_threads()}
-            self.compiled = _core().compile_model(str(path), "CPU", settings)
+            self.compiled = openvino_core().compile_model(str(path), "CPU", settings)
         self.openvino_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         if self.openvino_precision != wanted:
             raise ConfigError(f"runtime openvino: OpenVINO computes in {self.openvino_precision} on this CPU, not the "

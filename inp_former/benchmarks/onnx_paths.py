@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from inp_former.config import RunConfig
+from inp_former.inference import missing_packages, openvino_release, openvino_version
 from inp_former.model import INPFormer
 
 CALIBRATION_BATCHES = 4   # random images the int8 scales are set on (speed only: random weights)
@@ -23,12 +24,7 @@ CALIBRATION_BATCHES = 4   # random images the int8 scales are set on (speed only
 def _missing(packages: tuple[str, ...], extra: str) -> str | None:
     """``skipped: ... not installed (pip install 'inpctl[extra]')`` naming those of ``packages`` that
     cannot be imported, or None when all can."""
-    missing = []
-    for name in packages:
-        try:
-            __import__(name)
-        except ImportError:
-            missing.append(name)
+    missing = missing_packages(*packages)
     return f"skipped: {' and '.join(missing)} not installed (pip install 'inpctl[{extra}]')" if missing else None
 
 
@@ -41,15 +37,6 @@ def openvino_missing() -> str | None:
     """Why the OpenVINO rows cannot run here (one line), or None when openvino is installed with the
     packages that write the graphs it runs (onnx, and onnxruntime's quantisation tools)."""
     return _missing(("onnx", "onnxruntime", "openvino"), "openvino")
-
-
-def openvino_version() -> str | None:
-    """The installed OpenVINO's version, or None."""
-    try:
-        import openvino
-    except ImportError:
-        return None
-    return openvino.__version__
 
 
 class OnnxModels:
@@ -92,17 +79,17 @@ class OpenVinoModels:
     ROWS = {"openvino": "onnx fp32", "openvino int8": "onnx int8"}   # row: the ONNX row whose file it compiles
 
     def __init__(self, onnx: OnnxModels, tick: Callable[[str], None] = lambda name: None) -> None:
-        import openvino as ov
+        from inp_former.openvino_runtime import openvino_core   # one Core per process (why: there)
 
         tick("compiling OpenVINO models")
-        core = ov.Core()
+        core = openvino_core()
         self.compiled = {row: core.compile_model(str(onnx.paths[source]), "CPU") for row, source in self.ROWS.items()}
         self.requests = {row: compiled.create_infer_request() for row, compiled in self.compiled.items()}
 
     def note(self, name: str) -> str:
         """What row ``name`` computes in: the compiled model's INFERENCE_PRECISION_HINT and, where the
         runtime model says, the precision each matrix product ran in."""
-        release = (openvino_version() or "").split("-")[0]   # 2026.4.1, not the build string
+        release = openvino_release() or ""
         note = f"{name}: OpenVINO {release}, INFERENCE_PRECISION_HINT {self.precision(name)}"
         counts = _matrix_product_precisions(self.compiled[name])
         if counts:
