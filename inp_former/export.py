@@ -194,14 +194,6 @@ def export_metadata(cfg: RunConfig, map_mode: str, calibration: dict[str, Any] |
     }
 
 
-def export_refusal(model_cfg: Any) -> str | None:
-    """Why a model of this ``ModelConfig`` is not exported, or None: a tiled model's graph would be
-    one tile's, while the cutting and blending live outside it."""
-    if model_cfg.tile is not None:
-        return f"a tiled model (tile {model_cfg.tile} px) is not exported to ONNX"
-    return None
-
-
 def export_onnx(model: INPFormer, cfg: RunConfig, path: Path, map_mode: str = "decoder",
                 exporter: str = "torchscript", opset: int = DEFAULT_OPSET, example_batch: int = 2,
                 metadata: dict[str, Any] | None = None, network_only: bool = False) -> ExportInfo:
@@ -214,6 +206,8 @@ def export_onnx(model: INPFormer, cfg: RunConfig, path: Path, map_mode: str = "d
 
     if exporter not in EXPORTERS:
         raise ConfigError(f"exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}", arg="exporter")
+    from inp_former.inference import export_refusal
+
     refusal = export_refusal(cfg.model)
     if refusal:
         raise ConfigError(f"checkpoint: {refusal}, whose graph takes one fixed-size image; score it with inpctl "

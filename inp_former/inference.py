@@ -92,15 +92,20 @@ def openvino_release() -> str | None:
     return None if version is None else version.split("-")[0]
 
 
-def _export_refusal(model: ModelConfig | None, map_mode: MapMode | str) -> str | None:
-    """Why :func:`inp_former.export.export_onnx` would not export this model, or None (its rule,
-    :func:`inp_former.export.export_refusal`; and two map modes have a graph)."""
-    if model is not None:
-        from inp_former.export import export_refusal   # here: export imports this module's score_batch
+def export_refusal(model: ModelConfig) -> str | None:
+    """Why :func:`inp_former.export.export_onnx` refuses a model of this config, or None: a tiled
+    model's graph would be one tile's, while the cutting and blending live outside it."""
+    if model.tile is not None:
+        return f"a tiled model (tile {model.tile} px) is not exported to ONNX"
+    return None
 
-        refusal = export_refusal(model)
-        if refusal:
-            return refusal
+
+def _export_refusal(model: ModelConfig | None, map_mode: MapMode | str) -> str | None:
+    """Why the OpenVINO runtime cannot take this model, or None: :func:`export_refusal`, and only
+    two map modes have a graph."""
+    refusal = export_refusal(model) if model is not None else None
+    if refusal:
+        return refusal
     if MapMode(map_mode) not in EXPORTED_MAP_MODES:
         return f"map {map_mode} has no exported graph"
     return None
@@ -242,5 +247,5 @@ def score_batch(model: INPFormer, images: torch.Tensor, cfg: RunConfig, precisio
     return maps, scores, out
 
 
-__all__ = ["InferenceConfig", "Runtime", "autocast", "choose_precision", "choose_runtime", "resolve_precision",
-           "score_batch"]
+__all__ = ["InferenceConfig", "Runtime", "autocast", "choose_precision", "choose_runtime", "export_refusal",
+           "resolve_precision", "score_batch"]
