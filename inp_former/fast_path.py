@@ -243,7 +243,7 @@ Scorer = Union[FastScorer, "OpenVinoScorer"]   # both: __call__, score, describe
 
 def scoring_function(model: INPFormer, cfg: RunConfig, inference: InferenceConfig = InferenceConfig(),
                      device: torch.device | str | None = None,
-                     on_fallback: Callable[[str], None] | None = None) -> Scorer:
+                     on_fallback: Callable[[str], None] | None = None, latency: bool = False) -> Scorer:
     """The scorer ``inference`` describes; call it as ``maps, scores = f(images)``.
 
     The runtime is :func:`inp_former.inference.choose_runtime`'s (one rule): OpenVINO
@@ -251,7 +251,8 @@ def scoring_function(model: INPFormer, cfg: RunConfig, inference: InferenceConfi
     where ``auto`` picks it (a CPU with native bf16, OpenVINO installed, an exportable model);
     otherwise torch, as below. Should OpenVINO fail to export or compile the model under ``auto``,
     torch scores it, saying why once (``warnings.warn`` and ``on_fallback``) and in
-    ``scorer.runtime_reason``.
+    ``scorer.runtime_reason``. ``latency``: images often come one at a time (``serve``), so
+    OpenVINO runs each call on all threads instead of splitting batches over its streams.
 
     Torch: ``inference.fast``: CUDA graphs on CUDA (eager elsewhere, ``fallback_reason`` "no CUDA
     device"); otherwise eager. The precision is ``inference.precision_on(device)`` (one rule:
@@ -268,7 +269,7 @@ def scoring_function(model: INPFormer, cfg: RunConfig, inference: InferenceConfi
 
         try:
             return OpenVinoScorer(model, cfg, inference.map_mode, precision, precision_reason=reason,
-                                  runtime_reason=runtime_reason)
+                                  runtime_reason=runtime_reason, latency=latency)
         except Exception as exc:  # noqa: BLE001 - under auto any failure means "torch scores it": say why
             if inference.runtime == Runtime.OPENVINO:
                 raise

@@ -127,7 +127,7 @@ class Predictor:
     def __init__(self, model: INPFormer, cfg: RunConfig, calibration: Calibration | None = None,
                  inference: InferenceConfig = InferenceConfig(), device: str | torch.device | None = "auto",
                  threshold: float | None = None, category: str | None = None,
-                 references: CategoryReferences | None = None) -> None:
+                 references: CategoryReferences | None = None, latency: bool = False) -> None:
         from inp_former.data import image_transform
         from inp_former.fast_path import scoring_function
         from inp_former.tiling import to_uint8_tensor
@@ -146,7 +146,8 @@ class Predictor:
         self.transform = to_uint8_tensor if self.tiled else image_transform(cfg.model.resize_hw, cfg.model.input_hw)
         # images -> (maps, scores): torch eager, on CUDA with ``fast`` the graph-captured fast path,
         # or OpenVINO on a CPU where inference.choose_runtime picks it
-        self.scorer = scoring_function(self.model, cfg, inference, self.device)
+        # (``latency``: tuned for images that come one at a time, as in serve; fast_path.scoring_function)
+        self.scorer = scoring_function(self.model, cfg, inference, self.device, latency=latency)
         self.seen = self.stretched = 0            # images preprocessed; of them stretched (keep-aspect)
         self.meta: dict = {}                     # the checkpoint's metadata (from_checkpoint)
         self.checkpoint: Path | None = None       # the file it came from (from_checkpoint)
@@ -155,7 +156,7 @@ class Predictor:
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = "auto",
                         inference: InferenceConfig = InferenceConfig(), threshold: float | None = None,
                         category: str | None = None, encoder_weights: str | None = None,
-                        allow_encoder_mismatch: bool = False) -> "Predictor":
+                        allow_encoder_mismatch: bool = False, latency: bool = False) -> "Predictor":
         """Load an inpctl checkpoint (or the authors' ``model.pth``) with its stored calibration of
         ``inference.map_mode``.
 
@@ -166,7 +167,7 @@ class Predictor:
         chosen = resolve_device(device)
         model, cfg, meta = load_checkpoint(Path(path), chosen, encoder_weights, allow_encoder_mismatch)
         predictor = cls(model, cfg, read_calibration(meta, str(inference.map_mode)), inference, chosen, threshold,
-                        category, CategoryReferences.from_meta(meta))
+                        category, CategoryReferences.from_meta(meta), latency)
         predictor.meta, predictor.checkpoint = meta, Path(path)
         return predictor
 

@@ -286,6 +286,31 @@ def test_openvino_scorer_matches_the_fp32_reference(openvino):
     assert _relative(got_embeddings, embeddings) < BF16_RTOL
 
 
+def test_batches_are_split_over_the_streams_and_serve_runs_each_call_on_all_threads(openvino):
+    """Batch scoring compiles with OpenVINO's THROUGHPUT hint and cuts each batch into one piece per
+    stream (uneven pieces for an odd batch, one piece for a lone image); ``latency`` (serve) keeps one
+    stream. Both give the same maps, scores and embeddings."""
+    from inp_former.fast_path import scoring_function
+
+    model = tiny_model(seed=5)
+    cfg = RunConfig(model=model.cfg)
+    inference = InferenceConfig(runtime="openvino", precision="fp32")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)   # the streams follow the thread count: 2 threads, 2 streams of 1
+    try:
+        batch = scoring_function(model, cfg, inference, "cpu")
+        latency = scoring_function(model, cfg, inference, "cpu", latency=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert batch.streams == 2 and "2 streams" in batch.describe()
+    assert latency.streams == 1 and "streams" not in latency.describe()
+    images = torch.randn(5, 3, 56, 56, generator=torch.Generator().manual_seed(2))
+    for count in (5, 1):
+        for split, whole in zip(batch.score(images[:count]), latency.score(images[:count])):
+            assert split.shape == whole.shape and split.shape[0] == count
+            assert _relative(split, whole) < FP32_RTOL
+
+
 def test_the_graph_cache_is_keyed_by_the_models_content(openvino):
     """The export is written once per model content, staged and renamed into place; a second scorer
     of the same model compiles the cached file."""

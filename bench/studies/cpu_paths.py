@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.studies.provenance import provenance  # noqa: E402
+from bench.studies.provenance import header_lines, provenance  # noqa: E402
 from inp_former.config import ModelConfig, RunConfig  # noqa: E402
 from inp_former.inference import choose_precision, score_batch  # noqa: E402
 from inp_former.model import INPFormer  # noqa: E402
@@ -276,10 +276,7 @@ def profile_top(fn: Fn, images: torch.Tensor, top: int = 8) -> list[dict[str, An
 def markdown(record: dict[str, Any]) -> str:
     prov, args = record["provenance"], record["args"]
     lines = ["# What makes CPU scoring fast: side by side", "",
-             f"- Date: {prov['date']}; machine: {prov['machine']}; CPU flags: {', '.join(prov['cpu_flags']) or 'none'}",
-             f"- Software: torch {prov['torch']}, onnxruntime {prov['onnxruntime']}, Python {prov['python']}; "
-             f"{record['threads']} torch threads; commit {prov['commit']}",
-             f"- Command: `{prov['command']}`",
+             *header_lines(prov, f"onnxruntime {prov['onnxruntime']}, {record['threads']} torch threads, ", load=False),
              f"- {args['rounds']} rounds x {args['reps']} calls per variant, order rotated each round; "
              "random weights and images (speed only); x ref = median of the per-round ratios [min-max]; "
              "max err = largest |map - reference map| / largest |reference map|", ""]

@@ -27,7 +27,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench.studies.provenance import provenance, write_record  # noqa: E402
+from bench.studies.provenance import header_lines, provenance, write_record  # noqa: E402
 
 MODES = ("square", "keep-aspect", "tiled")
 
@@ -84,10 +84,7 @@ def measure(data: Path, tile: int, rounds: int) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     prov = result["provenance"]
     lines = ["# Scoring time per test image: square, keep-aspect, tiled (CPU)", "",
-             f"- Date: {prov['date']}; machine: {prov['machine']}; CPU flags: {', '.join(prov['cpu_flags']) or 'none'}; "
-             f"load average before: {prov['load_average']}",
-             f"- torch {prov['torch']}, Python {prov['python']}; commit {prov['commit']}",
-             f"- Command: `{prov['command']}`",
+             *header_lines(prov),
              f"- {result['images']} test images; {result['rounds']} interleaved rounds, median per mode; "
              f"torch in precision `{result['precision']}` (the default on this CPU; `evaluate`'s own scorer); untrained models (speed does not "
              "depend on the weights), EfficientNet-Lite0 offline weights, token stride 16",

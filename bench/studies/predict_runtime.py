@@ -8,7 +8,10 @@ scoring, decisions; not the overlays and files `predict` writes) in interleaved 
 
 - ``fp32 torch``: ``--precision fp32`` (the reference path, torch eager);
 - ``torch default``: ``--runtime torch`` (bf16 autocast on a CPU with native bf16);
-- ``default``: no flags (``auto``: OpenVINO where it is installed and the CPU has native bf16).
+- ``default``: no flags (``auto``: OpenVINO where it is installed and the CPU has native bf16);
+- ``default, serve's latency setting``: the same, with each batch on all threads in one request, as
+  ``serve`` runs it (``latency``: :class:`inp_former.openvino_runtime.CompiledNetwork`), to show
+  what splitting batches over OpenVINO's streams gives.
 
 Reported per path: images/s (median round), the ratio to ``fp32 torch``, the time to load (for
 OpenVINO: export and compile, or the cache), and the largest map difference to the fp32 maps,
@@ -33,11 +36,12 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench.studies.provenance import provenance, write_record  # noqa: E402
+from bench.studies.provenance import header_lines, provenance, write_record  # noqa: E402
 
 PATHS = {"fp32 torch": {"precision": "fp32", "runtime": "torch"},
          "torch default": {"runtime": "torch"},
-         "default": {}}
+         "default": {},
+         "default, serve's latency setting": {"latency": True}}
 
 
 def make_checkpoint(folder: Path, size: int) -> Path:
@@ -71,7 +75,7 @@ def make_images(folder: Path, count: int, size: int) -> list[Path]:
 def measure(count: int, rounds: int, size: int, batch: int) -> dict[str, Any]:
     import torch
 
-    from inp_former.inference import InferenceConfig
+    from inp_former.inference import InferenceConfig, openvino_release
     from inp_former.predictor import Predictor
 
     os.environ.pop("INPCTL_RUNTIME", None)   # auto means auto here
@@ -81,7 +85,10 @@ def measure(count: int, rounds: int, size: int, batch: int) -> dict[str, Any]:
         predictors, load_seconds, described = {}, {}, {}
         for name, flags in PATHS.items():
             started = time.perf_counter()
-            predictors[name] = Predictor.from_checkpoint(checkpoint, "cpu", InferenceConfig(batch_size=batch, **flags))
+            flags = dict(flags)
+            latency = flags.pop("latency", False)
+            predictors[name] = Predictor.from_checkpoint(checkpoint, "cpu", InferenceConfig(batch_size=batch, **flags),
+                                                         latency=latency)
             predictors[name].predict_batch(images[:batch])   # warm-up (and OpenVINO's first inference)
             load_seconds[name] = round(time.perf_counter() - started, 1)
             described[name] = predictors[name].scorer.describe()
@@ -98,7 +105,7 @@ def measure(count: int, rounds: int, size: int, batch: int) -> dict[str, Any]:
     reference = maps["fp32 torch"]
     scale = float(reference.abs().max())
     rate = {name: count / statistics.median(values) for name, values in seconds.items()}
-    return {"images": count, "rounds": rounds, "size": size, "batch": batch, "describe": described,
+    return {"openvino": openvino_release(), "images": count, "rounds": rounds, "size": size, "batch": batch, "describe": described,
             "load_seconds": load_seconds, "seconds": seconds, "img_per_s": rate,
             "x_fp32": {name: rate[name] / rate["fp32 torch"] for name in PATHS},
             "max_map_diff": {name: float((maps[name] - reference).abs().max()) / scale for name in PATHS}}
@@ -107,11 +114,7 @@ def measure(count: int, rounds: int, size: int, batch: int) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     prov = result["provenance"]
     lines = ["# `inpctl predict` scoring on a CPU: fp32 reference against the defaults", "",
-             f"- Date: {prov['date']}; machine: {prov['machine']}; CPU flags: {', '.join(prov['cpu_flags']) or 'none'}; "
-             f"load average before: {prov['load_average']}",
-             f"- torch {prov['torch']}, onnxruntime {prov['onnxruntime']}, Python {prov['python']}; "
-             f"commit {prov['commit']}",
-             f"- Command: `{prov['command']}`",
+             *header_lines(prov, f"onnxruntime {prov['onnxruntime']}, OpenVINO {result.get('openvino')}, "),
              f"- ViT-S/14 with RANDOM weights (speed only), {result['size']} px, batch {result['batch']}, "
              f"{result['images']} PNG images through `Predictor.predict_batch`; {result['rounds']} interleaved "
              "rounds, median per path",

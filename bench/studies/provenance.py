@@ -30,6 +30,17 @@ def provenance(command: str) -> dict[str, Any]:
             "command": command, "commit": commit()}
 
 
+def header_lines(prov: dict[str, Any], software: str = "", load: bool = True) -> list[str]:
+    """A record page's provenance lines: date, machine, CPU flags (and the load average before the run
+    where ``load``); versions (torch, ``software`` such as ``"onnxruntime 1.32.0, "``, Python) and
+    the commit; the command."""
+    load_text = f"; load average before: {prov['load_average']}" if load else ""
+    return [f"- Date: {prov['date']}; machine: {prov['machine']}; CPU flags: {', '.join(prov['cpu_flags']) or 'none'}"
+            f"{load_text}",
+            f"- Software: torch {prov['torch']}, {software}Python {prov['python']}; commit {prov['commit']}",
+            f"- Command: `{prov['command']}`"]
+
+
 def write_record(out: Path, result: dict[str, Any], markdown: str) -> None:
     """``<out>.json`` (the result) and ``<out>.md`` (its page), each written atomically; the page printed."""
     import json

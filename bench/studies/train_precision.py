@@ -29,7 +29,7 @@ import statistics  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench.studies.provenance import provenance  # noqa: E402
+from bench.studies.provenance import header_lines, provenance  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
 POINT = 1.0   # the bar: image AUROC within 1 point of fp32
@@ -127,9 +127,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def markdown(record: dict[str, Any]) -> str:
     prov, summary = record["provenance"], record["summary"]
     lines = ["# Training precision on a CPU: bf16 autocast vs fp32", "",
-             f"- Date: {prov['date']}; machine: {prov['machine']}; CPU flags: {', '.join(prov['cpu_flags']) or 'none'}",
-             f"- Software: torch {prov['torch']}, Python {prov['python']}; commit {prov['commit']}",
-             f"- Command: `{prov['command']}`",
+             *header_lines(prov, load=False),
              "- Each run: `run_quality(..., methods=('trained',))`, what `inpctl bench quality --precision P` "
              "trains and evaluates (its trained row); evaluation in fp32 for every run",
              f"- Encoder: {record['runs'][0]['encoder'] if record['runs'] else '?'}", "",

@@ -74,45 +74,45 @@ class OnnxModels:
 class OpenVinoModels:
     """The two ONNX files of :class:`OnnxModels` compiled by OpenVINO for the CPU as they are
     (dynamic batch, the plugin's default precision: bf16 on a CPU with native bf16 units; the QDQ
-    graph's quantised products run in int8), one infer request each."""
+    graph's quantised products run in int8), each run as the default scorer runs its network:
+    batches split over OpenVINO's streams (:class:`inp_former.openvino_runtime.CompiledNetwork`)."""
 
     ROWS = {"openvino": "onnx fp32", "openvino int8": "onnx int8"}   # row: the ONNX row whose file it compiles
 
     def __init__(self, onnx: OnnxModels, tick: Callable[[str], None] = lambda name: None) -> None:
-        from inp_former.openvino_runtime import openvino_core   # one Core per process (why: there)
+        from inp_former.openvino_runtime import CompiledNetwork
 
         tick("compiling OpenVINO models")
-        core = openvino_core()
-        self.compiled = {row: core.compile_model(str(onnx.paths[source]), "CPU") for row, source in self.ROWS.items()}
-        self.requests = {row: compiled.create_infer_request() for row, compiled in self.compiled.items()}
+        self.networks = {row: CompiledNetwork(onnx.paths[source]) for row, source in self.ROWS.items()}
 
     def note(self, name: str) -> str:
-        """What row ``name`` computes in: the compiled model's INFERENCE_PRECISION_HINT and, where the
-        runtime model says, the precision each matrix product ran in."""
+        """What row ``name`` computes in: the compiled model's INFERENCE_PRECISION_HINT, its streams
+        and, where the runtime model says, the precision each matrix product ran in."""
         release = openvino_release() or ""
-        note = f"{name}: OpenVINO {release}, INFERENCE_PRECISION_HINT {self.precision(name)}"
-        counts = _matrix_product_precisions(self.compiled[name])
+        note = (f"{name}: OpenVINO {release}, INFERENCE_PRECISION_HINT {self.precision(name)}, "
+                f"{self.networks[name].streams} streams")
+        counts = _matrix_product_precisions(self.networks[name].compiled)
         if counts:
             note += "; matrix products: " + ", ".join(f"{n} {p}" for p, n in counts.items())
         return note
 
     def precision(self, name: str) -> str:
         """The compiled model's INFERENCE_PRECISION_HINT, e.g. ``bf16`` or ``f32``."""
-        return self.compiled[name].get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        return self.networks[name].property("INFERENCE_PRECISION_HINT").get_type_name()
 
     def scorer(self, name: str) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """``maps, scores = f(images)`` through the infer request of row ``name``."""
-        compiled, request = self.compiled[name], self.requests[name]
-        map_port, score_port = compiled.output("map"), compiled.output("score")
+        """``maps, scores = f(images)`` through the network of row ``name``."""
+        network = self.networks[name]
 
         def score(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            out = request.infer({"image": np.ascontiguousarray(images.numpy())})   # copies out: next call reuses
-            return torch.from_numpy(out[map_port]), torch.from_numpy(out[score_port])
+            maps, scores = network(images.numpy(), ["map", "score"])
+            return torch.from_numpy(maps.copy()), torch.from_numpy(scores.copy())   # the next call reuses them
         return score
 
     def close(self) -> None:
-        self.requests.clear()
-        self.compiled.clear()
+        for network in self.networks.values():
+            network.close()
+        self.networks.clear()
 
 
 def _matrix_product_precisions(compiled: Any) -> dict[str, int]:

@@ -8,7 +8,7 @@ or, to mount it in your own ASGI server::
     from inp_former.predictor import Predictor
     from inp_former.serve import ServeConfig, create_app
     config = ServeConfig("checkpoint.pt")
-    app = create_app(Predictor.from_checkpoint(config.checkpoint), config)
+    app = create_app(Predictor.from_checkpoint(config.checkpoint, latency=True), config)
 
 The web stack (Starlette, uvicorn, python-multipart) is the ``serve`` extra, imported only here,
 so the core install stays lean. The API contract is in docs/deployment.md.

@@ -55,7 +55,7 @@ def serve(config: ServeConfig, predictor: Any = None) -> None:
 
         loaded = Predictor.from_checkpoint(config.checkpoint, config.device, config.inference, config.threshold,
                                            encoder_weights=config.encoder_weights,
-                                           allow_encoder_mismatch=config.allow_encoder_mismatch)
+                                           allow_encoder_mismatch=config.allow_encoder_mismatch, latency=True)
         log_event("ready", seconds=round(time.perf_counter() - started, 2), device=str(loaded.device),
                   threshold=loaded.threshold)
         for warning in (loaded.category_warning, loaded.precision_warning):
