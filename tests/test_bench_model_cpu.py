@@ -23,10 +23,46 @@ TINY = ["--encoder", "small", "--crop", "28", "--batch", "1", "--train-batch", "
 
 
 @pytest.fixture(scope="module")
-def cli_run(tmp_path_factory):
+def openvino_outputs() -> dict:
+    """What the bench's own OpenVINO models gave on 2 images, and the reference (filled by ``cli_run``)."""
+    return {}
+
+
+def _record_openvino_outputs(monkeypatch: pytest.MonkeyPatch, into: dict) -> None:
+    """While the bench runs: the model it exports, and, before it closes its OpenVINO models, the
+    maps and scores of each OpenVINO row and of the fp32 reference on the same 2 images (the model
+    is still the exported one then: the training rows come after)."""
+    from inp_former.inference import score_batch
+    from kernels.dispatch import kernel_mode
+
+    exported = {}
+    real_init, real_close = onnx_paths.OnnxModels.__init__, onnx_paths.OpenVinoModels.close
+
+    def init(self, model, cfg, *args, **kwargs):
+        exported.update(model=model, cfg=cfg)
+        real_init(self, model, cfg, *args, **kwargs)
+
+    def close(self):
+        if "reference" not in into:   # once, while the compiled models are still open
+            crop = exported["cfg"].model.crop
+            images = torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(1))
+            with kernel_mode("reference"):
+                into["reference"] = score_batch(exported["model"], images, exported["cfg"], "fp32")[:2]
+            for name in onnx_paths.OpenVinoModels.ROWS:
+                into[name] = self.scorer(name)(images)
+        real_close(self)
+
+    monkeypatch.setattr(onnx_paths.OnnxModels, "__init__", init)
+    monkeypatch.setattr(onnx_paths.OpenVinoModels, "close", close)
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory, openvino_outputs):
     path = tmp_path_factory.mktemp("bench-model-cpu") / "bench.json"
-    result = CliRunner().invoke(app, ["bench", "model", "--device", "cpu", *TINY, "--json", str(path)],
-                                terminal_width=80, env={"COLUMNS": "80"})
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _record_openvino_outputs(monkeypatch, openvino_outputs)
+        result = CliRunner().invoke(app, ["bench", "model", "--device", "cpu", *TINY, "--json", str(path)],
+                                    terminal_width=80, env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     return result.output, json.loads(path.read_text())
 
@@ -108,31 +144,17 @@ def test_openvino_rows_run_when_openvino_is_installed(cli_run):
     assert result["cpu"]["openvino"] == ov.__version__ and f"openvino {ov.__version__}" in output
 
 
-def test_openvino_scorer_gives_maps_and_scores_close_to_the_reference():
-    """Both outputs, not only the maps the table's ``max err`` compares."""
+def test_openvino_scorer_gives_maps_and_scores_close_to_the_reference(cli_run, openvino_outputs):
+    """Both outputs, not only the maps the table's ``max err`` compares: the bench's own compiled
+    OpenVINO models (ViT-S at 28 px, random weights) on 2 images, against the fp32 reference."""
     pytest.importorskip("openvino")
     pytest.importorskip("onnxruntime")
-    from inp_former.config import ModelConfig, RunConfig
-    from inp_former.inference import score_batch
-    from inp_former.model import INPFormer
-    from kernels.dispatch import kernel_mode
-
-    torch.manual_seed(0)
-    cfg = RunConfig(model=ModelConfig(encoder="small", encoder_weights="random", resize=28, crop=28))
-    model = INPFormer(cfg.model).eval()
-    images = torch.randn(2, 3, 28, 28)
-    with kernel_mode("reference"):
-        maps, scores = score_batch(model, images, cfg, "fp32")[:2]
-    onnx = onnx_paths.OnnxModels(model, cfg, torch.randn(2, 3, 28, 28))
-    try:
-        openvino = onnx_paths.OpenVinoModels(onnx)
-        for name, tolerance in (("openvino", 0.05), ("openvino int8", 0.5)):
-            got_maps, got_scores = openvino.scorer(name)(images)
-            assert got_maps.shape == maps.shape and got_scores.shape == scores.shape
-            assert ((got_maps - maps).abs().max() / maps.abs().max()).item() < tolerance, name
-            assert ((got_scores - scores).abs() / scores.abs()).max().item() < tolerance, name
-    finally:
-        onnx.close()   # the files; OpenVINO holds its compiled copies
+    maps, scores = openvino_outputs["reference"]
+    for name, tolerance in (("openvino", 0.05), ("openvino int8", 0.5)):
+        got_maps, got_scores = openvino_outputs[name]
+        assert got_maps.shape == maps.shape and got_scores.shape == scores.shape
+        assert ((got_maps - maps).abs().max() / maps.abs().max()).item() < tolerance, name
+        assert ((got_scores - scores).abs() / scores.abs()).max().item() < tolerance, name
 
 
 @pytest.mark.parametrize("openvino_installed", [True, False])

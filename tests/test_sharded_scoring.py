@@ -182,13 +182,16 @@ def test_two_processes_predict_like_one(calibrated, data_root, tmp_path):
     assert not (two / ".partial").exists()
 
 
+MANY = 16   # images; batches of 2: 8 batches, rank 1 has batches 4..7
+
+
 @pytest.fixture(scope="module")
 def many_images(tmp_path_factory) -> Path:
-    """40 noise images of 480 x 480: reading them makes a run last long enough to be killed in."""
+    """16 noise images of 480 x 480: reading them makes a run last long enough to be killed in."""
     folder = tmp_path_factory.mktemp("many") / "parts"
     folder.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(40):
+    for i in range(MANY):
         Image.fromarray(rng.integers(0, 256, (480, 480, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
     return folder
 
@@ -214,8 +217,8 @@ def test_killed_process_stops_the_run_and_resume_completes_it(checkpoint, many_i
     log = tmp_path / "killed.log"
     launcher = _torchrun_popen(log, "predict", *args, "--out", part)
     deadline = time.monotonic() + LAUNCH_SECONDS
-    # 20 batches: rank 1 has 10..19; kill it once it has written its first one
-    while not any(int(p.stem.split("-")[1]) >= 10 for p in (part / ".partial").glob("batch-*.json")):
+    batches = MANY // 2   # rank 1 has the second half; kill it once it has written its first one
+    while not any(int(p.stem.split("-")[1]) >= batches // 2 for p in (part / ".partial").glob("batch-*.json")):
         assert launcher.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.005)
     os.kill(_workers(launcher)[1], signal.SIGKILL)
@@ -226,7 +229,7 @@ def test_killed_process_stops_the_run_and_resume_completes_it(checkpoint, many_i
     assert re.search(r"rank\s*:\s*1\b", report) and "SIGKILL" in report, report[-3000:]
     assert not (part / "predictions.csv").exists() and not (part / "predictions.json").exists()
     written = sorted((part / ".partial").glob("batch-*.json"))
-    assert 0 < len(written) < 20, "killed too late: the run had finished"
+    assert 0 < len(written) < batches, "killed too late: the run had finished"
 
     resumed = _torchrun("predict", *args, "--out", part, "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
