@@ -26,7 +26,7 @@ from inp_former import distributed
 from inp_former.checkpoint import CHECKPOINT_NAME, load_checkpoint, read_checkpoint
 from inp_former.config import MapMode, RunConfig, Setting, resolve_device
 from inp_former.errors import CheckpointError, ConfigError, DatasetError, render_names
-from inp_former.evaluate import EvalConfig, EvalResult, bound_heap_growth, evaluate
+from inp_former.evaluate import EvalConfig, EvalResult, evaluate, heap_growth_bounded
 from inp_former.inference import InferenceConfig
 from inp_former.io import atomic_write_text
 from inp_former.metrics import mean_metrics
@@ -137,11 +137,11 @@ def evaluate_and_calibrate(model: INPFormer, cfg: RunConfig, device: torch.devic
                           "(see its overlays with inpctl predict)", arg="report")
     device = torch.device(device)
     categories = list(categories or resolve_categories(cfg))
-    bound_heap_growth()  # memory stays flat however many test images stream through
     inference = evaluation.inference
     calibrator = Calibrator(str(inference.map_mode))
     scorer = scoring_function(model, cfg, inference, device)
-    with reporter.evaluating("eval") as on_batch:
+    # memory stays flat however many test images stream through
+    with heap_growth_bounded(), reporter.evaluating("eval") as on_batch:
         result = evaluate(model, cfg, categories, device, inference, on_batch=on_batch,
                           num_workers=evaluation.num_workers, on_category=calibrator.update,
                           exact_pixels=evaluation.exact_pixels, scorer=scorer)

@@ -285,3 +285,23 @@ def test_accumulator_memory_stays_flat_on_a_long_stream():
     assert out["p_auroc"] == pytest.approx(0.875, abs=2e-3)
     assert out["aupro"] == pytest.approx(0.65, abs=2e-3)
     assert max(bounds.values()) < 1e-3
+
+
+def test_the_heap_is_bounded_only_while_an_evaluation_runs(monkeypatch):
+    """``heap_growth_bounded`` fixes glibc's mmap threshold at 1 MiB for the block and leaves it at
+    glibc's ceiling afterwards, also when the block fails (later work in the process, e.g. training,
+    would otherwise pay a page fault per large allocation)."""
+    from inp_former import evaluate
+
+    calls = []
+    monkeypatch.setattr(evaluate, "bound_heap_growth", lambda threshold=1 << 20: (calls.append(threshold), True)[1])
+    with pytest.raises(RuntimeError):
+        with evaluate.heap_growth_bounded():
+            assert calls == [1 << 20]
+            raise RuntimeError("a failing evaluation")
+    assert calls == [1 << 20, evaluate.RELEASED_MMAP_THRESHOLD] and evaluate.RELEASED_MMAP_THRESHOLD == 32 << 20
+    monkeypatch.setattr(evaluate, "bound_heap_growth", lambda threshold=1 << 20: (calls.append(threshold), False)[1])
+    calls.clear()
+    with evaluate.heap_growth_bounded() as bounded:   # not glibc: nothing to release
+        assert bounded is False
+    assert calls == [1 << 20]
