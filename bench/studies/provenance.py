@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+# variables that change what a run measures: recorded with it when set (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16,
+# for one, makes torch's and OpenVINO's oneDNN leave AMX unused: a CPU with AVX-512-BF16 alone, emulated)
+SETTINGS = ("ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS", "INPCTL_RUNTIME", "INPCTL_KERNELS")
 
 
 def commit() -> str:
@@ -27,7 +31,8 @@ def provenance(command: str) -> dict[str, Any]:
             "machine": f"{info['model']}, {info['cores']} cores (shared with other jobs)",
             "cpu_flags": cpu_flags(("amx_bf16", "avx512_bf16")), "load_average": info["load_average"],
             "torch": info["torch"], "onnxruntime": info["onnxruntime"], "python": info["python"],
-            "command": command, "commit": commit()}
+            "command": command, "commit": commit(),
+            "environment": {name: os.environ[name] for name in SETTINGS if name in os.environ}}
 
 
 def header_lines(prov: dict[str, Any], software: str = "", load: bool = True) -> list[str]:
@@ -38,7 +43,8 @@ def header_lines(prov: dict[str, Any], software: str = "", load: bool = True) ->
     return [f"- Date: {prov['date']}; machine: {prov['machine']}; CPU flags: {', '.join(prov['cpu_flags']) or 'none'}"
             f"{load_text}",
             f"- Software: torch {prov['torch']}, {software}Python {prov['python']}; commit {prov['commit']}",
-            f"- Command: `{prov['command']}`"]
+            f"- Command: `{prov['command']}`"
+            + "".join(f" with {name}={value}" for name, value in (prov.get("environment") or {}).items())]
 
 
 def write_record(out: Path, result: dict[str, Any], markdown: str) -> None:
