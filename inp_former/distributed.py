@@ -89,6 +89,9 @@ def processes() -> int:
     return world_size() if sharded() else 1
 
 
+_GROUPS_JOINED = itertools.count()   # groups this process has joined: the same sequence on every rank
+
+
 @contextlib.contextmanager
 def process_group(device: torch.device | str = "auto") -> Iterator[tuple[torch.device, int]]:
     """Join torchrun's process group for the block; yields (this process's device, rank).
@@ -96,6 +99,10 @@ def process_group(device: torch.device | str = "auto") -> Iterator[tuple[torch.d
     Alone (no torchrun, or a group joined already by the caller): no group is made or destroyed
     and the device is ``device`` resolved. Under torchrun: NCCL with ``cuda:LOCAL_RANK`` when CUDA
     is there and ``device`` is not ``cpu``, else gloo on the CPU.
+
+    A process may join several groups one after the other (a script that evaluates, then
+    predicts): each keeps its keys under its own prefix of torchrun's store. With torch's default
+    prefix the second group read the first one's addresses and failed to connect.
     """
     from inp_former.config import resolve_device
 
@@ -105,7 +112,9 @@ def process_group(device: torch.device | str = "auto") -> Iterator[tuple[torch.d
     use_cuda = torch.cuda.is_available() and str(device) != "cpu"
     if use_cuda:
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    store, group_rank, world = next(dist.rendezvous("env://"))   # torchrun's store, as init_process_group joins it
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=group_rank, world_size=world,
+                            store=dist.PrefixStore(f"inp_former/group{next(_GROUPS_JOINED)}", store))
     try:
         yield (torch.device("cuda", local_rank()) if use_cuda else torch.device("cpu")), dist.get_rank()
     finally:

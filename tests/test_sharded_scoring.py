@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -128,6 +129,34 @@ def test_two_processes_evaluate_like_one(checkpoint, tmp_path):
         _without(json.loads((one / "thresholds.json").read_text()), "computed_at")
     rows = (two / "scores.csv").read_text().splitlines()[1:]
     assert [r.split(",")[1] for r in rows].count("cable") == 1 and len(rows) == sum(map(sum, COUNTS.values()))
+
+
+TWO_EVALUATIONS = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+
+    from inp_former.workflow import evaluate_checkpoint
+
+    checkpoint, out = sys.argv[1], Path(sys.argv[2])
+    for name in ("first", "second"):   # each joins its own process group, one after the other
+        evaluate_checkpoint(checkpoint, out_dir=out / name, device="cpu")
+""")
+
+
+def test_a_process_joins_a_second_group_for_a_second_job(checkpoint, tmp_path):
+    """A script under torchrun that evaluates twice through the library: each evaluation joins a
+    process group of its own, sharded over both processes, and the second gives the first's files
+    (with torch's default store prefix the second group failed to connect)."""
+    script = tmp_path / "twice.py"
+    script.write_text(TWO_EVALUATIONS)
+    ran = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+                          str(script), str(checkpoint), str(tmp_path)], env=_env(), capture_output=True, text=True,
+                         timeout=LAUNCH_SECONDS)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    first, second = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("first", "second"))
+    assert first["meta"]["processes"] == second["meta"]["processes"] == 2
+    assert (tmp_path / "first" / "scores.csv").read_bytes() == (tmp_path / "second" / "scores.csv").read_bytes()
+    assert _without(first, "computed_at") == _without(second, "computed_at")
 
 
 def test_a_failing_process_stops_all_with_one_line(data_root, checkpoint, tmp_path):
