@@ -101,8 +101,9 @@ def process_group(device: torch.device | str = "auto") -> Iterator[tuple[torch.d
     is there and ``device`` is not ``cpu``, else gloo on the CPU.
 
     A process may join several groups one after the other (a script that evaluates, then
-    predicts): each keeps its keys under its own prefix of torchrun's store. With torch's default
-    prefix the second group read the first one's addresses and failed to connect.
+    predicts): each keeps its keys under its own prefix of torchrun's store (and each restart of
+    the job, ``--max-restarts``, its own). With torch's default prefix the second group read the
+    first one's addresses and failed to connect.
     """
     from inp_former.config import resolve_device
 
@@ -112,9 +113,15 @@ def process_group(device: torch.device | str = "auto") -> Iterator[tuple[torch.d
     use_cuda = torch.cuda.is_available() and str(device) != "cpu"
     if use_cuda:
         torch.cuda.set_device(local_rank())
-    store, group_rank, world = next(dist.rendezvous("env://"))   # torchrun's store, as init_process_group joins it
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=group_rank, world_size=world,
-                            store=dist.PrefixStore(f"inp_former/group{next(_GROUPS_JOINED)}", store))
+    backend = "nccl" if use_cuda else "gloo"
+    # torchrun's store, joined as init_process_group joins it (its timeout: torch's for the backend)
+    timeout = dist.distributed_c10d._get_default_timeout(backend)
+    store, group_rank, world = next(dist.rendezvous("env://", timeout=timeout))
+    store.set_timeout(timeout)
+    # a restarted job (--max-restarts) finds the keys of the attempt that died in the same store
+    prefix = f"inp_former/{_env_int('TORCHELASTIC_RESTART_COUNT', 0)}/group{next(_GROUPS_JOINED)}"
+    dist.init_process_group(backend=backend, rank=group_rank, world_size=world, timeout=timeout,
+                            store=dist.PrefixStore(prefix, store))
     try:
         yield (torch.device("cuda", local_rank()) if use_cuda else torch.device("cpu")), dist.get_rank()
     finally:

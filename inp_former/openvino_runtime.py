@@ -167,12 +167,20 @@ class CompiledNetwork:
     def __call__(self, array: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
         """The named outputs of a float32 batch (at least one image). One piece is read in place (no
         copy): use the arrays before the next call, which reuses the requests' buffers."""
+        if self.compiled is None:
+            raise RuntimeError("CompiledNetwork: used after close()")
+        if len(array) == 0:
+            raise ValueError("CompiledNetwork: an empty batch (give at least one image)")
         pieces = np.array_split(np.ascontiguousarray(array), min(self.streams, len(array)))
         used = self.requests[:len(pieces)]
-        for request, piece in zip(used, pieces):
-            request.start_async({"image": piece})
-        for request in used:
-            request.wait()
+        started = []
+        try:
+            for request, piece in zip(used, pieces):
+                request.start_async({"image": piece})   # copies the piece (share_inputs is off)
+                started.append(request)
+        finally:   # every started request is waited for, even on an error or Ctrl-C: none is left busy
+            for request in started:
+                request.wait()
         parts = [[request.get_tensor(self.compiled.output(name)).data for request in used] for name in outputs]
         return [each[0] if len(each) == 1 else np.concatenate(each) for each in parts]
 

@@ -146,7 +146,9 @@ class Predictor:
         self.transform = to_uint8_tensor if self.tiled else image_transform(cfg.model.resize_hw, cfg.model.input_hw)
         # images -> (maps, scores): torch eager, on CUDA with ``fast`` the graph-captured fast path,
         # or OpenVINO on a CPU where inference.choose_runtime picks it
-        # (``latency``: tuned for images that come one at a time, as in serve; fast_path.scoring_function)
+        # (``latency``: tuned for images that come one at a time, as in serve: pass it when scoring
+        # image by image through OpenVINO, where batch scoring splits each call over streams;
+        # fast_path.scoring_function)
         self.scorer = scoring_function(self.model, cfg, inference, self.device, latency=latency)
         self.seen = self.stretched = 0            # images preprocessed; of them stretched (keep-aspect)
         self.meta: dict = {}                     # the checkpoint's metadata (from_checkpoint)

@@ -10,16 +10,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 # variables that change what a run measures: recorded with it when set (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16,
 # for one, makes torch's and OpenVINO's oneDNN leave AMX unused: a CPU with AVX-512-BF16 alone, emulated)
-SETTINGS = ("ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS", "INPCTL_RUNTIME", "INPCTL_KERNELS")
+SETTINGS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS", "INPCTL_RUNTIME", "INPCTL_KERNELS",
+            "LD_PRELOAD", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")
 
 
 def commit() -> str:
-    """``git rev-parse --short HEAD``, with ``+ uncommitted changes`` when the tree differs from it."""
+    """``git rev-parse --short HEAD``, with ``+ uncommitted changes`` when the tree differs from it
+    (untracked files included: a study run from a new file)."""
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
 
     head = git("rev-parse", "--short", "HEAD").stdout.strip() or "unknown"
-    return head + ("" if git("diff", "--quiet").returncode == 0 else " + uncommitted changes")
+    return head + ("" if not git("status", "--porcelain").stdout.strip() else " + uncommitted changes")
 
 
 def provenance(command: str) -> dict[str, Any]:
