@@ -83,28 +83,29 @@ def bound_heap_growth(threshold: int = 1 << 20) -> bool:
     resident memory tracks what is alive. Process-wide; ``inpctl eval`` holds it while it evaluates
     (:func:`heap_growth_bounded`); a library user may.
     """
+    return _mallopt(M_MMAP_THRESHOLD, threshold)
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # glibc's mallopt parameters
+
+
+def _mallopt(parameter: int, value: int) -> bool:
+    """glibc's ``mallopt``; False where there is no glibc (or it refuses)."""
     import ctypes
     import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-3, int(threshold)))  # M_MMAP_THRESHOLD
+        return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(parameter, int(value)))
     except (OSError, AttributeError, TypeError):
         return False
 
 
 RELEASED_MMAP_THRESHOLD = 32 << 20   # glibc's own ceiling for its moving mmap threshold (64-bit)
-_bounded_blocks = 0                  # heap_growth_bounded blocks open now (nested or in threads)
+_bounded_blocks = 0                  # heap_growth_bounded blocks open now (nested)
 
 
 def _set_trim_threshold(size: int) -> None:
-    import ctypes
-    import ctypes.util
-
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-1, int(size))  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError, TypeError):
-        pass
+    _mallopt(M_TRIM_THRESHOLD, size)
 
 
 @contextlib.contextmanager

@@ -138,6 +138,7 @@ def openvino_core() -> Any:
 
     return ov.Core()
 
+
 class CompiledNetwork:
     """A model (an ONNX file) compiled by OpenVINO for the CPU, run batch by batch:
     ``outputs = net(array, names)``.
