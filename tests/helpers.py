@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import queue
+import shutil
 import subprocess
 import threading
 import time
-from typing import Iterator, Sequence
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -104,3 +107,25 @@ def first_lines(args: Sequence[str], count: int, limit_s: float, **popen) -> lis
         process.wait(timeout=60)
         reader.join(timeout=60)
     return lines
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """The folder ``name``, filled by ``build(folder)`` once per test session: under pytest-xdist
+    the first worker to ask builds it while any other waits for it (a lock file), then all read it.
+    For set-up that costs tens of seconds (a torchrun launch), which worksteal could otherwise run
+    in both workers when it moves a module's tests from one to the other. Tests must not change it."""
+    from filelock import FileLock   # a dependency of torch's
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    shared = tmp_path_factory.getbasetemp().parent   # the session's folder, above each worker's
+    folder, done = shared / name, shared / f"{name}.built"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)   # what a failed attempt left
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder

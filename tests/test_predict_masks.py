@@ -1,31 +1,26 @@
 """Issue 25 item 7 and the predict side of item 3: ``predict --masks`` (binary masks at each input's
-resolution, named like the overlays; refused without a pixel threshold; the same after --resume and
-under torchrun), the pixel limit shared with serve, and one warning for images far smaller than the
-model's input. Through the real CLI, on a tiny untrained model (random ViT-S, 64 -> 56 px, 32 x 32
-maps): the masks measure nothing about INP-Former, only how predict makes them.
+resolution, named like the overlays; refused without a pixel threshold; the same after --resume;
+under torchrun in tests/test_sharded_scoring.py), the pixel limit shared with serve, and one warning
+for images far smaller than the model's input. Through the real CLI, on a tiny untrained model
+(random ViT-S, 64 -> 56 px, 32 x 32 maps): the masks measure nothing about INP-Former, only how predict makes them.
 """
 from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from inpctl.cli import app
 from tests.predict_setup import save_tiny_checkpoint, write_image
 
-REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 # (width, height): a wide and a tall image (parts of each fall outside the square centre crop), a square one
 SIZES = {"a/wide.png": (100, 80), "b/tall.png": (60, 90), "a/sub/square.png": (64, 64)}
@@ -143,29 +138,6 @@ def test_resumed_masks_equal_an_uninterrupted_runs(calibrated, images, tmp_path,
     assert "Resumed: 1 files" in resumed.output
     assert _files(part / "masks") == _files(full / "masks") and len(_files(full / "masks")) == 3
     assert (part / "predictions.csv").read_bytes() == (full / "predictions.csv").read_bytes()
-
-
-@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-                    reason="needs torch.distributed with the gloo backend")
-def test_two_processes_write_the_masks_of_one(calibrated, images, tmp_path):
-    """torchrun, 2 CPU processes, batches of 1 (rank 0 scores 2 images, rank 1 one) against one process
-    with the thread count of each (so that the maps agree bit for bit)."""
-    ckpt, _ = calibrated
-    args = [images, "--ckpt", ckpt, "--device", "cpu", "--masks", "--no-overlays", "--batch-size", "1"]
-    one, two = tmp_path / "one", tmp_path / "two"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert invoke("predict", *args, "--out", one).exit_code == 0
-    finally:
-        torch.set_num_threads(threads)
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
-    ran = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-                          "-m", "inpctl", "predict", *map(str, args), "--out", str(two)],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
-    assert _files(two / "masks") == _files(one / "masks") and len(_files(one / "masks")) == 3
-    assert (two / "predictions.csv").read_bytes() == (one / "predictions.csv").read_bytes()
 
 
 def _png_header_only(path: Path, width: int, height: int) -> Path:

@@ -29,7 +29,6 @@ runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--encoder", "small", "--encoder-weights", "random", "--resize", "64", "--crop", "56",
         "--warmup-iters", "1", "--device", "cpu"]
-DDP_ATOL = 1e-6  # 2 processes vs 1, same global batch (see test_two_processes_train_like_one)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -226,44 +225,7 @@ def test_resume_refuses_what_is_not_a_training_state(tmp_path):
     _assert_one_line_error(_invoke("train", "--resume", tmp_path), "is not an inpctl training state")
 
 
-# --- multi-process (DDP, gloo) -----------------------------------------------------------------
-
-@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-                    reason="needs torch.distributed with the gloo backend")
-def test_two_processes_train_like_one(data_root, tmp_path):
-    """torchrun, 2 CPU processes (gloo), global batch 4 = 2 per process, vs 1 process with batch 4.
-
-    Tolerance DDP_ATOL = 1e-6 (a few float32 ulps of the weights): the gradients agree up to summation
-    order (~1e-6 relative). --eps 1e-6 keeps Adam's normalisation g / (|g| + eps) from magnifying that
-    rounding on near-zero gradients: with the default 1e-10 such elements can differ by a fraction of
-    the learning rate (about 5e-6 after 3 steps here), which is rounding, not a bug.
-    """
-    # fp32: the tolerance is fp32 rounding (the training default, auto, is bf16 on a CPU with native bf16)
-    common = ["--data", str(data_root), *TINY, "--batch-size", "4", "--iters", "3", "--eps", "1e-6",
-              "--checkpoint-every", "2", "--no-eval", "--precision", "fp32"]
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--standalone", "-m", "inpctl", "train", *common, "--out", str(tmp_path / "ddp")],
-                         env=_cli_env(), capture_output=True, text=True, timeout=420)
-    assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
-    assert " ".join(ddp.stdout.split()).count("Trained 3 iterations") == 1  # rank 0 alone prints and writes
-    single = _invoke("train", *common, "--out", tmp_path / "one")
-    assert single.exit_code == 0, single.output
-
-    payload = torch.load(tmp_path / "ddp" / "checkpoint.pt", map_location="cpu", weights_only=True)
-    assert payload["meta"]["world_size"] == 2
-    ours, reference = payload["state_dict"], _weights(tmp_path / "one" / "checkpoint.pt")
-    from inp_former.config import RunConfig
-    from inp_former.model import INPFormer
-    from inp_former.train import seed_everything
-
-    cfg = RunConfig.from_dict(payload["config"])
-    seed_everything(cfg.train.seed)
-    initial = INPFormer(cfg.model).trainable_state_dict()
-    moved = max(float((reference[k] - initial[k]).abs().max()) for k in reference)
-    assert moved > 100 * DDP_ATOL  # training changed the weights far more than the tolerance
-    for key in reference:
-        torch.testing.assert_close(ours[key], reference[key], rtol=0, atol=DDP_ATOL, msg=key)
-
+# --- multi-process (DDP: the torchrun test is in tests/test_sharded_scoring.py) -----------------
 
 def test_batch_size_must_split_evenly_over_processes():
     from inp_former.train import EpochBatchSampler

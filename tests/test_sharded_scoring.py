@@ -1,10 +1,15 @@
-"""Issue 22: eval and predict sharded over processes (torchrun, gloo on CPU) give the files of one process.
+"""Issues 22 and 12: eval, predict and train sharded over processes (torchrun, gloo on CPU) give the
+files of one process.
 
-Two CPU processes through the real CLI against one process, file by file; an uneven split (image
-and batch counts not divisible by 2), a category with a single test image, one binned category; a
-process failing or killed mid-run; predict --resume; the evaluation at the end of train under
-torchrun; and the library's collectives under a process group the caller initialised. Tiny random
-ViT-S models: the numbers measure nothing about INP-Former, only that the processes agree.
+The comparisons share one torchrun launch of two CPU processes (tests/torchrun_jobs.py: a launch
+costs about 9 s of CPU before any work), in which each process runs, one after the other, the real
+CLI's train (DDP, then the evaluation at its end), eval and predict (--masks), then the library
+under a process group the script made itself. So each process also joins a new group per job
+(with torch's default store prefix the second group failed to connect). Each test compares one
+job's files with one process's: an uneven split (image and batch counts not divisible by 2), a
+category with a single test image, one binned category. A process failing or killed mid-run and
+predict --resume have launches of their own. Tiny random ViT-S models: the numbers measure nothing
+about INP-Former, only that the processes agree.
 """
 from __future__ import annotations
 
@@ -14,10 +19,8 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -29,7 +32,7 @@ from typer.testing import CliRunner
 
 from inpctl.cli import app
 from tests.datagen import make_mvtec_tree
-from tests.helpers import one_thread
+from tests.helpers import built_once, one_thread
 
 pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
                                 reason="needs torch.distributed with the gloo backend")
@@ -41,7 +44,13 @@ runner = CliRunner()
 COUNTS = {"bottle": (2, 3), "screw": (1, 2), "cable": (0, 1)}
 EXACT = "4000"
 EVAL = ["--device", "cpu", "--batch-size", "2", "--exact-pixels", EXACT]
-LAUNCH_SECONDS = 300      # a torchrun of 2 processes on the shared 2-core machine, start to end
+# fp32: the DDP tolerance below is fp32 rounding (the training default, auto, is bf16 on a CPU with
+# native bf16). Global batch 4 = 2 per process; --eps: see test_two_processes_train_like_one.
+TRAIN = ["--encoder", "small", "--encoder-weights", "random", "--resize", "64", "--crop", "56", "--warmup-iters", "1",
+         "--device", "cpu", "--batch-size", "4", "--iters", "3", "--eps", "1e-6", "--checkpoint-every", "2",
+         "--precision", "fp32"]
+DDP_ATOL = 1e-6
+LAUNCH_SECONDS = 420      # a torchrun of 2 processes on the shared 2-core machine, start to end
 STOP_SECONDS = 60         # from a failure to every process gone
 
 
@@ -49,12 +58,6 @@ def _env() -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env["OMP_NUM_THREADS"] = "1"   # what torchrun gives each of several processes
     return env
-
-
-def _torchrun(*args: object, timeout: float = LAUNCH_SECONDS) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-                           "-m", "inpctl", *map(str, args)], env=_env(), capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def _torchrun_popen(log: Path, *args: object) -> subprocess.Popen:
@@ -88,141 +91,64 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    for seed, (category, (good, bad)) in enumerate(COUNTS.items()):
-        make_mvtec_tree(root, categories=(category,), n_train=2, n_test_good=good, n_test_bad=bad, seed=seed)
-    return root
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(data_root, tmp_path_factory) -> Path:
-    """An untrained tiny model (random ViT-S, 64 -> 56 px, 32 x 32 maps) saved as a checkpoint."""
+# --- the shared launch ---------------------------------------------------------------------------
+
+def _build(folder: Path) -> None:
+    """The data, an untrained checkpoint, the same with stored thresholds, predict's inputs, and
+    the one launch that runs every compared job (its files under folder/launch)."""
     from inp_former.checkpoint import save_checkpoint
     from inp_former.config import DataConfig, RunConfig
     from tests.helpers import tiny_model
 
+    data = folder / "data"
+    for seed, (category, (good, bad)) in enumerate(COUNTS.items()):
+        make_mvtec_tree(data, categories=(category,), n_train=2, n_test_good=good, n_test_bad=bad, seed=seed)
+    # an untrained tiny model (random ViT-S, 64 -> 56 px, 32 x 32 maps)
     model = tiny_model()
-    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    save_checkpoint(path, model, RunConfig(model=model.cfg, data=DataConfig(root=str(data_root),
-                                                                           categories=tuple(COUNTS))))
-    return path
-
-
-# --- eval ----------------------------------------------------------------------------------------
-
-def test_two_processes_evaluate_like_one(checkpoint, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    _invoke("eval", "--ckpt", checkpoint, "--out", one, *EVAL)
-    ran = _torchrun("eval", "--ckpt", checkpoint, "--out", two, *EVAL)
-    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
-    assert " ".join(ran.stdout.split()).count("Wrote ") == 1   # rank 0 alone prints the table and the files
-
-    assert (two / "scores.csv").read_bytes() == (one / "scores.csv").read_bytes()   # same rows, order, scores
-    ours, reference = (json.loads((d / "metrics.json").read_text()) for d in (two, one))
-    assert ours["meta"]["processes"] == 2 and reference["meta"]["processes"] == 1
-    assert _without(ours, "processes", "computed_at") == _without(reference, "processes", "computed_at")
-    pixel = ours["meta"]["pixel_metrics"]
-    assert list(pixel["binned_categories"]) == ["bottle"] and pixel["max_error_bounds"]["p_auroc"] > 0
-    assert _without(json.loads((two / "thresholds.json").read_text()), "computed_at") == \
-        _without(json.loads((one / "thresholds.json").read_text()), "computed_at")
-    rows = (two / "scores.csv").read_text().splitlines()[1:]
-    assert [r.split(",")[1] for r in rows].count("cable") == 1 and len(rows) == sum(map(sum, COUNTS.values()))
-
-
-TWO_EVALUATIONS = textwrap.dedent("""
-    import sys
-    from pathlib import Path
-
-    from inp_former.workflow import evaluate_checkpoint
-
-    checkpoint, out = sys.argv[1], Path(sys.argv[2])
-    for name in ("first", "second"):   # each joins its own process group, one after the other
-        evaluate_checkpoint(checkpoint, out_dir=out / name, device="cpu")
-""")
-
-
-def test_a_process_joins_a_second_group_for_a_second_job(checkpoint, tmp_path):
-    """A script under torchrun that evaluates twice through the library: each evaluation joins a
-    process group of its own, sharded over both processes, and the second gives the first's files
-    (with torch's default store prefix the second group failed to connect)."""
-    script = tmp_path / "twice.py"
-    script.write_text(TWO_EVALUATIONS)
-    ran = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-                          str(script), str(checkpoint), str(tmp_path)], env=_env(), capture_output=True, text=True,
-                         timeout=LAUNCH_SECONDS)
-    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
-    first, second = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("first", "second"))
-    assert first["meta"]["processes"] == second["meta"]["processes"] == 2
-    assert (tmp_path / "first" / "scores.csv").read_bytes() == (tmp_path / "second" / "scores.csv").read_bytes()
-    assert _without(first, "computed_at") == _without(second, "computed_at")
-
-
-def test_a_failing_process_stops_all_with_one_line(data_root, checkpoint, tmp_path):
-    """A corrupt test image in rank 1's share: both processes stop, one line names rank 1 and the file."""
-    broken = tmp_path / "data"
-    shutil.copytree(data_root, broken)
-    bad = broken / "screw" / "test" / "good" / "000.png"   # screw: 3 images, batch 2 -> the second batch, rank 1
-    bad.write_bytes(b"not an image")
-    start = time.monotonic()
-    ran = _torchrun("eval", "--ckpt", checkpoint, "--data", broken, "--out", tmp_path / "out", *EVAL)
-    assert ran.returncode != 0
-    assert time.monotonic() - start < LAUNCH_SECONDS
-    lines = _error_lines(ran.stdout + "\n" + ran.stderr)
-    assert len(lines) == 1, ran.stdout[-3000:] + ran.stderr[-3000:]
-    assert lines[0].startswith("error: rank 1: ") and f"{bad}: not a readable image" in lines[0], lines
-    assert not (tmp_path / "out" / "metrics.json").exists() and not (tmp_path / "out" / "scores.csv").exists()
-
-
-# --- predict -------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def calibrated(checkpoint, data_root, tmp_path_factory) -> Path:
-    """The checkpoint with thresholds stored (per category), so that predictions are labelled."""
-    path = tmp_path_factory.mktemp("calibrated") / "checkpoint.pt"
-    shutil.copy(checkpoint, path)
-    _invoke("eval", "--ckpt", path, "--out", path.parent / "eval", "--device", "cpu", "--save-thresholds")
-    return path
-
-
-def test_two_processes_predict_like_one(calibrated, data_root, tmp_path):
-    """9 images and an unreadable file in batches of 3 (4 batches: 2 + 2), plus a missing input."""
-    inputs = tmp_path / "inputs"
+    save_checkpoint(folder / "checkpoint.pt", model,
+                    RunConfig(model=model.cfg, data=DataConfig(root=str(data), categories=tuple(COUNTS))))
+    # stored thresholds (per category), so that predictions are labelled
+    (folder / "calibrated").mkdir()
+    calibrated = folder / "calibrated" / "checkpoint.pt"
+    shutil.copy(folder / "checkpoint.pt", calibrated)
+    _invoke("eval", "--ckpt", calibrated, "--out", folder / "calibrated" / "eval", "--device", "cpu",
+            "--save-thresholds")
+    # predict's inputs: 9 images and an unreadable file (batches of 3: 4 batches, 2 + 2), plus a missing one
+    inputs = folder / "inputs"
     for category in COUNTS:
-        shutil.copytree(data_root / category / "test", inputs / category)
+        shutil.copytree(data / category / "test", inputs / category)
     (inputs / "screw" / "zz_broken.png").write_bytes(b"not an image")
-    args = [inputs, tmp_path / "missing.png", "--ckpt", calibrated, "--device", "cpu", "--batch-size", "3"]
-    one, two = tmp_path / "one", tmp_path / "two"
-    _invoke("predict", *args, "--out", one)
-    ran = _torchrun("predict", *args, "--out", two)
-    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
-    assert " ".join(ran.stdout.split()).count("Scored 9 images") == 1
+    # a corrupt test image in rank 1's share of an evaluation
+    shutil.copytree(data, folder / "broken")
+    _broken_image(folder).write_bytes(b"not an image")
 
-    assert (two / "predictions.csv").read_bytes() == (one / "predictions.csv").read_bytes()
-    ours, reference = (json.loads((d / "predictions.json").read_text()) for d in (two, one))
-    assert _without(ours, "written_at") == _without(reference, "written_at")
-    assert ours["counts"] == {"inputs": 11, "scored": 9, "skipped": 2, "anomalous": ours["counts"]["anomalous"],
-                              "normal": 9 - ours["counts"]["anomalous"]}
-    assert [s["path"] for s in ours["skipped"]] == [str(tmp_path / "missing.png"),
-                                                   str(inputs / "screw" / "zz_broken.png")]
-    overlays = _files(two / "overlays")
-    assert len(overlays) == 9 and overlays == _files(one / "overlays")   # the same names, the same pictures
-    assert not (two / ".partial").exists()
+    killed = _kill_rank_1_of_a_predict(folder)
+
+    out = folder / "launch"
+    jobs = [{"name": "train", "inpctl": ["train", "--data", data, *TRAIN, "--eval-batch-size", "2",
+                                         "--out", out / "train"]},
+            {"name": "eval", "inpctl": ["eval", "--ckpt", folder / "checkpoint.pt", "--out", out / "eval", *EVAL]},
+            {"name": "predict", "inpctl": ["predict", *_predict_inputs(folder), "--ckpt", calibrated,
+                                           "--device", "cpu", "--batch-size", "3", "--masks",
+                                           "--out", out / "predict"]},
+            *([{"name": "resume", "inpctl": ["predict", *killed, "--out", folder / "killed", "--resume"]}]
+              if killed else []),
+            {"name": "library", "library": [out / "library", folder / "checkpoint.pt"]},
+            {"name": "failing", "inpctl": ["eval", "--ckpt", folder / "checkpoint.pt", "--data", folder / "broken",
+                                           "--out", out / "failing", *EVAL]}]
+    spec = folder / "jobs.json"
+    spec.write_text(json.dumps({"logs": str(out / "logs"), "jobs": jobs}, default=str))
+    ran = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+                          str(REPO / "tests" / "torchrun_jobs.py"), str(spec)], env=_env(), capture_output=True,
+                         text=True, timeout=LAUNCH_SECONDS)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
 
 
 MANY = 16   # images; batches of 2: 8 batches, rank 1 has batches 4..7
-
-
-@pytest.fixture(scope="module")
-def many_images(tmp_path_factory) -> Path:
-    """16 noise images of 480 x 480: reading them makes a run last long enough to be killed in."""
-    folder = tmp_path_factory.mktemp("many") / "parts"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(MANY):
-        Image.fromarray(rng.integers(0, 256, (480, 480, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
-    return folder
 
 
 def _workers(launcher: subprocess.Popen) -> dict[int, int]:
@@ -236,55 +162,154 @@ def _workers(launcher: subprocess.Popen) -> dict[int, int]:
     return found
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's workers through /proc")
-def test_killed_process_stops_the_run_and_resume_completes_it(checkpoint, many_images, tmp_path):
-    """Without stored thresholds the overlay scale is the first batch's range: resumed or not, the same."""
-    args = [many_images, "--ckpt", checkpoint, "--device", "cpu", "--batch-size", "2"]
-    full, part = tmp_path / "full", tmp_path / "part"
-    _invoke("predict", *args, "--out", full)
-
-    log = tmp_path / "killed.log"
+def _kill_rank_1_of_a_predict(folder: Path) -> list[object]:
+    """A predict launch over 16 noise images of 480 x 480 (reading them makes it last long enough)
+    into folder/killed, rank 1 killed with SIGKILL once it has written its first batch. What
+    happened goes to folder/killed.json for the test; returns predict's arguments, for the resume
+    (none where /proc cannot tell torchrun's workers apart)."""
+    if not Path("/proc/self/task").is_dir():
+        return []
+    images = folder / "many"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(MANY):
+        Image.fromarray(rng.integers(0, 256, (480, 480, 3), dtype=np.uint8)).save(images / f"{i:03d}.png")
+    args = [images, "--ckpt", folder / "checkpoint.pt", "--device", "cpu", "--batch-size", "2"]
+    part, log = folder / "killed", folder / "killed.log"
     launcher = _torchrun_popen(log, "predict", *args, "--out", part)
-    deadline = time.monotonic() + LAUNCH_SECONDS
-    batches = MANY // 2   # rank 1 has the second half; kill it once it has written its first one
-    while not any(int(p.stem.split("-")[1]) >= batches // 2 for p in (part / ".partial").glob("batch-*.json")):
-        assert launcher.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+    deadline, batches = time.monotonic() + LAUNCH_SECONDS, MANY // 2
+    rank_1_wrote = False   # rank 1 has the second half of the batches
+    while not rank_1_wrote and launcher.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
-    os.kill(_workers(launcher)[1], signal.SIGKILL)
+        rank_1_wrote = any(int(p.stem.split("-")[1]) >= batches // 2 for p in (part / ".partial").glob("batch-*.json"))
+    if rank_1_wrote and launcher.poll() is None:
+        os.kill(_workers(launcher)[1], signal.SIGKILL)
     killed = time.monotonic()
-    launcher.wait(timeout=STOP_SECONDS)
-    assert launcher.returncode != 0 and time.monotonic() - killed < STOP_SECONDS
-    report = log.read_text()   # torchrun's report names the rank and the cause
-    assert re.search(r"rank\s*:\s*1\b", report) and "SIGKILL" in report, report[-3000:]
-    assert not (part / "predictions.csv").exists() and not (part / "predictions.json").exists()
-    written = sorted((part / ".partial").glob("batch-*.json"))
-    assert 0 < len(written) < batches, "killed too late: the run had finished"
-
-    resumed = _torchrun("predict", *args, "--out", part, "--resume")
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    taken = int(" ".join(resumed.stdout.split()).split("Resumed: ")[1].split()[0])
-    assert 2 <= taken <= 2 * len(written)   # whole batches of 2 whose results were written
-    assert (part / "predictions.csv").read_bytes() == (full / "predictions.csv").read_bytes()
-    assert _without(json.loads((part / "predictions.json").read_text()), "written_at") == \
-        _without(json.loads((full / "predictions.json").read_text()), "written_at")
-    assert _files(part / "overlays") == _files(full / "overlays")
-    assert not (part / ".partial").exists()
+    launcher.wait(timeout=LAUNCH_SECONDS)
+    facts = {"killed": rank_1_wrote, "returncode": launcher.returncode, "seconds_to_stop": time.monotonic() - killed,
+             "report": log.read_text(),   # torchrun's report names the rank and the cause
+             "finished_files": [name for name in ("predictions.csv", "predictions.json") if (part / name).exists()],
+             "batches_written": len(list((part / ".partial").glob("batch-*.json")))}
+    (folder / "killed.json").write_text(json.dumps(facts))
+    return args
 
 
-def test_resume_needs_the_output_folder():
-    result = runner.invoke(app, ["predict", "x.png", "--ckpt", "ckpt.pt", "--resume"])
-    assert result.exit_code == 2 and "error: --resume: give the --out folder" in result.output
+def _predict_inputs(folder: Path) -> list[Path]:
+    """predict's inputs in the shared folder: the folder of images and a file that does not exist."""
+    return [folder / "inputs", folder / "missing.png"]
+
+
+def _broken_image(folder: Path) -> Path:
+    return folder / "broken" / "screw" / "test" / "good" / "000.png"   # screw: 3 images, batch 2 -> rank 1's batch
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Path:
+    return built_once(tmp_path_factory, "torchrun-launch", _build)
+
+
+def _job(shared: Path, name: str, status: int = 0, within: float = LAUNCH_SECONDS) -> list[str]:
+    """What each process printed for the job ``name`` (rank 0, rank 1); both must have ended with
+    ``status`` within ``within`` seconds."""
+    logs = shared / "launch" / "logs"
+    printed = [(logs / f"{name}.rank{rank}.log").read_text() for rank in (0, 1)]
+    outcomes = [json.loads((logs / f"{name}.rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [o["status"] for o in outcomes] == [status, status], "\n".join(text[-3000:] for text in printed)
+    assert max(o["seconds"] for o in outcomes) < within
+    return printed
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_every_job_of_the_launch_ran_sharded_in_a_group_of_its_own(shared):
+    """Jobs in each process, one after the other: each joined a new group over both processes."""
+    for name in ("train", "eval", "predict", "library"):   # and resume, failing: their tests below
+        _job(shared, name)
+    launch = shared / "launch"
+    for metrics in (launch / "train" / "metrics.json", launch / "eval" / "metrics.json"):
+        assert json.loads(metrics.read_text())["meta"]["processes"] == 2
+
+
+# --- eval ----------------------------------------------------------------------------------------
+
+def test_two_processes_evaluate_like_one(shared, tmp_path):
+    one, two = tmp_path / "one", shared / "launch" / "eval"
+    _invoke("eval", "--ckpt", shared / "checkpoint.pt", "--out", one, *EVAL)
+    printed = _job(shared, "eval")
+    assert [_flat(text).count("Wrote ") for text in printed] == [1, 0]   # rank 0 alone prints the table and the files
+
+    assert (two / "scores.csv").read_bytes() == (one / "scores.csv").read_bytes()   # same rows, order, scores
+    ours, reference = (json.loads((d / "metrics.json").read_text()) for d in (two, one))
+    assert ours["meta"]["processes"] == 2 and reference["meta"]["processes"] == 1
+    assert _without(ours, "processes", "computed_at") == _without(reference, "processes", "computed_at")
+    pixel = ours["meta"]["pixel_metrics"]
+    assert list(pixel["binned_categories"]) == ["bottle"] and pixel["max_error_bounds"]["p_auroc"] > 0
+    assert _without(json.loads((two / "thresholds.json").read_text()), "computed_at") == \
+        _without(json.loads((one / "thresholds.json").read_text()), "computed_at")
+    rows = (two / "scores.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[1] for r in rows].count("cable") == 1 and len(rows) == sum(map(sum, COUNTS.values()))
+
+
+# --- predict -------------------------------------------------------------------------------------
+
+def test_two_processes_predict_and_write_masks_like_one(shared, tmp_path):
+    """9 images and an unreadable file in batches of 3 (4 batches: 2 + 2), plus a missing input."""
+    one, two = tmp_path / "one", shared / "launch" / "predict"
+    _invoke("predict", *_predict_inputs(shared), "--ckpt", shared / "calibrated" / "checkpoint.pt", "--device",
+            "cpu", "--batch-size", "3", "--masks", "--out", one)
+    printed = _job(shared, "predict")
+    assert [_flat(text).count("Scored 9 images") for text in printed] == [1, 0]
+
+    assert (two / "predictions.csv").read_bytes() == (one / "predictions.csv").read_bytes()
+    ours, reference = (json.loads((d / "predictions.json").read_text()) for d in (two, one))
+    assert _without(ours, "written_at") == _without(reference, "written_at")
+    assert ours["counts"] == {"inputs": 11, "scored": 9, "skipped": 2, "anomalous": ours["counts"]["anomalous"],
+                              "normal": 9 - ours["counts"]["anomalous"]}
+    assert [s["path"] for s in ours["skipped"]] == [str(shared / "missing.png"),
+                                                   str(shared / "inputs" / "screw" / "zz_broken.png")]
+    overlays = _files(two / "overlays")
+    assert len(overlays) == 9 and overlays == _files(one / "overlays")   # the same names, the same pictures
+    masks = _files(two / "masks")   # the masks of both processes' images, bit for bit
+    assert len(masks) == 9 and masks == _files(one / "masks")
+    assert not (two / ".partial").exists()
 
 
 # --- train ---------------------------------------------------------------------------------------
 
-def test_train_under_torchrun_evaluates_on_every_process(data_root, tmp_path):
-    run = tmp_path / "run"
-    ran = _torchrun("train", "--data", data_root, "--encoder", "small", "--encoder-weights", "random", "--resize", "64",
-                    "--crop", "56", "--warmup-iters", "1", "--device", "cpu", "--batch-size", "2", "--iters", "2",
-                    "--eval-batch-size", "2", "--out", run)
-    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
-    assert " ".join(ran.stdout.split()).count("Stored the thresholds") == 1
+def test_two_processes_train_like_one(shared, tmp_path):
+    """DDP over the 2 processes, global batch 4 = 2 per process, against 1 process with batch 4.
+
+    Tolerance DDP_ATOL = 1e-6 (a few float32 ulps of the weights): the gradients agree up to summation
+    order (~1e-6 relative). --eps 1e-6 keeps Adam's normalisation g / (|g| + eps) from magnifying that
+    rounding on near-zero gradients: with the default 1e-10 such elements can differ by a fraction of
+    the learning rate (about 5e-6 after 3 steps here), which is rounding, not a bug.
+    """
+    from inp_former.config import RunConfig
+    from inp_former.model import INPFormer
+    from inp_former.train import seed_everything
+
+    printed = _job(shared, "train")
+    assert [_flat(text).count("Trained 3 iterations") for text in printed] == [1, 0]   # rank 0 alone prints and writes
+    _invoke("train", "--data", shared / "data", *TRAIN, "--no-eval", "--out", tmp_path / "one")
+
+    payload = torch.load(shared / "launch" / "train" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert payload["meta"]["world_size"] == 2
+    ours, reference = payload["state_dict"], _weights(tmp_path / "one" / "checkpoint.pt")
+    cfg = RunConfig.from_dict(payload["config"])
+    seed_everything(cfg.train.seed)
+    initial = INPFormer(cfg.model).trainable_state_dict()
+    moved = max(float((reference[k] - initial[k]).abs().max()) for k in reference)
+    assert moved > 100 * DDP_ATOL  # training changed the weights far more than the tolerance
+    for key in reference:
+        torch.testing.assert_close(ours[key], reference[key], rtol=0, atol=DDP_ATOL, msg=key)
+
+
+def test_train_under_torchrun_evaluates_on_every_process(shared, tmp_path):
+    run = shared / "launch" / "train"
+    printed = _job(shared, "train")
+    assert [_flat(text).count("Stored the thresholds") for text in printed] == [1, 0]
     trained = json.loads((run / "metrics.json").read_text())
     assert trained["meta"]["processes"] == 2   # sharded over both, not rank 0 alone
 
@@ -298,65 +323,19 @@ def test_train_under_torchrun_evaluates_on_every_process(data_root, tmp_path):
 
 # --- the library in a process group the caller made ----------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _api_worker(rank: int, world: int, port: int, folder: str, checkpoint: str) -> None:
-    import torch.distributed as dist
-
-    from inp_former import distributed
-    from inp_former.errors import DistributedError
+def test_library_under_a_process_group_of_the_callers(shared, tmp_path):
     from inp_former.workflow import evaluate_checkpoint
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    report: dict = {}
-    outcome = evaluate_checkpoint(checkpoint, out_dir=Path(folder) / "eval", device="cpu")
-    report["mean"] = outcome.result.mean
-    report["rows"] = len(outcome.result.rows)
-    report["gathered"] = distributed.gather(rank * 10)
-    report["given"] = distributed.on_writer(lambda: "from rank 0")
-
-    job = distributed.Job("stall")   # rank 1 is late: rank 0 gives up after 1 s without progress
-    start = time.monotonic()
-    try:
-        if rank == 1:
-            time.sleep(3)
-        job.wait(stall_seconds=1)
-    except DistributedError as exc:
-        report["stall"] = {"message": str(exc), "seconds": time.monotonic() - start}
-
-    job = distributed.Job("failure")   # rank 1 fails: rank 0, waiting, reports it
-    start = time.monotonic()
-    try:
-        with distributed.guard():
-            if rank == 1:
-                raise OSError("disk full")
-            job.wait()
-    except DistributedError as exc:
-        report["failure"] = {"message": str(exc), "rank": exc.rank, "reported_elsewhere": exc.reported_elsewhere,
-                             "seconds": time.monotonic() - start}
-    (Path(folder) / f"rank{rank}.json").write_text(json.dumps(report))
-    dist.barrier()   # rank 0 holds the store: it stays until rank 1 is done with it
-    dist.destroy_process_group()
-
-
-def test_library_under_a_process_group_of_the_callers(checkpoint, tmp_path):
-    from inp_former.workflow import evaluate_checkpoint
-
-    torch.multiprocessing.spawn(_api_worker, args=(2, _free_port(), str(tmp_path), str(checkpoint)), nprocs=2,
-                                join=True)
-    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    _job(shared, "library")
+    folder = shared / "launch" / "library"
+    reports = [json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1)]
     with one_thread():
-        alone = evaluate_checkpoint(checkpoint, out_dir=tmp_path / "alone", device="cpu")
+        alone = evaluate_checkpoint(shared / "checkpoint.pt", out_dir=tmp_path / "alone", device="cpu")
     for report in reports:   # every process returns the whole evaluation
         assert report["mean"] == pytest.approx(alone.result.mean, nan_ok=True, abs=1e-6)
         assert report["rows"] == len(alone.result.rows)
         assert report["given"] == "from rank 0"
-    assert (tmp_path / "eval" / "scores.csv").read_bytes() == (tmp_path / "alone" / "scores.csv").read_bytes()
+    assert (folder / "eval" / "scores.csv").read_bytes() == (tmp_path / "alone" / "scores.csv").read_bytes()
     assert reports[0]["gathered"] == [0, 10] and reports[1]["gathered"] is None
 
     stall = reports[0]["stall"]
@@ -365,6 +344,50 @@ def test_library_under_a_process_group_of_the_callers(checkpoint, tmp_path):
     assert failure == {**failure, "message": "rank 1: OSError: disk full", "rank": 1, "reported_elsewhere": False}
     assert echo["rank"] == 1 and echo["reported_elsewhere"] is True   # rank 0 printed it: rank 1 stays quiet
     assert max(failure["seconds"], echo["seconds"]) < 10
+
+
+def test_a_failing_process_stops_all_with_one_line(shared):
+    """A corrupt test image in rank 1's share: both processes stop the job (at once, not after the
+    stall timeout), and one line, rank 0's, names rank 1 and the file."""
+    printed = _job(shared, "failing", status=1, within=STOP_SECONDS)
+    lines = [line for text in printed for line in _error_lines(text)]
+    assert len(lines) == 1, printed
+    assert lines[0].startswith("error: rank 1: ") and f"{_broken_image(shared)}: not a readable image" in lines[0]
+    assert _error_lines(printed[0]) == lines
+    out = shared / "launch" / "failing"
+    assert not (out / "metrics.json").exists() and not (out / "scores.csv").exists()
+
+
+# --- a process killed, and predict --resume -------------------------------------------------------
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's workers through /proc")
+def test_killed_process_stops_the_run_and_resume_completes_it(shared, tmp_path):
+    """Rank 1 of a predict launch killed once it had written its first batch (before the shared
+    launch, whose resume job finishes the run). Without stored thresholds the overlay scale is the
+    first batch's range: resumed or not, the same."""
+    killed = json.loads((shared / "killed.json").read_text())
+    assert killed["killed"], "the run ended before rank 1 had written a batch:\n" + killed["report"][-3000:]
+    assert killed["returncode"] != 0 and killed["seconds_to_stop"] < STOP_SECONDS
+    assert re.search(r"rank\s*:\s*1\b", killed["report"]) and "SIGKILL" in killed["report"], killed["report"][-3000:]
+    assert not killed["finished_files"]
+    assert 0 < killed["batches_written"] < MANY // 2, "killed too late: the run had finished"
+
+    printed = _job(shared, "resume")
+    taken = int(_flat(printed[0]).split("Resumed: ")[1].split()[0])
+    assert 2 <= taken <= 2 * killed["batches_written"]   # whole batches of 2 whose results were written
+    full, part = tmp_path / "full", shared / "killed"
+    _invoke("predict", shared / "many", "--ckpt", shared / "checkpoint.pt", "--device", "cpu", "--batch-size", "2",
+            "--out", full)
+    assert (part / "predictions.csv").read_bytes() == (full / "predictions.csv").read_bytes()
+    assert _without(json.loads((part / "predictions.json").read_text()), "written_at") == \
+        _without(json.loads((full / "predictions.json").read_text()), "written_at")
+    assert _files(part / "overlays") == _files(full / "overlays")
+    assert not (part / ".partial").exists()
+
+
+def test_resume_needs_the_output_folder():
+    result = runner.invoke(app, ["predict", "x.png", "--ckpt", "ckpt.pt", "--resume"])
+    assert result.exit_code == 2 and "error: --resume: give the --out folder" in result.output
 
 
 def test_blocks_cover_the_items_in_order():
