@@ -1,15 +1,15 @@
-"""Issues 22 and 12: eval, predict and train sharded over processes (torchrun, gloo on CPU) give the
-files of one process.
+"""Work over several processes (torchrun, gloo on CPU) gives the files of one process: eval and
+predict sharded (issue 22), train with DDP, and the library in a process group of the caller's.
 
-The comparisons share one torchrun launch of two CPU processes (tests/torchrun_jobs.py: a launch
+The comparisons share one torchrun launch of two CPU processes (tests/torchrun_jobs.py; a launch
 costs about 9 s of CPU before any work), in which each process runs, one after the other, the real
-CLI's train (DDP, then the evaluation at its end), eval and predict (--masks), then the library
-under a process group the script made itself. So each process also joins a new group per job
-(with torch's default store prefix the second group failed to connect). Each test compares one
-job's files with one process's: an uneven split (image and batch counts not divisible by 2), a
-category with a single test image, one binned category. A process failing or killed mid-run and
-predict --resume have launches of their own. Tiny random ViT-S models: the numbers measure nothing
-about INP-Former, only that the processes agree.
+CLI's train (DDP, then the evaluation at its end), eval, predict --masks and predict --resume, the
+library in a group the script made (torchrun's variables hidden), and an eval that fails. So each
+process also joins a new group per job (with torch's default store prefix the second group failed
+to connect). Each test compares one job's files with one process's: an uneven split (image and
+batch counts not divisible by 2), a category with a single test image, one binned category. The run
+that --resume finishes was killed, before, in a launch of its own. Tiny random ViT-S models: the
+numbers measure nothing about INP-Former, only that the processes agree.
 """
 from __future__ import annotations
 

@@ -37,16 +37,51 @@ def inpctl(args: list[str]) -> int:
     return 0
 
 
+# What torchrun tells its processes. The caller's-group job hides them: a Python user's own launcher
+# (torch.multiprocessing, a cluster's scheduler) need not set them, and the library must then go by
+# the group alone.
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                      "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@contextlib.contextmanager
+def without_torchrun_variables():
+    hidden = {key: value for key, value in os.environ.items()
+              if key in TORCHRUN_VARIABLES or key.startswith("TORCHELASTIC_")}
+    for key in hidden:
+        del os.environ[key]
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
+
+
 def library_in_callers_group(folder: str, checkpoint: str) -> int:
-    """The library in a process group this script made (as a Python user's own launcher would):
-    an evaluation, gather/on_writer, a stalled peer and a failing peer. Writes rankR.json."""
+    """The library in a process group this script made, with none of torchrun's variables in sight
+    (as under a launcher of the user's own): an evaluation, gather/on_writer, a stalled peer and a
+    failing peer. Writes rankR.json."""
+    import torch.distributed as dist
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with without_torchrun_variables():
+        dist.init_process_group("gloo", store=dist.FileStore(str(Path(folder) / "store"), world), rank=rank,
+                                world_size=world)
+        try:
+            _library_jobs(folder, checkpoint)
+            dist.barrier()   # the store stays until every process is done with it
+        finally:
+            dist.destroy_process_group()
+    return 0
+
+
+def _library_jobs(folder: str, checkpoint: str) -> None:
     import torch.distributed as dist
 
     from inp_former import distributed
     from inp_former.errors import DistributedError
     from inp_former.workflow import evaluate_checkpoint
 
-    dist.init_process_group("gloo")   # env://: the address torchrun gives
     rank = dist.get_rank()
     report: dict = {}
     outcome = evaluate_checkpoint(checkpoint, out_dir=Path(folder) / "eval", device="cpu")
@@ -74,11 +109,7 @@ def library_in_callers_group(folder: str, checkpoint: str) -> int:
     except DistributedError as exc:
         report["failure"] = {"message": str(exc), "rank": exc.rank, "reported_elsewhere": exc.reported_elsewhere,
                              "seconds": time.monotonic() - start}
-    Path(folder).mkdir(parents=True, exist_ok=True)
     (Path(folder) / f"rank{rank}.json").write_text(json.dumps(report))
-    dist.barrier()   # rank 0 holds the group's store: it stays until rank 1 is done with it
-    dist.destroy_process_group()
-    return 0
 
 
 def main(spec_path: str) -> None:
