@@ -7,6 +7,7 @@ tests share the cores with their own subprocesses and, under pytest-xdist (tests
 the other worker; spinning threads would take the core from whoever holds the work.
 """
 import os
+from pathlib import Path
 
 from inp_former.runtime import apply_env_defaults
 
@@ -33,6 +34,7 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 LONG_MODULES_FIRST = ("test_sharded_scoring.py", "test_bench_model_cpu.py", "test_reliability.py", "test_tiling.py",
                       "test_int8_export.py", "test_serve.py", "test_trust.py", "test_compile_evidence.py",
                       "test_metrics.py", "test_serve_browser.py", "test_categories.py")
+assert all((Path(__file__).parent / name).is_file() for name in LONG_MODULES_FIRST), "a module was renamed"
 
 
 def pytest_collection_modifyitems(items: list) -> None:

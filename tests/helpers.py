@@ -121,11 +121,17 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Pa
         build(folder)
         return folder
     shared = tmp_path_factory.getbasetemp().parent   # the session's folder, above each worker's
-    folder, done = shared / name, shared / f"{name}.built"
+    folder, done, failed = shared / name, shared / f"{name}.built", shared / f"{name}.failed"
     with FileLock(str(shared / f"{name}.lock")):
+        if failed.exists():   # not again: it would fail the same way, as slowly
+            raise RuntimeError(f"building {name} failed in another pytest worker: {failed.read_text()}")
         if not done.exists():
-            shutil.rmtree(folder, ignore_errors=True)   # what a failed attempt left
+            shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir()
-            build(folder)
+            try:
+                build(folder)
+            except BaseException as exc:
+                failed.write_text(f"{type(exc).__name__}: {str(exc)[:2000]}")
+                raise
             done.touch()
     return folder

@@ -3,10 +3,11 @@ predict sharded (issue 22), train with DDP, and the library in a process group o
 
 The comparisons share one torchrun launch of two CPU processes (tests/torchrun_jobs.py; a launch
 costs about 9 s of CPU before any work), in which each process runs, one after the other, the real
-CLI's train (DDP, then the evaluation at its end), eval, predict --masks and predict --resume, the
-library in a group the script made (torchrun's variables hidden), and an eval that fails. So each
-process also joins a new group per job (with torch's default store prefix the second group failed
-to connect). Each test compares one job's files with one process's: an uneven split (image and
+CLI's train twice (fp32 DDP against one process; the defaults, then the evaluation at the end),
+eval, predict --masks and predict --resume, the library in a group the script made (a TCP store on
+rank 0, torchrun's variables hidden), and an eval that fails. So each process also joins a new
+group per job (with torch's default store prefix the second group failed to connect). A job that
+ends otherwise than expected ends its process, and torchrun then stops the other. Each test compares one job's files with one process's: an uneven split (image and
 batch counts not divisible by 2), a category with a single test image, one binned category. The run
 that --resume finishes was killed, before, in a launch of its own. Tiny random ViT-S models: the
 numbers measure nothing about INP-Former, only that the processes agree.
@@ -19,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +35,7 @@ from typer.testing import CliRunner
 from inpctl.cli import app
 from tests.datagen import make_mvtec_tree
 from tests.helpers import built_once, one_thread
+from tests.predict_setup import write_image
 
 pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
                                 reason="needs torch.distributed with the gloo backend")
@@ -44,11 +47,12 @@ runner = CliRunner()
 COUNTS = {"bottle": (2, 3), "screw": (1, 2), "cable": (0, 1)}
 EXACT = "4000"
 EVAL = ["--device", "cpu", "--batch-size", "2", "--exact-pixels", EXACT]
-# fp32: the DDP tolerance below is fp32 rounding (the training default, auto, is bf16 on a CPU with
-# native bf16). Global batch 4 = 2 per process; --eps: see test_two_processes_train_like_one.
-TRAIN = ["--encoder", "small", "--encoder-weights", "random", "--resize", "64", "--crop", "56", "--warmup-iters", "1",
-         "--device", "cpu", "--batch-size", "4", "--iters", "3", "--eps", "1e-6", "--checkpoint-every", "2",
-         "--precision", "fp32"]
+TINY = ["--encoder", "small", "--encoder-weights", "random", "--resize", "64", "--crop", "56", "--warmup-iters", "1",
+        "--device", "cpu"]
+# DDP against one process. fp32: the tolerance below is fp32 rounding (the training default, auto, is
+# bf16 on a CPU with native bf16). Global batch 4 = 2 per process; --eps: see
+# test_two_processes_train_like_one.
+TRAIN = [*TINY, "--batch-size", "4", "--iters", "3", "--eps", "1e-6", "--checkpoint-every", "2", "--precision", "fp32"]
 DDP_ATOL = 1e-6
 LAUNCH_SECONDS = 420      # a torchrun of 2 processes on the shared 2-core machine, start to end
 STOP_SECONDS = 60         # from a failure to every process gone
@@ -60,11 +64,26 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _torchrun_popen(log: Path, *args: object) -> subprocess.Popen:
-    with log.open("w") as out:   # a file, not a pipe: nobody reads while it runs
+def _launch(log: Path, *command: object) -> subprocess.Popen:
+    """``torchrun --nproc-per-node 2 --standalone COMMAND...`` in a session of its own (so that
+    :func:`_stop` reaches its workers too), its output to ``log``: a file, not a pipe, as nobody
+    reads while it runs."""
+    with log.open("w") as out:
         return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                                 "--standalone", "-m", "inpctl", *map(str, args)], env=_env(), stdout=out,
-                                stderr=subprocess.STDOUT)
+                                 "--standalone", *map(str, command)], env=_env(), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(launcher: subprocess.Popen, seconds: float) -> bool:
+    """Wait up to ``seconds`` for the launch to end; past that, kill it and its workers. True if it
+    ended by itself."""
+    try:
+        launcher.wait(timeout=seconds)
+        return True
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+        return False
 
 
 def _invoke(*args: object):
@@ -117,10 +136,13 @@ def _build(folder: Path) -> None:
     shutil.copy(folder / "checkpoint.pt", calibrated)
     _invoke("eval", "--ckpt", calibrated, "--out", folder / "calibrated" / "eval", "--device", "cpu",
             "--save-thresholds")
-    # predict's inputs: 9 images and an unreadable file (batches of 3: 4 batches, 2 + 2), plus a missing one
+    # predict's inputs: 11 images (a wide and a tall one among them: masks at their own sizes) and an
+    # unreadable file (batches of 3: 4 batches, 2 + 2), plus a missing one
     inputs = folder / "inputs"
     for category in COUNTS:
         shutil.copytree(data / category / "test", inputs / category)
+    write_image(inputs / "bottle" / "wide.png", 100, 80, seed=1)
+    write_image(inputs / "cable" / "tall.png", 60, 90, seed=2)
     (inputs / "screw" / "zz_broken.png").write_bytes(b"not an image")
     # a corrupt test image in rank 1's share of an evaluation
     shutil.copytree(data, folder / "broken")
@@ -129,23 +151,35 @@ def _build(folder: Path) -> None:
     killed = _kill_rank_1_of_a_predict(folder)
 
     out = folder / "launch"
-    jobs = [{"name": "train", "inpctl": ["train", "--data", data, *TRAIN, "--eval-batch-size", "2",
-                                         "--out", out / "train"]},
+    jobs = [{"name": "train", "inpctl": ["train", "--data", data, *TRAIN, "--no-eval", "--out", out / "train"]},
+            {"name": "train-eval", "inpctl": ["train", "--data", data, *TINY, "--batch-size", "2", "--iters", "2",
+                                              "--eval-batch-size", "2", "--out", out / "train-eval"]},
             {"name": "eval", "inpctl": ["eval", "--ckpt", folder / "checkpoint.pt", "--out", out / "eval", *EVAL]},
             {"name": "predict", "inpctl": ["predict", *_predict_inputs(folder), "--ckpt", calibrated,
                                            "--device", "cpu", "--batch-size", "3", "--masks",
                                            "--out", out / "predict"]},
             *([{"name": "resume", "inpctl": ["predict", *killed, "--out", folder / "killed", "--resume"]}]
               if killed else []),
-            {"name": "library", "library": [out / "library", folder / "checkpoint.pt"]},
-            {"name": "failing", "inpctl": ["eval", "--ckpt", folder / "checkpoint.pt", "--data", folder / "broken",
-                                           "--out", out / "failing", *EVAL]}]
+            {"name": "library", "library": [out / "library", folder / "checkpoint.pt", _free_port()]},
+            {"name": "failing", "expect": 1, "inpctl": ["eval", "--ckpt", folder / "checkpoint.pt", "--data",
+                                                        folder / "broken", "--out", out / "failing", *EVAL]}]
     spec = folder / "jobs.json"
     spec.write_text(json.dumps({"logs": str(out / "logs"), "jobs": jobs}, default=str))
-    ran = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-                          str(REPO / "tests" / "torchrun_jobs.py"), str(spec)], env=_env(), capture_output=True,
-                         text=True, timeout=LAUNCH_SECONDS)
-    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    launcher = _launch(folder / "launch.log", REPO / "tests" / "torchrun_jobs.py", spec)
+    ended = _stop(launcher, LAUNCH_SECONDS)
+    if not ended or launcher.returncode != 0:
+        unfinished = [job["name"] for job in jobs if not (out / "logs" / f"{job['name']}.rank0.json").exists()
+                      or not (out / "logs" / f"{job['name']}.rank1.json").exists()]
+        logs = "\n".join(f"--- {log.name}\n{log.read_text()[-2000:]}" for log in sorted((out / "logs").glob("*.log")))
+        raise AssertionError(f"the launch {'ended with ' + str(launcher.returncode) if ended else 'timed out'}; "
+                             f"jobs without a status on both ranks: {unfinished}\n{logs}\n--- torchrun\n"
+                             + (folder / "launch.log").read_text()[-3000:])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 MANY = 16   # images; batches of 2: 8 batches, rank 1 has batches 4..7
@@ -166,7 +200,7 @@ def _kill_rank_1_of_a_predict(folder: Path) -> list[object]:
     """A predict launch over 16 noise images of 480 x 480 (reading them makes it last long enough)
     into folder/killed, rank 1 killed with SIGKILL once it has written its first batch. What
     happened goes to folder/killed.json for the test; returns predict's arguments, for the resume
-    (none where /proc cannot tell torchrun's workers apart)."""
+    (none where /proc cannot tell torchrun's workers apart, or where the kill went wrong)."""
     if not Path("/proc/self/task").is_dir():
         return []
     images = folder / "many"
@@ -176,22 +210,29 @@ def _kill_rank_1_of_a_predict(folder: Path) -> list[object]:
         Image.fromarray(rng.integers(0, 256, (480, 480, 3), dtype=np.uint8)).save(images / f"{i:03d}.png")
     args = [images, "--ckpt", folder / "checkpoint.pt", "--device", "cpu", "--batch-size", "2"]
     part, log = folder / "killed", folder / "killed.log"
-    launcher = _torchrun_popen(log, "predict", *args, "--out", part)
-    deadline, batches = time.monotonic() + LAUNCH_SECONDS, MANY // 2
-    rank_1_wrote = False   # rank 1 has the second half of the batches
-    while not rank_1_wrote and launcher.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-        rank_1_wrote = any(int(p.stem.split("-")[1]) >= batches // 2 for p in (part / ".partial").glob("batch-*.json"))
-    if rank_1_wrote and launcher.poll() is None:
-        os.kill(_workers(launcher)[1], signal.SIGKILL)
+    facts: dict = {"killed": False}
+    launcher = _launch(log, "-m", "inpctl", "predict", *args, "--out", part)
+    try:
+        deadline, batches = time.monotonic() + LAUNCH_SECONDS, MANY // 2
+        rank_1_wrote = False   # rank 1 has the second half of the batches
+        while not rank_1_wrote and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+            rank_1_wrote = any(int(p.stem.split("-")[1]) >= batches // 2
+                               for p in (part / ".partial").glob("batch-*.json"))
+        if rank_1_wrote and launcher.poll() is None:
+            os.kill(_workers(launcher)[1], signal.SIGKILL)
+            facts["killed"] = True
+    except Exception as exc:   # for the test to report: the other jobs of the launch do not need this one
+        facts["error"] = f"{type(exc).__name__}: {exc}"
     killed = time.monotonic()
-    launcher.wait(timeout=LAUNCH_SECONDS)
-    facts = {"killed": rank_1_wrote, "returncode": launcher.returncode, "seconds_to_stop": time.monotonic() - killed,
-             "report": log.read_text(),   # torchrun's report names the rank and the cause
-             "finished_files": [name for name in ("predictions.csv", "predictions.json") if (part / name).exists()],
-             "batches_written": len(list((part / ".partial").glob("batch-*.json")))}
+    facts["stopped"] = _stop(launcher, STOP_SECONDS)
+    facts.update({"returncode": launcher.returncode, "seconds_to_stop": time.monotonic() - killed,
+                  "report": log.read_text(),   # torchrun's report names the rank and the cause
+                  "finished_files": [name for name in ("predictions.csv", "predictions.json")
+                                     if (part / name).exists()],
+                  "batches_written": len(list((part / ".partial").glob("batch-*.json")))})
     (folder / "killed.json").write_text(json.dumps(facts))
-    return args
+    return args if facts["killed"] and facts["stopped"] else []
 
 
 def _predict_inputs(folder: Path) -> list[Path]:
@@ -224,11 +265,13 @@ def _flat(text: str) -> str:
 
 
 def test_every_job_of_the_launch_ran_sharded_in_a_group_of_its_own(shared):
-    """Jobs in each process, one after the other: each joined a new group over both processes."""
-    for name in ("train", "eval", "predict", "library"):   # and resume, failing: their tests below
+    """Jobs in each process, one after the other, each ending with 0 on both: a command's group is
+    destroyed at its end, so each later one joined a new group (the library job's
+    init_process_group too), and the evaluations ran over both processes."""
+    for name in ("train", "train-eval", "eval", "predict", "library"):   # resume, failing: their tests below
         _job(shared, name)
     launch = shared / "launch"
-    for metrics in (launch / "train" / "metrics.json", launch / "eval" / "metrics.json"):
+    for metrics in (launch / "train-eval" / "metrics.json", launch / "eval" / "metrics.json"):
         assert json.loads(metrics.read_text())["meta"]["processes"] == 2
 
 
@@ -255,24 +298,26 @@ def test_two_processes_evaluate_like_one(shared, tmp_path):
 # --- predict -------------------------------------------------------------------------------------
 
 def test_two_processes_predict_and_write_masks_like_one(shared, tmp_path):
-    """9 images and an unreadable file in batches of 3 (4 batches: 2 + 2), plus a missing input."""
+    """11 images and an unreadable file in batches of 3 (4 batches: 2 + 2), plus a missing input."""
     one, two = tmp_path / "one", shared / "launch" / "predict"
     _invoke("predict", *_predict_inputs(shared), "--ckpt", shared / "calibrated" / "checkpoint.pt", "--device",
             "cpu", "--batch-size", "3", "--masks", "--out", one)
     printed = _job(shared, "predict")
-    assert [_flat(text).count("Scored 9 images") for text in printed] == [1, 0]
+    assert [_flat(text).count("Scored 11 images") for text in printed] == [1, 0]
 
     assert (two / "predictions.csv").read_bytes() == (one / "predictions.csv").read_bytes()
     ours, reference = (json.loads((d / "predictions.json").read_text()) for d in (two, one))
     assert _without(ours, "written_at") == _without(reference, "written_at")
-    assert ours["counts"] == {"inputs": 11, "scored": 9, "skipped": 2, "anomalous": ours["counts"]["anomalous"],
-                              "normal": 9 - ours["counts"]["anomalous"]}
+    assert ours["counts"] == {"inputs": 13, "scored": 11, "skipped": 2, "anomalous": ours["counts"]["anomalous"],
+                              "normal": 11 - ours["counts"]["anomalous"]}
     assert [s["path"] for s in ours["skipped"]] == [str(shared / "missing.png"),
                                                    str(shared / "inputs" / "screw" / "zz_broken.png")]
     overlays = _files(two / "overlays")
-    assert len(overlays) == 9 and overlays == _files(one / "overlays")   # the same names, the same pictures
+    assert len(overlays) == 11 and overlays == _files(one / "overlays")   # the same names, the same pictures
     masks = _files(two / "masks")   # the masks of both processes' images, bit for bit
-    assert len(masks) == 9 and masks == _files(one / "masks")
+    assert len(masks) == 11 and masks == _files(one / "masks")
+    for name, size in (("bottle/wide.png", (100, 80)), ("cable/tall.png", (60, 90))):   # each input's own size
+        assert Image.open(two / "masks" / "inputs" / name).size == size
     assert not (two / ".partial").exists()
 
 
@@ -307,8 +352,9 @@ def test_two_processes_train_like_one(shared, tmp_path):
 
 
 def test_train_under_torchrun_evaluates_on_every_process(shared, tmp_path):
-    run = shared / "launch" / "train"
-    printed = _job(shared, "train")
+    """The training defaults (bf16 where the CPU has it), 1 image per process, then the evaluation."""
+    run = shared / "launch" / "train-eval"
+    printed = _job(shared, "train-eval")
     assert [_flat(text).count("Stored the thresholds") for text in printed] == [1, 0]
     trained = json.loads((run / "metrics.json").read_text())
     assert trained["meta"]["processes"] == 2   # sharded over both, not rank 0 alone
@@ -366,8 +412,8 @@ def test_killed_process_stops_the_run_and_resume_completes_it(shared, tmp_path):
     launch, whose resume job finishes the run). Without stored thresholds the overlay scale is the
     first batch's range: resumed or not, the same."""
     killed = json.loads((shared / "killed.json").read_text())
-    assert killed["killed"], "the run ended before rank 1 had written a batch:\n" + killed["report"][-3000:]
-    assert killed["returncode"] != 0 and killed["seconds_to_stop"] < STOP_SECONDS
+    assert killed["killed"] and "error" not in killed, (killed.get("error"), killed["report"][-3000:])
+    assert killed["stopped"] and killed["returncode"] != 0 and killed["seconds_to_stop"] < STOP_SECONDS
     assert re.search(r"rank\s*:\s*1\b", killed["report"]) and "SIGKILL" in killed["report"], killed["report"][-3000:]
     assert not killed["finished_files"]
     assert 0 < killed["batches_written"] < MANY // 2, "killed too late: the run had finished"

@@ -9,14 +9,17 @@ entry point as ``python -m inpctl`` runs it, or the library called under a proce
 caller's (:func:`library_in_callers_group`). Running them in one process also checks that a
 process joins a new process group for each job.
 
-JOBS.json: ``{"logs": FOLDER, "jobs": [{"name": ..., "inpctl": [args...]} | {"name": ...,
-"library": [args...]}]}``. Each job's output goes to ``FOLDER/NAME.rankR.log``, and its exit status
-and duration to ``FOLDER/NAME.rankR.json`` (``{"status": 0, "seconds": 1.2}``), so a test reads what
-each process printed for its job alone. A failing job does not stop the ones after it.
+JOBS.json: ``{"logs": FOLDER, "jobs": [{"name": ..., "inpctl": [args...], "expect": 0} | {"name":
+..., "library": [args...]}]}``. Each job's output goes to ``FOLDER/NAME.rankR.log``, and its exit
+status and duration to ``FOLDER/NAME.rankR.json`` (``{"status": 0, "seconds": 1.2}``), so a test
+reads what each process printed for its job alone. A job that ends with another status than it
+expects (0 unless ``expect`` says otherwise) ends the process with that status at once: torchrun
+then stops the other process, which would otherwise wait for it in a collective for half an hour.
 """
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import sys
@@ -56,20 +59,20 @@ def without_torchrun_variables():
         os.environ.update(hidden)
 
 
-def library_in_callers_group(folder: str, checkpoint: str) -> int:
-    """The library in a process group this script made, with none of torchrun's variables in sight
-    (as under a launcher of the user's own): an evaluation, gather/on_writer, a stalled peer and a
-    failing peer. Writes rankR.json."""
+def library_in_callers_group(folder: str, checkpoint: str, port: int) -> int:
+    """The library in a process group this script made as ``torch.multiprocessing.spawn`` users make
+    theirs (a TCP store held by rank 0 on ``port``), with none of torchrun's variables in sight: an
+    evaluation, gather/on_writer, a stalled peer and a failing peer. Writes rankR.json."""
     import torch.distributed as dist
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     Path(folder).mkdir(parents=True, exist_ok=True)
     with without_torchrun_variables():
-        dist.init_process_group("gloo", store=dist.FileStore(str(Path(folder) / "store"), world), rank=rank,
-                                world_size=world)
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=120))
         try:
             _library_jobs(folder, checkpoint)
-            dist.barrier()   # the store stays until every process is done with it
+            dist.barrier()   # rank 0 holds the store: it stays until rank 1 is done with it
         finally:
             dist.destroy_process_group()
     return 0
@@ -122,11 +125,13 @@ def main(spec_path: str) -> None:
                 contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             try:
                 status = inpctl(job["inpctl"]) if "inpctl" in job else library_in_callers_group(*job["library"])
-            except BaseException:   # recorded for the job's test; the next job still runs
+            except BaseException:   # recorded for the job's test
                 traceback.print_exc()
                 status = 1
         outcome = {"status": status, "seconds": time.monotonic() - start}
         (logs / f"{name}.rank{rank}.json").write_text(json.dumps(outcome))
+        if status != job.get("expect", 0):
+            os._exit(status or 1)
 
 
 if __name__ == "__main__":
