@@ -16,6 +16,7 @@ from torch import nn
 from inp_former.config import ModelConfig
 from inp_former.encoders.base import FrozenEncoder, state_mismatch
 from inp_former.encoders.registry import build_encoder
+from inp_former.errors import ConfigError
 from kernels.relu_attention import relu_attention
 
 LAYER_NORM_EPS = 1e-8  # the authors' value for every LayerNorm outside the encoder
@@ -132,6 +133,12 @@ class INPFormer(nn.Module):
         super().__init__()
         if encoder is None:
             encoder, cfg = build_encoder(cfg)
+        # each group of encoder layers is paired with the decoder layers of the same indices, counted
+        # from the last (the authors' order): the decoder needs at least as many layers
+        needed = 1 + max(i for group in encoder.groups for i in group)
+        if cfg.decoder_depth < needed:
+            raise ConfigError(f"decoder_depth {cfg.decoder_depth}: this encoder's layer groups {encoder.groups} "
+                              f"pair with {needed} decoder layers; give at least {needed}", arg="decoder_depth")
         self.cfg = cfg
         self.encoder = encoder
         dim, heads = self.encoder.embed_dim, self.encoder.num_heads

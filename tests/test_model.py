@@ -182,6 +182,16 @@ def test_decoder_groups_are_reversed_and_every_block_sees_the_same_inps():
     assert all(p is inps[0] for p in inps) and inps[0] is out.prototypes
 
 
+def test_a_decoder_too_shallow_for_the_encoders_groups_is_refused_by_name():
+    """DINOv2's two groups of 4 layers pair with 8 decoder layers: fewer failed in forward with an
+    IndexError; now the model refuses to be built, naming the setting."""
+    from inp_former.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"decoder_depth 6: .* give at least 8") as refused:
+        tiny_model(decoder_depth=6)
+    assert refused.value.arg == "decoder_depth"
+
+
 def test_prototype_distance_matches_broadcast_cosine():
     tokens, protos = torch.randn(2, 10, 16), torch.randn(2, 3, 16)
     direct = 1 - F.cosine_similarity(tokens.unsqueeze(2), protos.unsqueeze(1), dim=-1)
