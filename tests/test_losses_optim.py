@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -59,6 +60,49 @@ def test_stable_adamw_matches_a_manual_step():
         rms = (grad / denom).pow(2).mean().sqrt().item()
         ref = ref - (1e-2 / (1 - 0.9 ** step)) / max(1.0, rms) * m / denom
         torch.testing.assert_close(p.detach(), ref)
+
+
+def _plain_stable_adamw_step(params: list, states: list, lr: float, betas: tuple, eps: float, weight_decay: float,
+                             amsgrad: bool) -> None:
+    """StableAdamW's step written plainly, one parameter at a time with fresh temporaries."""
+    beta1, beta2 = betas
+    for p, state in zip(params, states):
+        grad = p.grad
+        if not state:
+            state.update(step=0, m=torch.zeros_like(p), v=torch.zeros_like(p), vmax=torch.zeros_like(p))
+        p.mul_(1 - lr * weight_decay)
+        state["step"] += 1
+        state["m"].mul_(beta1).add_(grad, alpha=1 - beta1)
+        state["v"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        second = state["v"]
+        if amsgrad:
+            state["vmax"] = torch.maximum(state["vmax"], state["v"])
+            second = state["vmax"]
+        denom = (second.sqrt() / math.sqrt(1 - beta2 ** state["step"])).add_(eps)
+        rms = (grad / denom).pow(2).mean().sqrt().clamp_min(1.0)
+        p.add_(state["m"] / denom / rms, alpha=-(lr / (1 - beta1 ** state["step"])))
+
+
+@pytest.mark.parametrize("amsgrad", [True, False])
+def test_stable_adamw_with_scratch_buffers_is_the_plain_step_bit_for_bit(amsgrad):
+    """Parameters of odd shapes (the largest sets the buffers), one of float64 (its own buffers),
+    one without a gradient, a gradient spike: the weights equal the plain step's exactly."""
+    torch.manual_seed(0)
+    shapes = [(37, 5), (3,), (64, 48), (1,), (7, 1, 3)]
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes] + [torch.nn.Parameter(torch.randn(9, 2).double())]
+    plain = [p.detach().clone() for p in ours]
+    settings = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-10, weight_decay=1e-4, amsgrad=amsgrad)
+    optimizer, states = StableAdamW(ours, **settings), [{} for _ in plain]
+    for step in range(6):
+        for index, (p, q) in enumerate(zip(ours, plain)):
+            grad = None if index == 1 and step == 3 else torch.randn_like(p) * (30.0 if step == 2 else 1.0)
+            p.grad, q.grad = grad, None if grad is None else grad.clone()
+        optimizer.step()
+        with torch.no_grad():
+            live = [(q, state) for q, state in zip(plain, states) if q.grad is not None]
+            _plain_stable_adamw_step([q for q, _ in live], [s for _, s in live], **settings)
+        for p, q in zip(ours, plain):
+            assert torch.equal(p.detach(), q), (step, tuple(p.shape))
 
 
 def test_warm_cosine_schedule_is_the_authors_table():
