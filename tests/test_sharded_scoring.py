@@ -110,10 +110,6 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-
-
 # --- the shared launch ---------------------------------------------------------------------------
 
 def _build(folder: Path) -> None:
@@ -341,7 +337,8 @@ def test_two_processes_train_like_one(shared, tmp_path):
 
     payload = torch.load(shared / "launch" / "train" / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert payload["meta"]["world_size"] == 2
-    ours, reference = payload["state_dict"], _weights(tmp_path / "one" / "checkpoint.pt")
+    reference = torch.load(tmp_path / "one" / "checkpoint.pt", map_location="cpu", weights_only=True)["state_dict"]
+    ours = payload["state_dict"]
     cfg = RunConfig.from_dict(payload["config"])
     seed_everything(cfg.train.seed)
     initial = INPFormer(cfg.model).trainable_state_dict()
